@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+TORCH_VERSION := 2.13.0
+DEMO_OUT ?= demo_output
+
+.PHONY: demo test test-fast install clean help
+
+help:
+	@echo "make demo   - create .venv, install, run the main job on the bundled demo case"
+	@echo "make test   - create .venv, install, run the whole test suite"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: the tested version (a CPU build here); later installs then keep it.
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e ".[test,slicer-testing]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/hbseg demo -o $(DEMO_OUT)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
