@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # ITK prints header quirks (e.g. "unexpected scales in sform") straight to stderr; our own checks say what
+    # matters in one line, so keep ITK quiet unless debugging.
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(bool(args.debug))
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

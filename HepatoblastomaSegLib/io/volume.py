@@ -11,6 +11,10 @@ series folder (see :mod:`.dicom`). Writes are atomic (:mod:`.atomic`).
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import os
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -201,14 +205,93 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, allow_non_fi
         _check_suffix(path, READABLE_SUFFIXES, "read")
         if path.stat().st_size == 0:
             raise InputError("file is empty (0 bytes)", path)
+        _check_header_spacing(path)
+        if full_suffix(path) == ".nii.gz":
+            _check_gzip_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
+            if "spacing" in str(exc).lower():
+                raise InputError(f"voxel spacing is zero or negative ({_itk_reason(exc)})", path) from exc
             raise InputError(f"unreadable or truncated image file ({_itk_reason(exc)})", path) from exc
         image = _as_3d_scalar(image, path)
         volume = Volume.from_sitk(image, path)
     _validate_volume(volume, path, allow_non_finite=allow_non_finite)
     return volume
+
+
+def _check_gzip_complete(path: Path) -> None:
+    """Refuse a truncated ``.nii.gz``: ITK fills the missing part of a cut-off gzip stream with zeros, silently.
+
+    Fast path: the gzip trailer stores the uncompressed size (mod 2^32), which must equal the NIfTI header's
+    ``vox_offset`` plus the voxel bytes. Only when it does not (a truncated or a multi-member file) is the whole
+    stream decompressed to tell the two apart.
+    """
+    try:
+        with gzip.open(path, "rb") as handle:
+            header = handle.read(348)
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            stored_size = int.from_bytes(handle.read(4), "little")
+    except (OSError, EOFError) as exc:
+        raise InputError(f"unreadable or truncated gzip file ({exc})", path) from exc
+    if len(header) < 348:
+        raise InputError("truncated file: shorter than a NIfTI header", path)
+    endian = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+    dims = struct.unpack(endian + "8h", header[40:56])
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    vox_offset = struct.unpack(endian + "f", header[108:112])[0]
+    n_dims = min(max(dims[0], 0), 7)
+    expected = int(vox_offset) + int(np.prod([max(d, 1) for d in dims[1:n_dims + 1]], dtype=np.int64)) * bitpix // 8
+    if stored_size == expected % 2**32:
+        return
+    try:
+        with gzip.open(path, "rb") as handle:
+            total = 0
+            while chunk := handle.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"unreadable or truncated image file (gzip stream: {exc})", path) from exc
+    if total < expected:
+        raise InputError(f"truncated image file: {total} bytes of data, the header needs {expected}", path)
+
+
+def _check_header_spacing(path: Path) -> None:
+    """Refuse zero or negative spacings written in the header.
+
+    ITK quietly replaces a NIfTI ``pixdim`` of 0 by 1 and takes the absolute value of a negative one, and the NRRD
+    reader does the same with ``spacings``; an image whose header says so is broken, and reading it as 1 mm would
+    make every volume in mL wrong without a word.
+    """
+    suffix = full_suffix(path)
+    values: list[float] = []
+    if suffix in (".nii", ".nii.gz"):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(f"unreadable or truncated image file ({_itk_reason(exc)})", path) from exc
+        dims = int(reader.GetMetaData("dim[0]")) if reader.HasMetaDataKey("dim[0]") else 3
+        keys = [f"pixdim[{i}]" for i in range(1, min(dims, 3) + 1)]
+        values = [float(reader.GetMetaData(k)) for k in keys if reader.HasMetaDataKey(k)]
+    elif suffix in (".nrrd", ".nhdr"):
+        with open(path, "rb") as handle:
+            header = handle.read(65536).split(b"\n\n", 1)[0].decode("latin-1", errors="replace")
+        for line in header.splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key == "spacings":
+                values += [float(v) for v in value.split() if v.lower() != "nan"]
+            elif key == "space directions":
+                for vector in value.replace(")", "").split("("):
+                    words = vector.replace(",", " ").split()
+                    if words and words[0].lower() != "none":
+                        values.append(float(np.linalg.norm([float(v) for v in words])))
+    bad = [v for v in values if not v > 0]
+    if bad:
+        raise InputError(f"voxel spacing in the header is zero or negative ({', '.join(f'{v:g}' for v in values)})",
+                         path)
 
 
 def _itk_reason(exc: RuntimeError) -> str:
