@@ -1,0 +1,34 @@
+"""What one prediction hands on: the tumour mask, the entropy map and a summary, all in the input's geometry.
+
+This is the contract between the predictor and everything downstream (``hbseg segment`` files, the Slicer MRML
+glue, the cohort runner), so it carries no torch objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from ..io import Volume
+
+#: The largest possible entropy of a 2-class softmax, in nats (the unit of every entropy the library reports).
+MAX_ENTROPY_2CLASS_NATS = math.log(2.0)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One case's result.
+
+    Attributes:
+        mask: tumour mask, uint8 0/1, on exactly the input volume's grid.
+        entropy: voxelwise Shannon entropy of the softmax in nats, float32, same grid; 0 (certain) .. ln 2.
+        summary: JSON-ready dict. Keys: ``tumor_volume_ml``, ``largest_diameter_mm``, ``mean_entropy_nats``
+            (inside the mask), ``core_entropy_nats``, ``boundary_entropy_nats`` (NaN when the core is empty),
+            ``core_empty`` (bool), ``model_name``, ``model_version``, ``modality``, ``device``, ``tta``,
+            ``seconds`` (dict stage -> seconds), ``warnings`` (list of str), ``input`` (path or name).
+    """
+
+    mask: Volume
+    entropy: Volume
+    summary: dict[str, Any]
