@@ -24,7 +24,8 @@ class Prediction:
         mask: tumour mask, uint8 0/1, on exactly the input volume's grid.
         entropy: voxelwise Shannon entropy of the softmax in nats, float32, same grid; 0 (certain) .. ln 2.
         summary: JSON-ready dict. Keys: ``tumor_volume_ml``, ``largest_diameter_mm``, ``mean_entropy_nats``
-            (inside the mask), ``core_entropy_nats``, ``boundary_entropy_nats`` (NaN when the core is empty),
+            (inside the mask), ``image_mean_entropy_nats`` (whole image), ``core_entropy_nats``,
+            ``boundary_entropy_nats`` (null in JSON when the region is empty),
             ``core_empty`` (bool), ``model_name``, ``model_version``, ``modality``, ``device``, ``tta``,
             ``seconds`` (dict stage -> seconds), ``warnings`` (list of str), ``input`` (path or name).
     """

@@ -1,0 +1,53 @@
+"""Mirroring test-time augmentation: the mean softmax over all 8 flips of the three spatial axes.
+
+Probabilities (not logits) are averaged, as nnU-Net v1.7.1 (the paper's version) does; averaging logits (v2) gives
+systematically lower entropy, which would shift every uncertainty figure. Accumulation is float32 whatever the
+autocast dtype of the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import combinations
+
+import torch
+
+SPATIAL_AXES = (2, 3, 4)  # of a [B, C, z, y, x] tensor
+
+#: The identity and the 7 non-empty combinations of the spatial axes.
+ALL_FLIPS: tuple[tuple[int, ...], ...] = ((),) + tuple(c for r in (1, 2, 3) for c in combinations(SPATIAL_AXES, r))
+
+
+class SoftmaxPredictor:
+    """Callable for MONAI's sliding window: a [B, 1, z, y, x] patch batch -> [B, C, z, y, x] float32 probabilities.
+
+    Args:
+        network: returns logits [B, C, z, y, x] (a deep-supervision network must be in eval mode).
+        flips: the flip sets to average over; ``ALL_FLIPS`` for 8-flip TTA, ``((),)`` for none.
+        autocast_dtype: run the network under ``torch.autocast`` with this dtype (None: full precision).
+        on_batch: called once per network batch (before flips), for progress counting.
+    """
+
+    def __init__(self, network: torch.nn.Module, flips: tuple[tuple[int, ...], ...] = ALL_FLIPS,
+                 autocast_dtype: torch.dtype | None = None, on_batch: Callable[[], None] | None = None):
+        self.network = network
+        self.flips = flips
+        self.autocast_dtype = autocast_dtype
+        self.on_batch = on_batch
+
+    def _logits(self, patch: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.network(patch)
+        with torch.autocast(device_type=patch.device.type, dtype=self.autocast_dtype):
+            return self.network(patch)
+
+    def __call__(self, patch: torch.Tensor) -> torch.Tensor:
+        if self.on_batch is not None:
+            self.on_batch()
+        total = None
+        for axes in self.flips:
+            x = torch.flip(patch, axes) if axes else patch
+            p = torch.softmax(self._logits(x).float(), dim=1)
+            p = torch.flip(p, axes) if axes else p
+            total = p if total is None else total.add_(p)
+        return total.div_(len(self.flips))
