@@ -1,0 +1,173 @@
+"""Segment a cohort from a manifest: model loaded once, resumable, a bad case never stops the others.
+
+Manifest: a CSV with columns ``case,image`` and optionally ``modality`` (``ct``/``mri``); image paths are relative to
+the CSV's folder (absolute paths work too). Outputs go to ``OUT/<case>/`` (see :mod:`.outputs`) and a table of every
+case to ``OUT/cohort_summary.csv``. A case whose folder is already finished (verified checksums) is skipped.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the cases are dealt out round-robin to the ranks; each rank writes its own
+cases and its part of the table, and rank 0 merges the parts after all ranks are done.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import HepatoblastomaSegError, InputError
+from ..io import write_text_atomic
+from ..progress import NullProgress, Progress
+from .outputs import SUMMARY_NAME, is_finished, write_prediction
+from .result import Prediction
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("case", "status", "modality", "tumor_volume_ml", "largest_diameter_mm", "mean_entropy_nats",
+                   "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortCase:
+    case: str
+    image: Path
+    modality: str | None
+
+
+def read_manifest(path: str | Path) -> list[CohortCase]:
+    """Parse a cohort manifest; errors name the file, the row and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("manifest not found", path)
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("case", "image") if c not in columns]
+        if missing:
+            raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}",
+                             path)
+        cases, seen = [], set()
+        for row_number, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            case, image = row.get("case", ""), row.get("image", "")
+            if not case or not image:
+                raise InputError(f"row {row_number}: empty case or image", path)
+            if case in seen:
+                raise InputError(f"row {row_number}: case id {case!r} appears twice", path)
+            if "/" in case or "\\" in case or case in (".", ".."):
+                raise InputError(f"row {row_number}: case id {case!r} must not contain path separators", path)
+            seen.add(case)
+            modality = row.get("modality", "").lower() or None
+            if modality not in (None, "ct", "mri"):
+                raise InputError(f"row {row_number}: modality {modality!r} is not ct or mri", path)
+            image_path = Path(image)
+            cases.append(CohortCase(case, image_path if image_path.is_absolute() else path.parent / image_path,
+                                    modality))
+    if not cases:
+        raise InputError("manifest has no cases", path)
+    return cases
+
+
+@dataclasses.dataclass
+class CohortResult:
+    rows: list[dict]
+    summary_path: Path
+
+    @property
+    def n_failed(self) -> int:
+        return sum(row["status"] == "failed" for row in self.rows)
+
+
+def _row(case: CohortCase, status: str, summary: dict | None = None, error: str = "", output: str = "") -> dict:
+    summary = summary or {}
+    seconds = summary.get("seconds") or {}
+    return {
+        "case": case.case, "status": status, "modality": summary.get("modality", case.modality or ""),
+        "tumor_volume_ml": summary.get("tumor_volume_ml", ""),
+        "largest_diameter_mm": summary.get("largest_diameter_mm", ""),
+        "mean_entropy_nats": summary.get("mean_entropy_nats", ""),
+        "core_entropy_nats": summary.get("core_entropy_nats", ""),
+        "boundary_entropy_nats": summary.get("boundary_entropy_nats", ""),
+        "device": summary.get("device", ""),
+        "seconds_total": round(sum(seconds.values()), 3) if seconds else "",
+        "output": output, "error": error,
+    }
+
+
+def _write_table(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[CohortCase, Progress], Prediction],
+               *, fmt: str = "nifti", progress: Progress | None = None, rank: int = 0, world_size: int = 1,
+               on_case_done: Callable[[dict], None] | None = None) -> CohortResult:
+    """Segment ``cases`` (this rank's share of them) into ``out_dir``.
+
+    ``predict(case, progress)`` returns the case's :class:`Prediction`; it may raise for a bad case, which is then
+    recorded with its error while the run goes on. Returns every row of this rank's table.
+    """
+    out_dir = Path(out_dir)
+    progress = progress or NullProgress()
+    mine = cases[rank::world_size]
+    rows = []
+    table = out_dir / ("cohort_summary.csv" if world_size == 1 else f".cohort_summary.rank{rank}.csv")
+    start = time.monotonic()
+    for done, case in enumerate(mine):
+        case_dir = out_dir / case.case
+        progress("cohort", done / len(mine), f"case {done + 1}/{len(mine)}: {case.case}")
+        if is_finished(case_dir):
+            summary = json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+            row = _row(case, "skipped (finished earlier)", summary, output=str(case_dir))
+        else:
+            try:
+                prediction = predict(case, progress)
+                write_prediction(prediction, case_dir, fmt=fmt)
+                row = _row(case, "ok", prediction.summary, output=str(case_dir))
+            except HepatoblastomaSegError as exc:
+                row = _row(case, "failed", error=str(exc))
+                progress.log(f"{case.case}: FAILED: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a cohort must survive one broken case; the error is kept
+                row = _row(case, "failed", error=f"{type(exc).__name__}: {exc}")
+                log.debug("case %s failed:\n%s", case.case, traceback.format_exc())
+                progress.log(f"{case.case}: FAILED ({type(exc).__name__}): {exc}")
+        rows.append(row)
+        _write_table(table, rows)  # after every case: a killed run still tells what it did
+        if on_case_done is not None:
+            on_case_done(row)
+    progress("cohort", 1.0, f"{len(mine)} case(s) in {time.monotonic() - start:.1f} s")
+    if not mine:
+        _write_table(table, rows)
+    return CohortResult(rows, table)
+
+
+def merge_rank_tables(out_dir: str | Path, world_size: int, cases: list[CohortCase]) -> Path:
+    """Rank 0, after a barrier: merge the ranks' tables into ``cohort_summary.csv`` in manifest order."""
+    out_dir = Path(out_dir)
+    rows: dict[str, dict] = {}
+    for rank in range(world_size):
+        part = out_dir / f".cohort_summary.rank{rank}.csv"
+        with open(part, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                rows[row["case"]] = row
+        part.unlink()
+    ordered = [rows[c.case] for c in cases if c.case in rows]
+    path = out_dir / "cohort_summary.csv"
+    _write_table(path, ordered)
+    return path
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the variables torchrun sets; (0, 1, 0) otherwise."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))

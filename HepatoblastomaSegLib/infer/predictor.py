@@ -1,0 +1,251 @@
+"""The predictor: a bundle loaded once, then per case preprocess -> sliding window (+TTA) -> original grid.
+
+Per case (:meth:`Predictor.predict`):
+
+1. refuse bad input (spacing, wrong modality) and preprocess as the bundle's plans say (CT window and z-score; MRI N4,
+   liver mask from the liver bundle, Nyul) onto the target grid;
+2. MONAI :class:`~monai.inferers.SlidingWindowInferer` with nnU-Net's settings, not MONAI's defaults: overlap 0.5
+   and Gaussian importance weights (sigma = patch/8), over :class:`~.tta.SoftmaxPredictor` (softmax, optionally the
+   mean over the 8 axis flips), stitched in float32;
+3. probabilities back onto exactly the input grid (:func:`~..preprocess.resample_to_original`), then the tumour
+   mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid;
+4. optional clean-up (largest component / small components), then the summary.
+
+Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autocast (bf16 where supported, else fp16).
+A CUDA out-of-memory error is retried with one window per call and stitching on the CPU, then entirely on the CPU;
+the summary's ``warnings`` say so. On the CPU everything is deterministic: the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..bundle import ModelBundle, load_bundle
+from ..errors import ConfigError, ModelError
+from ..io import Volume
+from ..preprocess import preprocess_image, resample_to_original
+from ..preprocess.checks import AIR_THRESHOLD_HU
+from ..progress import NullProgress, Progress
+from .postprocess import keep_largest_component, remove_small_components
+from .result import Prediction
+from .summary import case_summary
+from .tta import ALL_FLIPS, SoftmaxPredictor
+from .uncertainty import entropy_nats
+
+#: Bundled models used when ``--model`` is not given.
+DEFAULT_MODELS = {"ct": "ct-demo", "mri": "mri-demo"}
+DEFAULT_LIVER_MODEL = "mri-liver-demo"
+
+
+@dataclasses.dataclass
+class PredictorOptions:
+    """What a user chooses (the ``hbseg segment`` options); :meth:`Predictor.from_options` turns it into a predictor."""
+
+    model: str | None = None
+    liver_model: str | None = None
+    modality: str | None = None
+    device: str = "auto"
+    tta: bool = True
+    overlap: float = 0.5
+    batch_size: int = 2
+    keep_largest: bool = False
+    min_component_ml: float = 0.0
+
+
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error that says so."""
+    text = str(requested)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here "
+                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+    return torch.device(text)
+
+
+def guess_modality(volume: Volume) -> str:
+    """"ct" when the image holds air in Hounsfield units (below -500), else "mri"."""
+    sample = volume.array.ravel()[:: max(1, volume.array.size // 1_000_000)]
+    return "ct" if float(np.mean(sample < AIR_THRESHOLD_HU)) >= 0.005 else "mri"
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Predictor:
+    """Segments one image after another with one loaded bundle (and, for MRI, its liver bundle)."""
+
+    def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
+                 tta: bool = True, overlap: float = 0.5, batch_size: int = 2, keep_largest: bool = False,
+                 min_component_ml: float = 0.0):
+        if bundle.plans.num_classes != 2:
+            raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
+                             "(background, tumour)", bundle.path)
+        self.bundle = bundle
+        self.liver_bundle = liver_bundle
+        self.device = resolve_device(device)
+        self.tta = tta
+        self.overlap = overlap
+        self.batch_size = batch_size
+        self.keep_largest = keep_largest
+        self.min_component_ml = min_component_ml
+        self.network = bundle.build_network(self.device)
+        self.tumor_channel = bundle.plans.label_names.index("tumor") if "tumor" in bundle.plans.labels else 1
+
+    @classmethod
+    def from_options(cls, options: PredictorOptions, *, modality: str | None = None) -> Predictor:
+        """Load the model named in ``options`` (or the bundled default of ``options.modality or modality``)."""
+        wanted = options.modality or modality
+        if options.model is None:
+            if wanted is None:
+                raise ConfigError("no --model and no --modality: give one of them")
+            name = DEFAULT_MODELS[wanted]
+            try:
+                bundle = load_bundle(name, modality=wanted)
+            except ModelError as exc:
+                raise ModelError(f"no --model given and the bundled default '{name}' cannot be used ({exc}). Give "
+                                 f"--model DIR, or train one with 'hbseg train'") from exc
+        else:
+            bundle = load_bundle(options.model, modality=wanted)
+        liver = None
+        if bundle.modality == "mri":
+            if options.liver_model is not None:
+                liver = load_bundle(options.liver_model, modality="mri")
+            elif options.model is None or DEFAULT_LIVER_MODEL in _bundled_names():
+                try:
+                    liver = load_bundle(DEFAULT_LIVER_MODEL, modality="mri")
+                except ModelError:
+                    liver = None  # preprocessing falls back to the body mask and says so in the summary
+        return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
+                   batch_size=options.batch_size, keep_largest=options.keep_largest,
+                   min_component_ml=options.min_component_ml)
+
+    # ------------------------------------------------------------------------------------------------ per case
+    def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
+                ) -> Prediction:
+        """Segment ``volume``; the mask and entropy map come back on exactly its grid."""
+        progress = progress or NullProgress()
+        seconds: dict[str, float] = {}
+        warnings: list[str] = []
+        t0 = time.perf_counter()
+        prep = preprocess_image(volume, self.bundle.plans, liver_mask=liver_mask, liver_model=self.liver_bundle,
+                                device=self.device, progress=progress)
+        warnings += prep.warnings
+        seconds["preprocess"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        probs, device_used = self._probabilities_with_fallback(prep.data, progress, warnings)
+        seconds["network"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        progress("resample", 0.0, "probabilities back to the input grid")
+        back = resample_to_original(probs, prep)
+        back = back if isinstance(back, torch.Tensor) else torch.from_numpy(back)
+        mask_np = (back.argmax(dim=0) == self.tumor_channel).to(torch.uint8).cpu().numpy()
+        entropy_np = entropy_nats(back).cpu().numpy().astype(np.float32, copy=False)
+        del back, probs
+        seconds["resample"] = time.perf_counter() - t0
+        progress("resample", 1.0, "done")
+
+        t0 = time.perf_counter()
+        if self.keep_largest:
+            mask_np = keep_largest_component(mask_np)
+        if self.min_component_ml > 0:
+            mask_np = remove_small_components(mask_np, self.min_component_ml, volume.voxel_volume_ml)
+        mask_volume = volume.with_array(mask_np)
+        entropy_volume = volume.with_array(entropy_np)
+        summary = case_summary(mask_volume, entropy_volume)
+        seconds["summary"] = time.perf_counter() - t0
+        summary.update({
+            "input": volume.name,
+            "model_name": self.bundle.name,
+            "model_version": self.bundle.version,
+            "modality": self.bundle.modality,
+            "liver_model": None if self.liver_bundle is None else
+            f"{self.liver_bundle.name} {self.liver_bundle.version}",
+            "device": device_used,
+            "tta": self.tta,
+            "overlap": self.overlap,
+            "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml},
+            "library_version": __version__,
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "warnings": warnings,
+        })
+        if volume.metadata.get("dicom"):
+            summary["dicom_series"] = volume.metadata["dicom"]
+        return Prediction(mask_volume, entropy_volume, summary)
+
+    # ------------------------------------------------------------------------------------------------ network
+    def _probabilities_with_fallback(self, data: torch.Tensor, progress: Progress, warnings: list[str]
+                                     ) -> tuple[torch.Tensor, str]:
+        """Sliding-window softmax [C, z, y, x]; on CUDA out-of-memory, retry smaller, then on the CPU."""
+        if self.device.type != "cuda":
+            return self._probabilities(data, self.device, self.device, self.batch_size, progress), str(self.device)
+        attempts = [(self.device, self.device, self.batch_size), (self.device, torch.device("cpu"), 1)]
+        for sw_device, stitch_device, batch in attempts:
+            try:
+                probs = self._probabilities(data.to(sw_device), sw_device, stitch_device, batch, progress)
+                if stitch_device.type == "cpu":
+                    warnings.append("GPU memory ran out: retried with one window per call and stitching in CPU "
+                                    "memory (slower)")
+                return probs, str(sw_device)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+        warnings.append("GPU memory ran out even with one window per call: ran on the CPU instead (much slower)")
+        self.network = self.network.to("cpu")
+        try:
+            return self._probabilities(data.cpu(), torch.device("cpu"), torch.device("cpu"), 1, progress), "cpu"
+        finally:
+            self.network = self.network.to(self.device)
+
+    def _probabilities(self, data: torch.Tensor, sw_device: torch.device, stitch_device: torch.device, batch: int,
+                       progress: Progress) -> torch.Tensor:
+        from monai.inferers import SlidingWindowInferer
+
+        patch = list(self.bundle.plans.patch_size_zyx)
+        total_batches = math.ceil(count_windows(tuple(data.shape), patch, self.overlap) / batch)
+        done = [0]
+
+        def on_batch() -> None:
+            progress("inference", done[0] / total_batches, f"window batch {done[0] + 1}/{total_batches}")
+            done[0] += 1
+
+        inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=batch, overlap=self.overlap, mode="gaussian",
+                                       sigma_scale=0.125, padding_mode="constant", cval=0.0,
+                                       sw_device=sw_device, device=stitch_device, cache_roi_weight_map=True)
+        softmax = SoftmaxPredictor(self.network, ALL_FLIPS if self.tta else ((),),
+                                   autocast_dtype=_autocast_dtype(sw_device), on_batch=on_batch)
+        with torch.inference_mode():
+            probs = inferer(data[None, None], softmax)[0]
+        progress("inference", 1.0, f"{total_batches} window batches")
+        return probs
+
+
+def count_windows(shape_zyx: tuple[int, ...], patch_zyx: list[int], overlap: float) -> int:
+    """Number of sliding windows MONAI will use (its scan interval: ``int(patch * (1 - overlap))``, at least 1)."""
+    total = 1
+    for size, roi in zip(shape_zyx, patch_zyx):
+        if size <= roi:
+            continue
+        interval = max(int(roi * (1 - overlap)), 1)
+        total *= math.ceil((size - roi) / interval) + 1
+    return total
+
+
+def _bundled_names() -> list[str]:
+    from ..bundle import list_bundles
+
+    return list_bundles("mri")
+
+
+PredictFn = Callable[[Volume, Progress], Prediction]

@@ -1,0 +1,69 @@
+"""What ``hbseg segment`` does: one image into a folder, or a cohort manifest into a folder per case."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..io import read_volume
+from ..progress import NullProgress, Progress
+from .cohort import CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, run_cohort
+from .outputs import write_prediction
+from .predictor import Predictor, PredictorOptions, guess_modality
+
+
+def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
+                progress: Progress | None = None) -> Path:
+    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    progress("read", 0.0, str(image))
+    volume = read_volume(image)
+    if volume.metadata.get("dicom"):
+        info = volume.metadata["dicom"]
+        progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")
+    read_s = time.perf_counter() - t0
+    progress("read", 1.0, str(image))
+    predictor = Predictor.from_options(options, modality=options.modality or guess_modality(volume))
+    prediction = predictor.predict(volume, progress)
+    prediction.summary["seconds"] = {"read": round(read_s, 4), **prediction.summary["seconds"]}
+    progress("write", 0.0, str(out_dir))
+    summary_path = write_prediction(prediction, out_dir, fmt=fmt)  # the summary cannot time its own writing
+    progress("write", 1.0, str(summary_path))
+    return summary_path
+
+
+def segment_cohort(manifest: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
+                   progress: Progress | None = None) -> CohortResult:
+    """Segment every case of ``manifest``; models are loaded once per modality. Under torchrun, shard by rank."""
+    progress = progress or NullProgress()
+    cases = read_manifest(manifest)
+    rank, world_size, local_rank = distributed_context()
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
+
+        if options.device in ("auto", "cuda") and torch.cuda.is_available():
+            options = PredictorOptions(**{**options.__dict__, "device": f"cuda:{local_rank}"})
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")  # a barrier and nothing else: gloo works with and without GPUs
+    predictors: dict[str, Predictor] = {}
+
+    def predict(case: CohortCase, case_progress: Progress):
+        volume = read_volume(case.image)
+        modality = options.modality or case.modality or guess_modality(volume)
+        if modality not in predictors:
+            predictors[modality] = Predictor.from_options(options, modality=modality)
+        return predictors[modality].predict(volume, case_progress)
+
+    result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank == 0:
+            path = merge_rank_tables(out_dir, world_size, cases)
+            result = CohortResult(result.rows, path)
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

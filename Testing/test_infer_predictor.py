@@ -1,0 +1,222 @@
+"""The predictor and `hbseg segment`: geometry kept exactly, deterministic on CPU, cohorts resume and survive bad cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HepatoblastomaSegLib.bundle import load_bundle
+from HepatoblastomaSegLib.cli import main
+from HepatoblastomaSegLib.errors import InputError, ModelError
+from HepatoblastomaSegLib.infer.outputs import is_finished
+from HepatoblastomaSegLib.infer.predictor import Predictor, count_windows
+from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_dicom_series, write_volume
+from HepatoblastomaSegLib.progress import parse_json_line
+
+from conftest import oblique_direction
+from test_preprocess_synthetic import synthetic_case
+from tiny_models import tiny_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return tiny_bundle(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def predictor(bundle_dir) -> Predictor:
+    return Predictor(load_bundle(bundle_dir), device="cpu", tta=False)
+
+
+def _oblique_ct(seed: int = 0) -> Volume:
+    image, _, _ = synthetic_case("ct", seed=seed, shape_zyx=(9, 36, 41), spacing_mm_xyz=(1.7, 1.4, 4.5),
+                                 direction=oblique_direction(flip_x=True), origin_mm=(12.5, -40.0, 7.25))
+    return image
+
+
+def test_outputs_lie_on_the_input_grid_oblique_flipped_anisotropic(predictor):
+    image = _oblique_ct()
+    prediction = predictor.predict(image)
+    for out in (prediction.mask, prediction.entropy):
+        assert out.array.shape == image.array.shape
+        assert out.geometry == image.geometry  # the very same grid object values, no re-derivation
+    assert prediction.mask.array.dtype == np.uint8 and set(np.unique(prediction.mask.array)) <= {0, 1}
+    assert prediction.entropy.array.dtype == np.float32
+    assert 0.0 <= prediction.entropy.array.min() and prediction.entropy.array.max() <= math.log(2) + 1e-6
+    summary = prediction.summary
+    assert summary["tumor_volume_ml"] == pytest.approx(prediction.mask.array.sum() * image.voxel_volume_ml)
+    assert summary["model_name"] == "ct-tiny" and summary["device"] == "cpu"
+    assert set(summary["seconds"]) >= {"preprocess", "network", "resample"}
+
+
+def test_cli_on_dicom_series_keeps_geometry(tmp_path, bundle_dir):
+    image = _oblique_ct(seed=1)
+    right_handed = Volume(image.array, Geometry(image.geometry.size, image.spacing_mm, image.origin_mm,
+                                                oblique_direction(flip_x=False)))
+    write_dicom_series(right_handed, tmp_path / "dicom", modality="CT", uid_seed="infer")
+    assert main(["segment", str(tmp_path / "dicom"), "--model", str(bundle_dir), "--no-tta", "--progress", "none",
+                 "-o", str(tmp_path / "out")]) == 0
+    mask = read_volume(tmp_path / "out" / "segmentation.nii.gz")
+    assert mask.geometry.mismatches(right_handed.geometry) == []
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["dicom_series"]["n_slices"] == image.array.shape[0]
+
+
+def test_same_input_gives_identical_bytes_on_cpu(tmp_path, bundle_dir):
+    image = _oblique_ct(seed=2)
+    write_volume(image, tmp_path / "ct.nii.gz")
+    for run in ("a", "b"):
+        assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", str(bundle_dir), "--no-tta",
+                     "--progress", "none", "-o", str(tmp_path / run)]) == 0
+    for name in ("segmentation.nii.gz", "entropy.nii.gz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_tta_changes_the_result_and_is_recorded(predictor, bundle_dir):
+    image = _oblique_ct(seed=3)
+    with_tta = Predictor(load_bundle(bundle_dir), device="cpu", tta=True).predict(image)
+    without = predictor.predict(image)
+    assert with_tta.summary["tta"] is True and without.summary["tta"] is False
+    assert not np.array_equal(with_tta.entropy.array, without.entropy.array)
+
+
+def test_image_smaller_than_the_patch_is_padded(predictor):
+    image, _, _ = synthetic_case("ct", shape_zyx=(4, 20, 18), spacing_mm_xyz=(1.5, 1.5, 4.0))
+    prediction = predictor.predict(image)
+    assert prediction.mask.array.shape == (4, 20, 18)
+
+
+def test_wrong_modality_is_refused(predictor):
+    mri, _, _ = synthetic_case("mri")
+    with pytest.raises(InputError, match="MRI given to a CT model"):
+        predictor.predict(mri)
+
+
+def test_corrupt_weights_are_refused_by_the_cli(tmp_path, bundle_dir, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_dir, broken)
+    weights = broken / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    write_volume(_oblique_ct(), tmp_path / "ct.nii.gz")
+    code = main(["segment", str(tmp_path / "ct.nii.gz"), "--model", str(broken), "--progress", "none",
+                 "-o", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_progress_json_lines(tmp_path, bundle_dir, capsys):
+    write_volume(_oblique_ct(), tmp_path / "ct.nii.gz")
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", str(bundle_dir), "--no-tta",
+                 "--progress", "json", "-o", str(tmp_path / "out")]) == 0
+    records = [parse_json_line(line) for line in capsys.readouterr().out.splitlines()]
+    assert records and all(r is not None for r in records)  # nothing but JSON lines on stdout
+    stages = [r["stage"] for r in records if r["event"] == "progress"]
+    assert {"read", "preprocess", "inference", "resample", "write"} <= set(stages)
+    assert records[-1]["event"] == "done" and records[-1]["message"].endswith("summary.json")
+    assert all(0.0 <= r["fraction"] <= 1.0 for r in records)
+
+
+def test_window_count_matches_monai():
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for shape, patch in [((9, 36, 41), (8, 32, 32)), ((100, 512, 512), (48, 192, 192)), ((4, 20, 18), (8, 32, 32))]:
+        padded = tuple(max(s, p) for s, p in zip(shape, patch))
+        interval = _get_scan_interval(padded, patch, 3, (0.5, 0.5, 0.5))
+        assert count_windows(shape, list(patch), 0.5) == len(dense_patch_slices(padded, patch, interval))
+
+
+def _cohort(tmp_path: Path, n: int = 3, bad: bool = True) -> Path:
+    rows = []
+    for i in range(n):
+        write_volume(_oblique_ct(seed=10 + i), tmp_path / "data" / f"c{i}.nii.gz")
+        rows.append({"case": f"c{i}", "image": f"c{i}.nii.gz"})
+    if bad:
+        (tmp_path / "data" / "broken.nii.gz").write_bytes(b"not an image")
+        rows.insert(1, {"case": "broken", "image": "broken.nii.gz"})
+    with open(tmp_path / "data" / "cohort.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path / "data" / "cohort.csv"
+
+
+def _table(path: Path) -> dict[str, dict]:
+    with open(path, newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def test_cohort_goes_on_past_a_bad_case_and_resumes(tmp_path, bundle_dir):
+    manifest = _cohort(tmp_path)
+    out = tmp_path / "out"
+    args = ["segment", "--manifest", str(manifest), "--model", str(bundle_dir), "--no-tta", "--progress", "none",
+            "-o", str(out)]
+    assert main(args) == 1  # one case failed
+    table = _table(out / "cohort_summary.csv")
+    assert table["broken"]["status"] == "failed" and "broken.nii.gz" in table["broken"]["error"]
+    assert all(table[c]["status"] == "ok" and is_finished(out / c) for c in ("c0", "c1", "c2"))
+    # Simulate a crash in the middle of c1: its summary is gone and an image half-written.
+    (out / "c1" / "summary.json").unlink()
+    before = (out / "c0" / "segmentation.nii.gz").stat().st_mtime_ns
+    assert main(args) == 1
+    table = _table(out / "cohort_summary.csv")
+    assert table["c0"]["status"].startswith("skipped") and table["c2"]["status"].startswith("skipped")
+    assert table["c1"]["status"] == "ok" and is_finished(out / "c1")
+    assert (out / "c0" / "segmentation.nii.gz").stat().st_mtime_ns == before
+
+
+def test_cohort_on_two_processes_with_torchrun(tmp_path, bundle_dir):
+    manifest = _cohort(tmp_path, n=3, bad=False)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "-m", "HepatoblastomaSegLib.cli", "segment", "--manifest", str(manifest), "--model", str(bundle_dir),
+         "--no-tta", "--device", "cpu", "--progress", "none", "-o", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = _table(out / "cohort_summary.csv")
+    assert list(table) == ["c0", "c1", "c2"] and all(row["status"] == "ok" for row in table.values())
+    assert not list(out.glob(".cohort_summary.rank*"))
+    # The two ranks split the work: identical results to a single process.
+    single = tmp_path / "single"
+    assert main(["segment", "--manifest", str(manifest), "--model", str(bundle_dir), "--no-tta", "--progress",
+                 "none", "-o", str(single)]) == 0
+    for case in ("c0", "c1", "c2"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(out / case / "segmentation.nii.gz")))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(single / case / "segmentation.nii.gz")))
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_default_model_says_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HBSEG_MODELS_DIR", str(tmp_path / "nowhere"))
+    import HepatoblastomaSegLib.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "RESOURCES_MODELS_DIR", tmp_path / "empty")
+    write_volume(_oblique_ct(), tmp_path / "ct.nii.gz")
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--progress", "none", "-o", str(tmp_path / "o")]) == 2
+    assert "hbseg train" in capsys.readouterr().err
+
+
+def test_bad_arguments(tmp_path, capsys):
+    assert main(["segment", "-o", str(tmp_path)]) == 2
+    assert "exactly one" in capsys.readouterr().err
+    with pytest.raises(ModelError):
+        load_bundle(tmp_path / "absent")
