@@ -34,7 +34,9 @@ class SegmentSpec:
     category: Code
     type: Code
     anatomic_region: Code | None = None
-    context_name: str = "Segmentation category and type - 3D Slicer General Anatomy list"
+    #: The context of the extension's own ``HepatoblastomaSeg.term.json``, so that files from ``hbseg segment`` and
+    #: from the Slicer module carry identical entries (Slicer shows the codes even where that file is not loaded).
+    context_name: str = "Segmentation category and type - HepatoblastomaSeg"
     anatomic_context_name: str = "Anatomic codes - DICOM master list"
 
     def slicer_terminology_entry(self) -> str:

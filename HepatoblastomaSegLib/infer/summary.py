@@ -27,8 +27,12 @@ def largest_diameter_mm(mask: Volume) -> float:
     array = mask.array.astype(bool)
     if array.sum() < 2:
         return 0.0
-    surface = array & ~ndimage.binary_erosion(array)
-    indices_zyx = np.argwhere(surface)
+    # Work on the bounding box (padded by one voxel so the erosion sees the background around the mask).
+    box = ndimage.find_objects(array.astype(np.uint8))[0]
+    lower = [max(s.start - 1, 0) for s in box]
+    crop = array[tuple(slice(lo, s.stop + 1) for lo, s in zip(lower, box))]
+    surface = crop & ~ndimage.binary_erosion(crop)
+    indices_zyx = np.argwhere(surface) + np.asarray(lower)
     ijk = indices_zyx[:, ::-1].astype(float)
     matrix = mask.geometry.index_to_physical_matrix()
     points_mm = ijk @ matrix[:3, :3].T + matrix[:3, 3]

@@ -1,0 +1,386 @@
+"""Segment a cohort with the HepatoblastomaSeg module's logic, in 3D Slicer without a window or headless.
+
+    Slicer --no-main-window --python-script HepatoblastomaSeg/Scripts/segment_cohort.py --manifest cohort.csv --out DIR
+    python HepatoblastomaSeg/Scripts/segment_cohort.py --manifest cohort.csv --out DIR     (slicer-core installed)
+
+The manifest is a CSV with columns ``case,image`` and optionally ``modality`` (ct/mri) and annotator mask columns
+(``R1,R2,R3``...; any column named R<number>, or those named with ``--annotators``); relative paths are relative to
+the CSV's folder. Per case, in ``DIR/<case>/``: ``<case>.seg.nrrd`` (segment "Hepatoblastoma" on the image's exact
+grid), ``<case>_entropy.nrrd`` (float32, nats), ``<case>_metrics.tsv`` (+ .schema.tsv; with annotators, one row per
+annotator and their consensus), with annotators ``<case>_consensus.seg.nrrd`` and ``<case>_agreement.tsv``, and
+last ``<case>_done.json`` (checksums of the others). A re-run skips cases whose files match their checksums, a
+failing case is reported and the run goes on (exit status 1 at the end), and every file is written atomically.
+With annotator columns the run ends with the Evaluation module's cohort report in ``DIR/report/``.
+
+For tests and other callers: ``main(argv, predict=...)`` takes a ``Callable[[Volume], Prediction]`` instead of
+loading a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import re
+import sys
+import textwrap
+import time
+import traceback
+from pathlib import Path
+
+import vtk
+
+_MODULE_DIR = Path(__file__).resolve().parent.parent  # HepatoblastomaSeg/: holds the HepatoblastomaSegMRML package
+if str(_MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(_MODULE_DIR))
+
+import HepatoblastomaSegMRML as mrml  # noqa: E402
+from HepatoblastomaSegLib.errors import HepatoblastomaSegError, InputError  # noqa: E402
+from HepatoblastomaSegLib.infer.outputs import sha256_of  # noqa: E402
+from HepatoblastomaSegLib.io import read_volume, write_text_atomic  # noqa: E402
+
+MODALITIES = ("ct", "mri")
+_ANNOTATOR_COLUMN = re.compile(r"^R\d+$")
+DONE_SUFFIX = "_done.json"
+STATUS_NAME = "cohort_status.tsv"
+COHORT_METRICS_NAME = "cohort_metrics.tsv"
+EVALUATION_CSV_NAME = "evaluation_cohort.csv"
+REPORT_FOLDER = "report"
+AI_SOURCE = "AI"
+
+DESCRIPTION = ("Segment hepatoblastoma in every case of a manifest with the HepatoblastomaSeg module's logic (the "
+               "model is loaded once), score the masks against the annotators' masks and their majority-vote "
+               "consensus, and end with the Evaluation module's cohort report. Runs inside 3D Slicer "
+               "(Slicer --no-main-window --python-script ...) or with plain Python and the slicer-core wheel.")
+
+EPILOG = textwrap.dedent("""\
+    outputs in OUT/<case>/ (each on the image's exact voxel grid; written atomically):
+      <case>.seg.nrrd            tumour segmentation, one segment "Hepatoblastoma" (3D Slicer segmentation file)
+      <case>_entropy.nrrd        voxelwise softmax entropy, float32, nats (0 .. ln 2 = 0.693)
+      <case>_metrics.tsv         volume (mL), largest diameter (mm), entropy inside/core/boundary (nats), model,
+                                 device, time (s); with annotators also Dice and volume error (%) per annotator
+      <case>_consensus.seg.nrrd  majority vote of the annotators, and <case>_agreement.tsv (pairwise Dice)
+      <case>_done.json           written last: the checksums of the files above
+    and in OUT/: cohort_status.tsv (done/skipped/failed per case), cohort_metrics.tsv, report/ (annotators only)
+
+    manifest example (paths relative to the CSV's folder; modality and R1,R2,... columns are optional):
+      case,image,modality,R1,R2,R3
+      hb001,hb001/ct.nii.gz,ct,hb001/R1.nii.gz,hb001/R2.nii.gz,hb001/R3.seg.nrrd
+
+    examples:
+      Slicer --no-main-window --python-script segment_cohort.py --manifest cohort.csv --out results/ --model ct-demo
+      python segment_cohort.py --manifest cohort.csv --out results/ --model bundles/ct --device cuda --no-tta
+
+    Re-run the same command to resume: finished cases (verified checksums) are skipped. A failing case is
+    reported and the others go on; the exit status is then 1 (2: bad arguments or manifest, 130: interrupted).""")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    case: str
+    image: Path
+    modality: str | None
+    annotators: dict[str, Path]  # column -> mask file (empty cells left out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment_cohort.py", description=textwrap.fill(DESCRIPTION, 100, break_on_hyphens=False),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", type=Path, required=True, help="cohort CSV: case,image[,modality][,R1,R2,...]")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (one subfolder per case)")
+    parser.add_argument("--model", help="model bundle folder or bundled model name (loaded once for the cohort)")
+    parser.add_argument("--modality", choices=MODALITIES, help="modality of cases whose manifest row names none")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where the network runs (default: %(default)s)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                        help="8-flip test-time augmentation (default: on; about 8x the network time)")
+    parser.add_argument("--annotators", default="",
+                        help="comma-separated annotator mask columns (default: every column named R<number>)")
+    parser.add_argument("--no-report", action="store_true", help="skip the Evaluation module's cohort report")
+    parser.add_argument("--no-figures", action="store_true", help="cohort report without figures (faster)")
+    return parser
+
+
+def read_manifest(path: Path, annotator_columns: list[str] | None = None) -> list[Case]:
+    """Parse the manifest; errors name the file, the row and the problem."""
+    if not path.is_file():
+        raise InputError("manifest not found", path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the manifest ({exc})", path) from exc
+    missing = [c for c in ("case", "image") if c not in header]
+    if missing:
+        raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(header) or 'none'}",
+                         path)
+    if annotator_columns:
+        absent = [c for c in annotator_columns if c not in header]
+        if absent:
+            raise InputError(f"annotator column(s) {', '.join(absent)} not in the manifest", path)
+    else:
+        annotator_columns = [h for h in header if _ANNOTATOR_COLUMN.match(h)]
+
+    def resolve(text: str) -> Path:
+        return Path(text) if Path(text).is_absolute() else path.parent / text
+
+    cases, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        values = {k: (v or "").strip() for k, v in row.items() if k}
+        if not any(values.values()):
+            continue
+        case, image = values.get("case", ""), values.get("image", "")
+        if not case or not image:
+            raise InputError(f"row {line}: empty case or image", path)
+        if case in seen:
+            raise InputError(f"row {line}: case '{case}' appears twice", path)
+        seen.add(case)
+        modality = values.get("modality", "").lower() or None
+        if modality is not None and modality not in MODALITIES:
+            raise InputError(f"row {line}: modality '{modality}' is not one of {', '.join(MODALITIES)}", path)
+        annotators = {c: resolve(values[c]) for c in annotator_columns if values.get(c)}
+        cases.append(Case(case, resolve(image), modality, annotators))
+    if not cases:
+        raise InputError("the manifest lists no cases", path)
+    return cases
+
+
+def make_predictor(model: str | None, *, modality: str | None = None, device: str = "auto", tta: bool = True):
+    """The predictor, loaded once for the whole cohort: ``Callable[[Volume], Prediction]``.
+
+    The one place where the library's in-process predictor is wired in: ``model`` is a bundle folder or a bundled
+    model's name (None: the bundled default for ``modality``), loaded and checked by
+    :meth:`HepatoblastomaSegLib.infer.predictor.Predictor.from_options`, as ``hbseg segment`` does.
+    """
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
+    from HepatoblastomaSegLib.progress import NullProgress
+
+    predictor = Predictor.from_options(PredictorOptions(model=model, modality=modality, device=device, tta=tta))
+
+    def predict(volume):
+        return predictor.predict(volume, NullProgress())
+
+    return predict
+
+
+# --- one case ----------------------------------------------------------------------------------------------------
+
+def case_folder(out_dir: Path, case: Case) -> Path:
+    return out_dir / mrml.storage.file_stem(case.case)
+
+
+def done_path(out_dir: Path, case: Case) -> Path:
+    return case_folder(out_dir, case) / f"{mrml.storage.file_stem(case.case)}{DONE_SUFFIX}"
+
+
+def is_done(out_dir: Path, case: Case) -> bool:
+    """True when the case's done file exists and every file it lists has the recorded checksum."""
+    marker = done_path(out_dir, case)
+    try:
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        return all(sha256_of(marker.parent / name) == digest for name, digest in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def load_image(scene, path: Path, name: str):
+    """The case image as a volume node on the file's exact voxel grid.
+
+    Read by the library (files and DICOM series folders), not by Slicer's volume storage node: that one reverses
+    the k axis of a left-handed image, and the outputs must line up voxel for voxel with the input file (the
+    cohort report compares them array to array). Outputs are written through storage nodes, which keep the grid.
+    """
+    volume = read_volume(path)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    mrml.volumes.set_node_geometry(node, volume.geometry)
+    mrml.volumes.set_volume_array(node, volume.array)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def run_case(scene, case: Case, out_dir: Path, predict, default_modality: str | None) -> dict[str, Path]:
+    """Segment one case, score it against its annotators, save its files, then its done file; returns the files."""
+    folder = case_folder(out_dir, case)
+    stem = mrml.storage.file_stem(case.case)
+    marker = done_path(out_dir, case)
+    if marker.exists():
+        marker.unlink()  # the case stops counting as finished before any of its files changes
+    volume_node = load_image(scene, case.image, case.case)
+    result = mrml.segment(scene, volume_node, predict, case=case.case, modality=case.modality or default_modality)
+    references, consensus = [], None
+    for column, path in case.annotators.items():
+        try:
+            node, segment_id = mrml.load_mask(scene, path, volume_node, name=f"{case.case} {column}")
+        except HepatoblastomaSegError as exc:
+            raise type(exc)(f"annotator {column}: {exc.problem}", exc.path) from exc
+        node.SetName(column)
+        references.append((node, segment_id))
+    if len(references) >= 2:
+        consensus = mrml.consensus(scene, references, volume_node=volume_node, name="Consensus")
+        references.append((consensus.segmentation_node, consensus.segment_id))
+    if references:
+        mrml.rescore(scene, result, references, case=case.case)
+    files = mrml.save_results(result, folder, case=case.case, include_ai=False)
+    if consensus is not None:
+        files["consensus"] = mrml.save_node(consensus.segmentation_node, folder / f"{stem}_consensus.seg.nrrd")
+        files["agreement"] = mrml.save_node(consensus.table_node, folder / f"{stem}_agreement.tsv")
+    listed = dict(files)
+    for kind in ("metrics", "agreement"):  # a table's column types live in its .schema.tsv
+        if kind in files:
+            listed[f"{kind}_schema"] = files[kind].with_name(files[kind].name.replace(".tsv", ".schema.tsv"))
+    record = {"case": case.case, "image": str(case.image),
+              "annotators": {k: str(v) for k, v in case.annotators.items()}, "summary": result.summary,
+              "files": {p.name: sha256_of(p) for p in listed.values()}}
+    write_text_atomic(marker, json.dumps(record, indent=2, default=str) + "\n")
+    return files
+
+
+def _scene_contents(scene) -> tuple[set[str], set[int]]:
+    """IDs of the scene's nodes and subject hierarchy items (to remove what one case adds, and only that)."""
+    node_ids = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    sh = mrml.nodes.hierarchy(scene)
+    items = vtk.vtkIdList()
+    sh.GetItemChildren(sh.GetSceneItemID(), items, True)
+    return node_ids, {items.GetId(i) for i in range(items.GetNumberOfIds())}
+
+
+def _restore_scene(scene, before: tuple[set[str], set[int]]) -> None:
+    """Remove the nodes, then the (folder) subject hierarchy items, added since ``before``."""
+    node_ids, item_ids = before
+    for node in [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]:
+        if node is not None and node.GetID() not in node_ids and not node.GetSingletonTag():
+            scene.RemoveNode(node)
+    sh = mrml.nodes.hierarchy(scene)
+    _, items_now = _scene_contents(scene)
+    for item in sorted(items_now - item_ids, reverse=True):  # folders made later (inside others) first
+        if sh.GetItemName(item):
+            sh.RemoveItem(item, False, False)
+
+
+# --- the cohort --------------------------------------------------------------------------------------------------
+
+def write_status(out_dir: Path, rows: list[dict]) -> Path:
+    lines = ["case\tstatus\tmessage"] + [f"{r['case']}\t{r['status']}\t{r['message']}" for r in rows]
+    return write_text_atomic(out_dir / STATUS_NAME, "\n".join(lines) + "\n")
+
+
+def write_cohort_metrics(scene, out_dir: Path, cases: list[Case]) -> Path | None:
+    """All finished cases' metrics rows in one table ``DIR/cohort_metrics.tsv`` (read back from their files)."""
+    rows = []
+    for case in cases:
+        if not is_done(out_dir, case):
+            continue
+        stem = mrml.storage.file_stem(case.case)
+        table = mrml.load_table(scene, case_folder(out_dir, case) / f"{stem}_metrics.tsv")
+        rows += mrml.table_rows(table)
+        mrml.remove_node(scene, table)
+    if not rows:
+        return None
+    table = mrml.nodes.add_table_node(scene, "cohort metrics", mrml.METRICS_COLUMNS, rows, role="metrics")
+    try:
+        return mrml.save_node(table, out_dir / COHORT_METRICS_NAME)
+    finally:
+        mrml.remove_node(scene, table)
+
+
+def cohort_report(out_dir: Path, cases: list[Case], *, figures: bool = True) -> Path | None:
+    """The Evaluation module's cohort report (``DIR/report/``) of the finished cases that have 2+ annotators: the
+    annotators, their consensus Rc and this run's masks ("AI", with its entropy maps), by
+    :mod:`HepatoblastomaSegLib.evaluate`. Returns the report's HTML file, or None when no case qualifies."""
+    from HepatoblastomaSegLib.evaluate.cohort import EvaluationOptions, evaluate_cohort, read_cohort
+    from HepatoblastomaSegLib.evaluate.report import write_report
+
+    columns = sorted({c for case in cases for c in case.annotators}, key=lambda c: (len(c), c))
+    ready = [c for c in cases if is_done(out_dir, c) and len(c.annotators) >= 2]
+    if len(columns) < 2 or not ready:
+        return None
+    header = ["case", *columns, AI_SOURCE, f"{AI_SOURCE}_entropy"]
+    lines = [",".join(header)]
+    for case in ready:
+        stem, folder = mrml.storage.file_stem(case.case), case_folder(out_dir, case)
+        cells = [case.case, *(str(case.annotators.get(c, "")) for c in columns),
+                 str(folder / f"{stem}.seg.nrrd"), str(folder / f"{stem}_entropy.nrrd")]
+        lines.append(",".join(_csv_cell(c) for c in cells))
+    cohort_csv = write_text_atomic(out_dir / EVALUATION_CSV_NAME, "\n".join(lines) + "\n")
+    cohort = read_cohort(cohort_csv, ",".join(columns), AI_SOURCE, f"{AI_SOURCE}={AI_SOURCE}_entropy")
+    result = evaluate_cohort(cohort, EvaluationOptions(skip_missing=True))
+    return write_report(result, out_dir / REPORT_FOLDER, figures=figures)["report.html"]
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def main(argv: list[str] | None = None, predict=None) -> int:
+    """Run the cohort; returns the exit status (0 all done, 1 some case failed, 2 bad arguments or manifest,
+    130 interrupted). ``predict`` replaces the model (tests, other callers)."""
+    args = build_parser().parse_args(argv)
+    try:
+        annotators = [c.strip() for c in args.annotators.split(",") if c.strip()] or None
+        cases = read_manifest(args.manifest, annotators)
+        if predict is None:
+            modalities = {case.modality for case in cases if case.modality}
+            modality = args.modality or (modalities.pop() if len(modalities) == 1 else None)
+            predict = make_predictor(args.model, modality=modality, device=args.device, tta=args.tta)
+    except HepatoblastomaSegError as exc:
+        print(f"segment_cohort: error: {exc}", file=sys.stderr)
+        return 2
+    env = mrml.application_environment() if mrml.in_application() else mrml.headless_environment()
+    scene = env.scene
+    args.out.mkdir(parents=True, exist_ok=True)
+    status: list[dict] = []
+    try:
+        for index, case in enumerate(cases, start=1):
+            prefix = f"[{index}/{len(cases)}] {case.case}"
+            if is_done(args.out, case):
+                print(f"{prefix}: finished before, skipped", flush=True)
+                status.append({"case": case.case, "status": "skipped", "message": "finished before"})
+                continue
+            before = _scene_contents(scene)
+            start = time.perf_counter()
+            try:
+                run_case(scene, case, args.out, predict, args.modality)
+            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+                print(f"{prefix}: FAILED: {exc}", file=sys.stderr, flush=True)
+                if not isinstance(exc, HepatoblastomaSegError):
+                    traceback.print_exc(file=sys.stderr)
+                status.append({"case": case.case, "status": "failed", "message": str(exc).replace("\t", " ")})
+            else:
+                print(f"{prefix}: done in {time.perf_counter() - start:.1f} s", flush=True)
+                status.append({"case": case.case, "status": "done", "message": ""})
+            finally:
+                _restore_scene(scene, before)
+    except KeyboardInterrupt:
+        print("segment_cohort: interrupted; finished cases are kept, nothing half-written was left; run the same "
+              "command again to resume", file=sys.stderr)
+        write_status(args.out, status)
+        return 130
+    write_status(args.out, status)
+    write_cohort_metrics(scene, args.out, cases)
+    if not args.no_report and any(case.annotators for case in cases):
+        try:
+            report = cohort_report(args.out, cases, figures=not args.no_figures)
+            if report is not None:
+                print(f"cohort report: {report}", flush=True)
+        except HepatoblastomaSegError as exc:
+            print(f"segment_cohort: cohort report failed: {exc}", file=sys.stderr)
+            return 1
+    failed = [r["case"] for r in status if r["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} case(s) failed: {', '.join(failed)} (see {args.out / STATUS_NAME})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    if mrml.in_application():
+        import slicer
+
+        slicer.util.exit(code)
+    else:
+        sys.exit(code)
