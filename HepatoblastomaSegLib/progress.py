@@ -115,12 +115,14 @@ class TqdmProgress(Progress):
         self.stream = stream if stream is not None else sys.stderr
         self.disable = disable
         self._bar = None
+        self._bar_stage: str | None = None
 
     def render(self, stage: str, fraction: float, eta_s: float | None, message: str) -> None:
         from tqdm import tqdm
 
-        if self._bar is None or self._bar.desc != stage:
+        if self._bar is None or self._bar_stage != stage:
             self.close()
+            self._bar_stage = stage
             self._bar = tqdm(total=1000, desc=stage, file=self.stream, disable=self.disable, leave=False,
                              bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
         self._bar.n = int(round(fraction * 1000))
@@ -137,3 +139,4 @@ class TqdmProgress(Progress):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._bar_stage = None
