@@ -290,3 +290,12 @@ def test_output_folder_that_cannot_exist(tmp_path, ct_like_volume):
     with pytest.raises(InputError, match="cannot create the output folder") as info:
         write_volume(ct_like_volume, tmp_path / "afile" / "x.nii.gz")
     assert "afile" in str(info.value)
+
+
+def test_dicom_io_leaves_the_locale_alone(tmp_path, ct_like_volume):
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(ct_like_volume, tmp_path / "d", modality="CT", uid_seed="l")
+    read_volume(tmp_path / "d")
+    assert locale.setlocale(locale.LC_ALL) == before

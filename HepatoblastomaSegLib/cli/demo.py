@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary_path = segment_one(image_path, out / "segmentation", PredictorOptions(model="ct-demo", tta=args.tta),
                                progress=TqdmProgress(sys.stderr))
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     predicted = read_mask(out / "segmentation" / "segmentation.nii.gz", reference=consensus)
     value, _ = dice(predicted.array, consensus.array)
     print(f"\nsegmentation (ct-demo {summary['model_version']}): {out / 'segmentation'}")

@@ -9,7 +9,10 @@ RescaleIntercept -1024 / RescaleSlope 1, as scanners do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import locale
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,20 @@ SLICE_STEP_RTOL = 0.05
 
 _SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 _CT_INTERCEPT = -1024
+
+
+@contextlib.contextmanager
+def _locale_kept() -> Iterator[None]:
+    """Undo GDCM's process-wide ``setlocale(LC_ALL, "C")``.
+
+    GDCM's DICOM writer switches the C locale to "C" for its number formatting and leaves it there; Python's
+    ``open()`` then defaults to ASCII and any later UTF-8 text file (a report with a degree sign) fails to read.
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _series_ids(folder: Path) -> list[str]:
@@ -59,7 +76,8 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        image = reader.Execute()
+        with _locale_kept():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"DICOM series {chosen} could not be read ({str(exc).splitlines()[-1][:200]})",
                          folder) from exc
@@ -188,7 +206,7 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, modality: str, pat
         slice_image.SetMetaData("0020|0032", "\\".join(f"{v:.10g}" for v in position[:3]))
         slice_image.SetMetaData("0020|1041", f"{float(np.dot(np.cross(direction[:, 0], direction[:, 1]), position[:3])):.10g}")
         path = folder / f"IM{k + 1:04d}.dcm"
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _locale_kept():
             writer.SetFileName(str(tmp))
             writer.Execute(slice_image)
         paths.append(path)

@@ -352,8 +352,11 @@ def read_mask(path: str | Path, *, reference: Volume | Geometry | None = None, w
 
 def require_binary(volume: Volume, *, what: str = "mask") -> None:
     """Raise :class:`InputError` unless every voxel of ``volume`` is 0 or 1."""
-    values = np.unique(volume.array) if volume.array.dtype != np.bool_ else np.array([0, 1])
-    extra = [v for v in values.tolist() if v not in (0, 1)]
+    array = volume.array
+    if array.dtype == np.bool_ or (array.size and array.min() >= 0 and array.max() <= 1
+                                   and np.issubdtype(array.dtype, np.integer)):
+        return  # the common case, without the cost of np.unique on a full-size mask
+    extra = [v for v in np.unique(array).tolist() if v not in (0, 1)]
     if extra:
         shown = ", ".join(f"{v:g}" for v in extra[:8]) + (", ..." if len(extra) > 8 else "")
         raise InputError(f"{what} must be binary (0/1) but holds the values {shown}", volume.path)
