@@ -1,0 +1,229 @@
+"""The model catalogue of the module: which bundles there are, importing a bundle folder, which model fits an
+image, and about how much GPU memory a model needs.
+
+Listing reads only ``bundle.json`` (no torch, so the module can show its models before any dependency is
+installed); it searches the same folders, in the same order, as the library's
+:func:`HepatoblastomaSegLib.bundle.models_dirs`, with the user's imported-models folder first. Importing a folder
+(:func:`import_model_folder`) runs the library's full check, :func:`~HepatoblastomaSegLib.bundle.load_bundle` with
+the weights' SHA256, before and after copying, and copies through a temporary sibling folder that is renamed into
+place, so the catalogue never holds half a bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from HepatoblastomaSegLib.errors import ModelError
+
+BUNDLE_JSON, PLANS_JSON, CARD_FILE = "bundle.json", "plans.json", "model_card.md"
+MODELS_ENV = "HBSEG_MODELS_DIR"
+#: The library's bundled default per modality (``HepatoblastomaSegLib.infer.predictor.DEFAULT_MODELS``).
+DEFAULT_MODEL_NAMES = {"ct": "ct-demo", "mri": "mri-demo"}
+#: Bundles that are helpers, not tumour models (the MRI liver model used for Nyul standardisation).
+HELPER_MODEL_NAMES = ("mri-liver-demo",)
+MODALITY_LABELS = {"ct": "CT", "mri": "T2 MRI"}
+
+#: Same rule as the library's ``preprocess.checks``: a CT in HU holds air; MRI magnitudes are never below it.
+AIR_THRESHOLD_HU = -500.0
+CT_MIN_AIR_FRACTION = 0.005
+_MAX_SAMPLES = 2_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One bundle found on disk. ``source``: "imported" (the user's folder), "environment" ($HBSEG_MODELS_DIR) or
+    "bundled" (shipped with the extension)."""
+
+    name: str
+    version: str
+    modality: str
+    path: Path
+    source: str
+    sha256: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version} ({MODALITY_LABELS.get(self.modality, self.modality)})"
+
+    def card(self) -> str:
+        """The model card (Markdown); a note when the file cannot be read."""
+        try:
+            return (self.path / CARD_FILE).read_text(encoding="utf-8")
+        except OSError as exc:
+            return f"(no model card: {exc})"
+
+    def plans(self) -> dict[str, Any]:
+        return json.loads((self.path / PLANS_JSON).read_text(encoding="utf-8"))
+
+    def width(self) -> float:
+        meta = json.loads((self.path / BUNDLE_JSON).read_text(encoding="utf-8"))
+        network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+        return float(network.get("width", 1.0))
+
+
+def bundled_models_dir() -> Path:
+    """``Resources/Models`` beside the library package in use (the library's ``RESOURCES_MODELS_DIR``)."""
+    import HepatoblastomaSegLib
+
+    return Path(HepatoblastomaSegLib.__file__).resolve().parent.parent / "Resources" / "Models"
+
+
+def model_search_dirs(user_dir: str | Path | None = None) -> list[tuple[Path, str]]:
+    """``(folder, source)`` pairs in search order: the user's imported models, ``$HBSEG_MODELS_DIR``, bundled."""
+    dirs = [(Path(user_dir), "imported")] if user_dir else []
+    dirs += [(Path(p).expanduser(), "environment") for p in os.environ.get(MODELS_ENV, "").split(os.pathsep)
+             if p.strip()]
+    return dirs + [(bundled_models_dir(), "bundled")]
+
+
+def read_entry(folder: Path, source: str) -> ModelEntry | None:
+    """The catalogue entry of a bundle folder from its ``bundle.json``; None when it is not a readable bundle."""
+    try:
+        meta = json.loads((folder / BUNDLE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("modality") not in ("ct", "mri") or not meta.get("name"):
+        return None
+    weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+    return ModelEntry(str(meta["name"]), str(meta.get("version", "")), str(meta["modality"]), folder, source,
+                      str(weights.get("sha256", "")))
+
+
+def list_models(user_dir: str | Path | None = None, modality: str | None = None, *,
+                include_helpers: bool = False) -> list[ModelEntry]:
+    """Every bundle in :func:`model_search_dirs`, one per folder name (the first found wins, as in the library),
+    sorted by modality then name; ``modality`` keeps only "ct" or "mri" models."""
+    entries: dict[str, ModelEntry] = {}
+    for folder, source in model_search_dirs(user_dir):
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if sub.name in entries or not sub.is_dir():
+                continue
+            entry = read_entry(sub, source)
+            if entry is not None:
+                entries[sub.name] = entry
+    found = [e for e in entries.values()
+             if (modality is None or e.modality == modality) and (include_helpers or e.name not in HELPER_MODEL_NAMES)]
+    return sorted(found, key=lambda e: (e.modality, e.name != DEFAULT_MODEL_NAMES.get(e.modality), e.name))
+
+
+def default_model(entries: Sequence[ModelEntry], modality: str) -> ModelEntry | None:
+    """The library's default model of ``modality`` when listed, else the first model of that modality."""
+    matching = [e for e in entries if e.modality == modality]
+    for entry in matching:
+        if entry.name == DEFAULT_MODEL_NAMES.get(modality):
+            return entry
+    return matching[0] if matching else None
+
+
+def import_model_folder(source: str | Path, user_dir: str | Path, *, replace: bool = False) -> ModelEntry:
+    """Check the bundle in ``source`` (all files, fields and the weights' SHA256) and copy it into ``user_dir``
+    as ``user_dir/<bundle name>``; return its catalogue entry.
+
+    :class:`ModelError` naming the folder when the bundle is broken (the library's message), or when a different
+    model of that name was imported before and ``replace`` is False.
+    """
+    from HepatoblastomaSegLib.bundle import BUNDLE_FILES, load_bundle
+
+    source = Path(source)
+    bundle = load_bundle(source, verify_weights=True)
+    user_dir = Path(user_dir)
+    target = user_dir / bundle.name
+    if target.resolve() == source.resolve():
+        return read_entry(target, "imported")
+    if target.exists():
+        existing = read_entry(target, "imported")
+        if existing is not None and existing.sha256 == bundle.sha256 and existing.version == bundle.version:
+            return existing  # the same model again: nothing to do
+        if not replace:
+            raise ModelError(f"a different model named '{bundle.name}' was imported before "
+                             f"({existing.version if existing else 'unreadable'}); replace it or rename the new one",
+                             source)
+    user_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".partial", dir=user_dir))
+    try:
+        for file in BUNDLE_FILES:
+            shutil.copy2(source / file, staging / file)
+        load_bundle(staging, verify_weights=True)  # the copy, not only the original, must pass
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".old", dir=user_dir))
+            os.replace(target, old / bundle.name)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_entry(target, "imported")
+
+
+# ------------------------------------------------------------------------------------------------ modality
+def guess_modality(array: np.ndarray) -> str:
+    """"ct" when at least 0.5 % of the voxels are below -500 (air in Hounsfield units), else "mri" (the
+    library's rule; see ``HepatoblastomaSegLib.preprocess.checks``)."""
+    flat = np.asarray(array).ravel()
+    sample = flat[:: max(1, flat.size // _MAX_SAMPLES)]
+    air_fraction = float(np.mean(sample.astype(np.float32) < AIR_THRESHOLD_HU)) if sample.size else 0.0
+    return "ct" if air_fraction >= CT_MIN_AIR_FRACTION else "mri"
+
+
+def modality_mismatch(guessed: str | None, chosen: str | None, model: ModelEntry | None) -> str:
+    """A warning when the image, the chosen modality and the model disagree; ``""`` when they agree."""
+    if model is not None and chosen is not None and model.modality != chosen:
+        return (f"The {MODALITY_LABELS[model.modality]} model '{model.name}' is selected, but Modality is "
+                f"{MODALITY_LABELS[chosen]}: choose a {MODALITY_LABELS[chosen]} model, or change Modality.")
+    if guessed is None:
+        return ""
+    model_modality = model.modality if model is not None else chosen
+    if model_modality is None or guessed == model_modality:
+        return ""
+    looks = "an MRI (no air below -500 HU)" if guessed == "mri" else "a CT (it has air below -500 HU)"
+    which = f"the {MODALITY_LABELS[model_modality]} model '{model.name}'" if model is not None else \
+        f"Modality {MODALITY_LABELS[model_modality]}"
+    return (f"This looks like {looks}, but {which} is selected: choose a {MODALITY_LABELS[guessed]} model, or set "
+            f"Modality to {MODALITY_LABELS[model_modality]} if the image really is one.")
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def estimate_inference_memory_gb(plans: Mapping[str, Any], width: float = 1.0, *,
+                                 image_shape_zyx: Sequence[int] | None = None,
+                                 image_spacing_zyx_mm: Sequence[float] | None = None, batch_size: int = 2) -> float:
+    """About how much GPU memory (GB) the library's sliding-window inference needs: a rough, deliberately
+    generous estimate, for choosing a device before the run (the library also falls back by itself when a GPU
+    runs out of memory).
+
+    Counted (float32): per window, every stage's feature map kept for the skip connections plus the decoder's,
+    and three full-resolution maps in flight, times ``batch_size``; the weights; the stitched softmax and its
+    weight map over the image resampled to the plans' spacing (when the image is given); and 1 GB of CUDA
+    context and workspace.
+    """
+    topology = plans["topology"]
+    patch = [int(v) for v in topology["patch_size_zyx"]]
+    strides = [[int(v) for v in s] for s in topology["strides_zyx"]]
+    filters = [max(1, int(round(f * width))) for f in topology["filters"]]
+    voxels = math.prod(patch)
+    per_stage, factor = [], np.ones(3)
+    for stride, features in zip(strides, filters):
+        factor = factor * np.asarray(stride, dtype=float)
+        per_stage.append(features * voxels / float(np.prod(factor)))
+    window_values = 2 * sum(per_stage) + 3 * filters[0] * voxels
+    weight_values = sum(9 * 27 * f * f for f in filters)  # two 3x3x3 convolutions per stage, both paths
+    n_classes = len(plans.get("labels", {})) or 2
+    stitch_values = 0.0
+    if image_shape_zyx is not None and image_spacing_zyx_mm is not None:
+        target = plans["spacing"]["target_spacing_mm_xyz"][::-1]
+        resampled = math.prod(max(1.0, n * s / t) for n, s, t in zip(image_shape_zyx, image_spacing_zyx_mm, target))
+        stitch_values = (n_classes + 1) * resampled
+    total_bytes = 4 * (batch_size * window_values + weight_values + stitch_values)
+    return total_bytes / 1e9 + 1.0
