@@ -5,18 +5,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..preprocess.liver import largest_component
+
 #: 26-connectivity: voxels touching by a corner are one component, as in nnU-Net's connected-component analysis.
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
 
 
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """Keep only the largest 26-connected component of a binary [z, y, x] mask (uint8 0/1)."""
-    labels, n = ndimage.label(mask, structure=_STRUCTURE)
-    if n <= 1:
-        return (labels > 0).astype(np.uint8)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return (labels == int(np.argmax(sizes))).astype(np.uint8)
+    return largest_component(mask)
 
 
 def remove_small_components(mask: np.ndarray, min_volume_ml: float, voxel_volume_ml: float) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""Inference speed, end to end (read -> written files), ours against a baseline built from MONAI's stock pieces.
+
+Run by hand (not a test)::
+
+    .venv/bin/python benchmarks/bench_infer.py [--model ct-demo] [--device auto] [--baseline] [--json out.json]
+
+The input is a full-size phantom CT (``generate_case("ct", seed=4242, size="full")``, written as NIfTI first). For
+each setting it reports seconds per stage (read, preprocess, network, resample, write) as ``hbseg segment`` records
+them, plus the wall time of the whole call. ``--baseline`` also runs the same weights through MONAI's stock
+pipeline (LoadImaged, EnsureChannelFirstd, Spacingd, ScaleIntensityRanged + NormalizeIntensityd with the plan's
+statistics, SlidingWindowInferer with its defaults: overlap 0.25, constant weights; Invertd; SaveImaged) and reports
+its wall time and the Dice between the two masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from HepatoblastomaSegLib.evaluate.metrics import dice
+from HepatoblastomaSegLib.infer.predictor import PredictorOptions, resolve_device
+from HepatoblastomaSegLib.infer.runner import segment_one
+from HepatoblastomaSegLib.io import read_volume, write_volume
+from HepatoblastomaSegLib.phantom import generate_case
+
+
+def run_ours(image: Path, out: Path, model: str, device: str, tta: bool) -> dict:
+    start = time.perf_counter()
+    summary_path = segment_one(image, out, PredictorOptions(model=model, device=device, tta=tta))
+    wall = time.perf_counter() - start
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    return {"wall_s": round(wall, 2), "stages_s": summary["seconds"], "device": summary["device"],
+            "tumor_volume_ml": round(summary["tumor_volume_ml"], 1)}
+
+
+def run_monai_baseline(image: Path, out: Path, model: str, device: str) -> dict:
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        NormalizeIntensityd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    from HepatoblastomaSegLib.bundle import load_bundle
+
+    bundle = load_bundle(model)
+    plans = bundle.plans
+    dev = resolve_device(device)
+    net = bundle.build_network(dev)
+    lo, hi = plans.ct.clip_hu  # the 0-350 HU window intersected with the training foreground percentiles
+    start = time.perf_counter()
+    pre = Compose([
+        LoadImaged("image", image_only=False), EnsureChannelFirstd("image"),
+        # MONAI's reader gives (x, y, z) arrays; the plan's spacing is stored (x, y, z) too.
+        Spacingd("image", pixdim=plans.target_spacing_mm_xyz, mode="bilinear"),
+        ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=lo, b_max=hi, clip=True),
+        NormalizeIntensityd("image", subtrahend=plans.ct.mean_hu, divisor=plans.ct.std_hu),
+    ])
+    data = pre({"image": str(image)})
+    x = data["image"][None].to(dev)
+    # Our network expects [B, C, z, y, x]; MONAI's loader gives [B, C, x, y, z].
+    inferer = SlidingWindowInferer(roi_size=list(plans.patch_size_zyx[::-1]), sw_batch_size=2)
+    with torch.inference_mode():
+        logits = inferer(x, lambda t: net(t.permute(0, 1, 4, 3, 2)).permute(0, 1, 4, 3, 2))
+    data["pred"] = torch.argmax(logits, dim=1, keepdim=True)[0].cpu().to(torch.uint8)
+    data["pred"].applied_operations = data["image"].applied_operations
+    data["pred"].meta = data["image"].meta
+    post = Compose([Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True),
+                    SaveImaged("pred", output_dir=str(out), output_postfix="seg", separate_folder=False,
+                               output_dtype=np.uint8, resample=False)])
+    post(data)
+    wall = time.perf_counter() - start
+    return {"wall_s": round(wall, 2), "path": str(next(Path(out).glob("*seg*")))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ct-demo")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--baseline", action="store_true", help="also run MONAI's stock pipeline")
+    parser.add_argument("--no-tta-only", action="store_true", help="skip the 8-flip TTA run (slow on a CPU)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                     "threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        case = generate_case("ct", seed=4242, index=0, size="full")
+        image = write_volume(case.image, tmp / "ct.nii.gz")
+        results["image"] = {"shape_zyx": list(case.image.array.shape), "spacing_mm": list(case.image.spacing_mm)}
+        results["ours_no_tta"] = run_ours(image, tmp / "no_tta", args.model, args.device, tta=False)
+        print(json.dumps(results["ours_no_tta"]), flush=True)
+        if not args.no_tta_only:
+            results["ours_tta8"] = run_ours(image, tmp / "tta", args.model, args.device, tta=True)
+            print(json.dumps(results["ours_tta8"]), flush=True)
+        ours = read_volume(tmp / "no_tta" / "segmentation.nii.gz").array
+        truth = case.tumor.array
+        results["dice_ours_vs_truth"] = round(dice(ours, truth)[0], 4)
+        if args.baseline:
+            base = run_monai_baseline(image, tmp / "monai", args.model, args.device)
+            theirs = read_volume(base.pop("path")).array
+            base["dice_vs_ours"] = round(dice(theirs, ours)[0], 4)
+            base["speedup_ours"] = round(base["wall_s"] / results["ours_no_tta"]["wall_s"], 2)
+            results["monai_stock"] = base
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
