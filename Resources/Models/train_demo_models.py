@@ -118,7 +118,7 @@ def card_section(name: str, scores: dict[str, float], cohort_command: str, comma
              f"n = {values.size}",
              "- per case: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
              "", "## How this bundle was made",
-             f"`python Resources/Models/train_demo_models.py --models {name}{' --quick' if quick else ''}`"
+             f"`{' '.join(['python', 'Resources/Models/train_demo_models.py', *sys.argv[1:]])}`"
              " runs, in order:", "```", *commands, "```"]
     if quick:
         lines += ["", "**Reduced CPU settings**: this bundle was trained with the script's quick preset (plus the "
