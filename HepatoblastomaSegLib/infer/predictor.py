@@ -149,11 +149,13 @@ class Predictor:
 
         t0 = time.perf_counter()
         progress("resample", 0.0, "probabilities back to the input grid")
-        back = resample_to_original(probs, prep)
-        back = back if isinstance(back, torch.Tensor) else torch.from_numpy(back)
-        mask_np = (back.argmax(dim=0) == self.tumor_channel).to(torch.uint8).cpu().numpy()
-        entropy_np = entropy_nats(back).cpu().numpy().astype(np.float32, copy=False)
-        del back, probs
+        # Two classes: resample the tumour channel only. Linear and nearest interpolation weights sum to 1, so the
+        # background channel on the original grid is exactly 1 - p, and argmax (ties to background) is p > 0.5.
+        tumor = resample_to_original(probs[self.tumor_channel:self.tumor_channel + 1], prep)
+        tumor = (tumor if isinstance(tumor, torch.Tensor) else torch.from_numpy(tumor))[0].clamp_(0.0, 1.0)
+        mask_np = (tumor > 0.5).to(torch.uint8).cpu().numpy()
+        entropy_np = entropy_nats(torch.stack((1.0 - tumor, tumor))).cpu().numpy().astype(np.float32, copy=False)
+        del tumor, probs
         seconds["resample"] = time.perf_counter() - t0
         progress("resample", 1.0, "done")
 
