@@ -85,12 +85,36 @@ def run_monai_baseline(image: Path, out: Path, model: str, device: str) -> dict:
     return {"wall_s": round(wall, 2), "path": str(next(Path(out).glob("*seg*")))}
 
 
+def paper_width_bundle(folder: Path) -> str:
+    """A randomly initialised bundle with the paper's full-width network, planned on 3 full-size phantom CTs.
+
+    Speed does not depend on the weights, so this measures the paper's network without a trained one.
+    """
+    from HepatoblastomaSegLib.bundle import save_bundle
+    from HepatoblastomaSegLib.network import build_network
+    from HepatoblastomaSegLib.phantom import write_dataset
+    from HepatoblastomaSegLib.preprocess import plan_dataset
+
+    write_dataset(folder / "plan_data", "ct", 3, seed=4300, size="full")
+    plans = plan_dataset(folder / "plan_data", "ct")
+    torch.manual_seed(0)
+    net = build_network(plans, width=1.0)
+    card = "# random paper-width network\n\nUntrained; for speed benchmarks only. Not for clinical use.\n"
+    save_bundle(folder / "ct-paper-random", net, plans, name="ct-paper-random", version="0.0.1", modality="ct",
+                card_markdown=card, width=1.0, labels={"tumor": (255, 0, 0)})
+    print(f"paper-width bundle: patch {plans.patch_size_zyx}, strides {plans.topology.strides_zyx}", flush=True)
+    return str(folder / "ct-paper-random")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ct-demo")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--baseline", action="store_true", help="also run MONAI's stock pipeline")
     parser.add_argument("--no-tta-only", action="store_true", help="skip the 8-flip TTA run (slow on a CPU)")
+    parser.add_argument("--paper-width", action="store_true",
+                        help="time a randomly initialised full-width (32..320) network planned on full-size phantoms "
+                             "instead of --model (the paper's speed; the masks are then meaningless)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -98,6 +122,8 @@ def main() -> int:
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.paper_width:
+            args.model = paper_width_bundle(tmp)
         case = generate_case("ct", seed=4242, index=0, size="full")
         image = write_volume(case.image, tmp / "ct.nii.gz")
         results["image"] = {"shape_zyx": list(case.image.array.shape), "spacing_mm": list(case.image.spacing_mm)}
