@@ -299,3 +299,18 @@ def test_dicom_io_leaves_the_locale_alone(tmp_path, ct_like_volume):
     write_dicom_series(ct_like_volume, tmp_path / "d", modality="CT", uid_seed="l")
     read_volume(tmp_path / "d")
     assert locale.setlocale(locale.LC_ALL) == before
+
+
+def test_csv_tables_tolerate_bom_and_spaces_and_name_the_file(tmp_path):
+    from HepatoblastomaSegLib.io.tables import read_csv_rows
+
+    (tmp_path / "m.csv").write_bytes("\ufeffcase , image\nc1,a.nii.gz\nc2,b.nii.gz\n".encode("utf-8"))
+    header, rows = read_csv_rows(tmp_path / "m.csv", "manifest")
+    assert header == ["case", "image"]
+    assert [(line, row["case"]) for line, row in rows] == [(2, "c1"), (3, "c2")]
+    with pytest.raises(InputError, match="manifest not found"):
+        read_csv_rows(tmp_path / "none.csv", "manifest")
+    (tmp_path / "latin.csv").write_bytes(b"case,image\n\xe9,x\n")
+    with pytest.raises(InputError, match="cannot read the cohort table") as info:
+        read_csv_rows(tmp_path / "latin.csv", "cohort table")
+    assert "latin.csv" in str(info.value)

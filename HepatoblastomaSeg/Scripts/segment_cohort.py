@@ -19,7 +19,6 @@ loading a model.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import re
@@ -39,6 +38,7 @@ import HepatoblastomaSegMRML as mrml  # noqa: E402
 from HepatoblastomaSegLib.errors import HepatoblastomaSegError, InputError  # noqa: E402
 from HepatoblastomaSegLib.infer.outputs import sha256_of  # noqa: E402
 from HepatoblastomaSegLib.io import read_volume, write_text_atomic  # noqa: E402
+from HepatoblastomaSegLib.io.tables import read_csv_rows  # noqa: E402
 
 MODALITIES = ("ct", "mri")
 _ANNOTATOR_COLUMN = re.compile(r"^R\d+$")
@@ -105,16 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_manifest(path: Path, annotator_columns: list[str] | None = None) -> list[Case]:
     """Parse the manifest; errors name the file, the row and the problem."""
-    if not path.is_file():
-        raise InputError("manifest not found", path)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read the manifest ({exc})", path) from exc
+    header, rows = read_csv_rows(path, "manifest")
     missing = [c for c in ("case", "image") if c not in header]
     if missing:
         raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(header) or 'none'}",
@@ -130,7 +121,7 @@ def read_manifest(path: Path, annotator_columns: list[str] | None = None) -> lis
         return Path(text) if Path(text).is_absolute() else path.parent / text
 
     cases, seen = [], set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         values = {k: (v or "").strip() for k, v in row.items() if k}
         if not any(values.values()):
             continue

@@ -19,7 +19,6 @@ most numpy work release the GIL); memory then holds ``workers`` cases.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
 import math
@@ -33,6 +32,7 @@ import SimpleITK as sitk
 
 from ..errors import ConfigError, GeometryError, HepatoblastomaSegError, InputError
 from ..io import Geometry, Volume, read_volume, require_same_geometry
+from ..io.tables import read_csv_rows
 from ..progress import NullProgress, Progress
 from . import metrics
 from .consensus import METHODS as CONSENSUS_METHODS
@@ -127,16 +127,7 @@ def read_cohort(csv_path: str | Path, raters: Sequence[Source] | str, models: Se
                               f"({', '.join(sorted(model_names)) or 'none'}); use --entropy MODEL=COLUMN")
     entropy_by_model = {s.name: s for s in entropy_list}
 
-    if not csv_path.is_file():
-        raise InputError("cohort table not found", csv_path)
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read the cohort table ({exc})", csv_path) from exc
+    header, rows = read_csv_rows(csv_path, "cohort table")
     needed = [CASE_COLUMN, *(s.column for s in (*raters, *models, *entropy_list))]
     missing = [c for c in dict.fromkeys(needed) if c not in header]
     if missing:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import HepatoblastomaSegError, InputError
 from ..io import write_text_atomic
+from ..io.tables import read_csv_rows
 from ..progress import NullProgress, Progress
 from .outputs import SUMMARY_NAME, is_finished, write_prediction
 from .result import Prediction
@@ -43,32 +44,27 @@ class CohortCase:
 def read_manifest(path: str | Path) -> list[CohortCase]:
     """Parse a cohort manifest; errors name the file, the row and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("manifest not found", path)
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("case", "image") if c not in columns]
-        if missing:
-            raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}",
-                             path)
-        cases, seen = [], set()
-        for row_number, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            case, image = row.get("case", ""), row.get("image", "")
-            if not case or not image:
-                raise InputError(f"row {row_number}: empty case or image", path)
-            if case in seen:
-                raise InputError(f"row {row_number}: case id {case!r} appears twice", path)
-            if "/" in case or "\\" in case or case in (".", ".."):
-                raise InputError(f"row {row_number}: case id {case!r} must not contain path separators", path)
-            seen.add(case)
-            modality = row.get("modality", "").lower() or None
-            if modality not in (None, "ct", "mri"):
-                raise InputError(f"row {row_number}: modality {modality!r} is not ct or mri", path)
-            image_path = Path(image)
-            cases.append(CohortCase(case, image_path if image_path.is_absolute() else path.parent / image_path,
-                                    modality))
+    columns, rows = read_csv_rows(path, "manifest")
+    missing = [c for c in ("case", "image") if c not in columns]
+    if missing:
+        raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(columns) or 'none'}",
+                         path)
+    cases, seen = [], set()
+    for row_number, row in rows:
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        case, image = row.get("case", ""), row.get("image", "")
+        if not case or not image:
+            raise InputError(f"row {row_number}: empty case or image", path)
+        if case in seen:
+            raise InputError(f"row {row_number}: case id {case!r} appears twice", path)
+        if "/" in case or "\\" in case or case in (".", ".."):
+            raise InputError(f"row {row_number}: case id {case!r} must not contain path separators", path)
+        seen.add(case)
+        modality = row.get("modality", "").lower() or None
+        if modality not in (None, "ct", "mri"):
+            raise InputError(f"row {row_number}: modality {modality!r} is not ct or mri", path)
+        image_path = Path(image)
+        cases.append(CohortCase(case, image_path if image_path.is_absolute() else path.parent / image_path, modality))
     if not cases:
         raise InputError("manifest has no cases", path)
     return cases
