@@ -17,7 +17,7 @@ from HepatoblastomaSegLib.infer.postprocess import keep_largest_component, remov
 from HepatoblastomaSegLib.infer.result import MAX_ENTROPY_2CLASS_NATS, Prediction
 from HepatoblastomaSegLib.infer.summary import largest_diameter_mm, tumor_volume_ml
 from HepatoblastomaSegLib.infer.tta import ALL_FLIPS, SoftmaxPredictor
-from HepatoblastomaSegLib.infer.uncertainty import entropy_nats
+from HepatoblastomaSegLib.infer.uncertainty import ENTROPY_STEP_NATS, entropy_nats, round_to_step
 from HepatoblastomaSegLib.io import Geometry, Volume, read_volume
 from HepatoblastomaSegLib.terminology import HEPATOBLASTOMA
 
@@ -61,6 +61,32 @@ def test_tta_averages_probabilities_not_logits():
         expected = sum(torch.flip(torch.softmax(net(torch.flip(x, f) if f else x), 1), f) if f
                        else torch.softmax(net(x), 1) for f in ALL_FLIPS) / 8
         torch.testing.assert_close(SoftmaxPredictor(net)(x), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("max_forward_batch,calls", [(None, 8), (2, 8), (4, 4), (8, 2), (16, 1)])
+def test_flips_batched_into_fewer_network_calls_give_the_same_probabilities(max_forward_batch, calls):
+    net = _AsymmetricNet().eval()
+    seen = []
+    net.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    x = torch.randn(2, 1, 6, 8, 10, generator=torch.Generator().manual_seed(4))  # a batch of 2 windows
+    with torch.inference_mode():
+        reference = SoftmaxPredictor(net, ALL_FLIPS)(x)
+        seen.clear()
+        batched = SoftmaxPredictor(net, ALL_FLIPS, max_forward_batch=max_forward_batch)(x)
+    assert len(seen) == calls and sum(seen) == 16  # 2 windows x 8 flips, in fewer calls
+    torch.testing.assert_close(batched, reference, atol=1e-6, rtol=0)
+
+
+def test_entropy_rounded_to_its_storage_step_stays_within_half_a_step_and_in_range():
+    p1 = torch.rand(50_000, generator=torch.Generator().manual_seed(5))
+    p1[:4] = torch.tensor([0.0, 1.0, 0.5, 1e-9])
+    h = entropy_nats(torch.stack([1 - p1, p1]))
+    rounded = round_to_step(h.clone())
+    assert (rounded - h).abs().max() <= ENTROPY_STEP_NATS / 2
+    steps = rounded / ENTROPY_STEP_NATS
+    assert torch.equal(steps, steps.round())  # exact multiples: the low mantissa bits are zero, so gzip compresses
+    assert rounded.min() >= 0 and rounded.max() <= MAX_ENTROPY_2CLASS_NATS
+    assert rounded[0] == 0 and rounded[3] == 0  # certain voxels are exactly 0
 
 
 def test_entropy_matches_scipy_and_is_bounded():

@@ -89,6 +89,39 @@ def test_resume_continues_exactly(trained, ct_dataset, tmp_path):
         assert [r["train_loss"] for r in csv.DictReader(a)] == [r["train_loss"] for r in csv.DictReader(b)]
 
 
+def test_time_limit_stops_after_the_epoch_that_would_overrun_and_the_card_says_so(ct_dataset, tmp_path):
+    # 1e-4 min (6 ms) is shorter than any epoch: the run must stop after its first epoch, not run all five.
+    out = tmp_path / "limited"
+    assert run_train(ct_dataset, out, "--epochs", "5", "--time-limit-min", "0.0001") == 0
+    with open(out / "training" / "log.csv", newline="") as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1"]
+    card = load_bundle(out).card
+    assert "Epochs: 1 of 5 planned (stopped: time limit of 0.0001 min reached)" in card
+    assert "--time-limit-min 0.0001" in card  # the command that reproduces it
+    # A generous limit changes nothing.
+    roomy = tmp_path / "roomy"
+    assert run_train(ct_dataset, roomy, "--epochs", "2", "--time-limit-min", "600") == 0
+    assert "Epochs: 2 of 2 planned," in load_bundle(roomy).card
+
+
+def test_init_weights_start_from_a_bundle_with_its_plans_and_refuse_another_width(trained, ct_dataset, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "finetuned"
+    # A vanishing learning rate: the weights after one epoch are the initial ones, so they must be the bundle's.
+    assert run_train(ct_dataset, out, "--epochs", "1", "--init-weights", str(trained), "--lr", "1e-12") == 0
+    start = load_bundle(trained).state_dict()
+    end = load_bundle(out).state_dict()
+    assert start.keys() == end.keys()
+    for key in start:
+        torch.testing.assert_close(end[key].float(), start[key].float(), atol=1e-6, rtol=0)
+    assert json.loads((out / "plans.json").read_text())["intensity"] == json.loads(
+        (trained / "plans.json").read_text())["intensity"]
+    assert "initial weights from the bundle" in load_bundle(out).card
+    assert main(["train", str(ct_dataset), "--modality", "ct", "-o", str(tmp_path / "wide"), "--epochs", "1",
+                 "--init-weights", str(trained), *TINY[:2], "--width", "0.25", *TINY[4:]]) == 2
+    assert "width is 0.125" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite_a_run_or_resume_with_another_width(trained, ct_dataset, capsys):
     assert run_train(ct_dataset, trained, "--epochs", "2") == 2
     assert "--resume" in capsys.readouterr().err

@@ -57,6 +57,13 @@ def synthetic_mri(shape_zyx=(40, 320, 320), spacing_xyz=(1.2, 1.2, 6.0), seed=1)
     return Volume(image.astype(np.float32), Geometry(shape_zyx[::-1], spacing_xyz, (0.0, 0.0, 0.0))), clean, body
 
 
+def synced(prep):
+    """``prep`` once its tensor is really computed (CUDA kernels run asynchronously)."""
+    if prep.data.is_cuda:
+        torch.cuda.synchronize(prep.data.device)
+    return prep
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -67,6 +74,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and SimpleITK (default 2)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--device", default="cpu",
+                        help="where the torch path runs: cpu (default) or cuda (timed after one warm-up call)")
     parser.add_argument("--skip-n4", action="store_true", help="skip the N4 benchmark (about 15 s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -79,15 +88,18 @@ def main() -> None:
                           ("all axes", (0.8, 0.8, 2.0))):
         plans = ct_plans(target)
         for backend in ("sitk", "torch"):
-            prep, seconds = timed(lambda: preprocess_image(ct, plans, backend=backend))
-            key = f"ct_preprocess_{label.replace(' ', '_').replace('-', '_')}_{backend}_s"
+            device = args.device if backend == "torch" else "cpu"
+            if device != "cpu":
+                preprocess_image(ct, plans, backend=backend, device=device)  # CUDA context and kernels warm
+            prep, seconds = timed(lambda: synced(preprocess_image(ct, plans, backend=backend, device=device)))
+            key = f"ct_preprocess_{label.replace(' ', '_').replace('-', '_')}_{backend}_{device}_s"
             results[key] = seconds
             print(f"  preprocess_image, target {target} ({label}), {backend:5s}: {seconds:6.2f} s "
                   f"-> {tuple(prep.data.shape)} [resample {prep.seconds['resample']:.2f} s]")
         probs = torch.stack([1 - torch.sigmoid(prep.data), torch.sigmoid(prep.data)])
         for backend in ("sitk", "torch"):
-            _, seconds = timed(lambda: resample_to_original(probs if backend == "torch" else probs.numpy(), prep,
-                                                            backend=backend))
+            _, seconds = timed(lambda: resample_to_original(probs if backend == "torch" else probs.cpu().numpy(),
+                                                            prep, backend=backend))
             results[f"ct_back_{label.replace(' ', '_').replace('-', '_')}_{backend}_s"] = seconds
             print(f"  resample_to_original, 2 channels, {backend:5s}: {seconds:6.2f} s")
         del prep, probs

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                              "network time, smoother masks and better-calibrated entropy (default: on)")
     parser.add_argument("--overlap", type=float, default=0.5,
                         help="sliding-window overlap, 0..0.9 (default: %(default)s, nnU-Net's; MONAI's default is 0.25)")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per network call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="windows per sliding-window step (default: 4 on a GPU, 1 with "
+                        "TTA there since each window's 8 flips run together; 2 on the CPU)")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give either an IMAGE or --manifest CSV (exactly one of them)")
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     options = PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
                                device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,

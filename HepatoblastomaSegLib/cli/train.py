@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="seed for the split, the initial weights and every sampled patch (default 0)")
     group = parser.add_argument_group("plans and data")
     group.add_argument("--plans", metavar="PLANS_JSON", help="use these plans ('hbseg plan') instead of planning")
+    group.add_argument("--init-weights", metavar="MODEL_DIR",
+                       help="start from this model bundle's weights (fine-tuning); its plans are used too, unless "
+                            "--plans is given")
     group.add_argument("--gpu-memory-gb", type=float, default=8.0, metavar="GB",
                        help="memory budget the planned patch is fitted to, GB (default 8)")
     group.add_argument("--z-spacing-rule", choices=("median", "percentile10"), default="median",
@@ -83,6 +86,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--lr", type=float, default=1e-2, metavar="LR", help="initial learning rate (default 1e-2)")
     group.add_argument("--early-stop", type=int, metavar="EPOCHS",
                        help="stop when the best validation Dice is this many epochs old (default: never)")
+    group.add_argument("--time-limit-min", type=float, metavar="MIN",
+                       help="stop after the epoch past which another would end later than MIN minutes from the "
+                            "start of the command, preparation included (a fixed budget, e.g. a GPU lease); the "
+                            "bundle keeps the best weights so far")
     group.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
     group.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false",
                        help="train the full-resolution output only")
@@ -148,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
         dataset_dir=args.dataset_dir, modality=args.modality, output_dir=args.output, epochs=args.epochs,
         iters_per_epoch=args.iters_per_epoch, width=args.width, target=args.target, val_manifest=args.val_manifest,
         val_fraction=args.val_fraction, resume=args.resume, seed=args.seed, plans_file=args.plans,
+        init_weights=args.init_weights,
         gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule, patch_size_zyx=_patch(args.patch_size),
         batch_size=args.batch_size, cache_dir=args.cache_dir, workers=args.workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
+        time_limit_min=args.time_limit_min,
         augment=AugmentConfig(enabled=not args.no_augment), deep_supervision=args.deep_supervision,
         val_every=args.val_every, device=args.device, amp=args.amp, name=args.name, version=args.version,
         fp16_weights=args.fp16_weights, card_note=args.card_note, command=command)

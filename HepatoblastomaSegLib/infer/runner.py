@@ -24,9 +24,12 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
         progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")
     read_s = time.perf_counter() - t0
     progress("read", 1.0, str(image))
+    t0 = time.perf_counter()
     predictor = Predictor.from_options(options, modality=options.modality or guess_modality(volume))
+    load_s = time.perf_counter() - t0
     prediction = predictor.predict(volume, progress)
-    prediction.summary["seconds"] = {"read": round(read_s, 4), **prediction.summary["seconds"]}
+    prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),
+                                     **prediction.summary["seconds"]}
     progress("write", 0.0, str(out_dir))
     summary_path = write_prediction(prediction, out_dir, fmt=fmt)  # the summary cannot time its own writing
     progress("write", 1.0, str(summary_path))

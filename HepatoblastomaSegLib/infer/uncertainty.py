@@ -22,3 +22,15 @@ def entropy_nats(probabilities: torch.Tensor | np.ndarray, channel_dim: int = 0)
     # xlogy gives 0 * log 0 = 0 exactly, where p * log(p) would give NaN.
     h = -torch.special.xlogy(p, p).sum(dim=channel_dim)
     return h.clamp_(min=0.0)
+
+
+#: Resolution of the stored entropy map (nats). Float arithmetic leaves noise in the low mantissa bits of nearly every
+#: voxel, which gzip cannot compress: on a full-size CT the map stayed 54 MB of 62 and took 2.8 s to write. Rounded
+#: to 2^-16 nats (1.5e-5, 0.002 % of ln 2; far below what any display or reported figure resolves) it is 15 MB and
+#: 1.7 s, and exactly 0 where the model is certain.
+ENTROPY_STEP_NATS = 2.0 ** -16
+
+
+def round_to_step(entropy: torch.Tensor, step_nats: float = ENTROPY_STEP_NATS) -> torch.Tensor:
+    """``entropy`` rounded to a multiple of ``step_nats`` (a power of two, so exact in float32), in place."""
+    return entropy.mul_(1.0 / step_nats).round_().mul_(step_nats)

@@ -102,12 +102,17 @@ class TrainConfig:
             ``case`` column naming training cases to hold out. Exclusive with ``val_fraction``.
         val_fraction: share of the training manifest held out for validation (seeded), when no ``val_manifest``.
         plans_file: use these plans (from ``hbseg plan``) instead of planning from the training cases.
+        init_weights: a model bundle folder whose weights start the run (fine-tuning, or continuing a model whose
+            checkpoints are gone); its plans are used too unless ``plans_file`` is given, since its weights expect
+            its normalisation. Width and topology must match.
         patch_size_zyx / batch_size: override the plans (benchmarks, quick tests); the global batch is split over
             the DDP ranks like nnU-Net v2 does.
         use_ce: add the cross-entropy term to the generalised Dice (nnU-Net's CEGDL); False = the paper's text.
         schedule: "plateau" (paper: factor ``plateau_factor`` when the validation Dice EMA has not improved by
             ``plateau_threshold`` for ``plateau_patience_epochs``) or "poly" (nnU-Net default, (1-e/E)^0.9).
         early_stop_epochs: stop when the best validation Dice is this many epochs old (None: never).
+        time_limit_min: stop after the epoch past which another epoch would end later than this many minutes from
+            the start of the command, preparation included (None: never); the bundle holds the best weights so far and the card says why.
         amp: "auto" (bf16 on GPUs that have it, fp16 + loss scaling on other GPUs, off on the CPU), "bf16", "fp16",
             "off".
         val_every: validate every N epochs (full cases, sliding window on the preprocessed grid).
@@ -128,6 +133,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     plans_file: str | Path | None = None
+    init_weights: str | Path | None = None
     gpu_memory_gb: float = 8.0
     z_spacing_rule: str = "median"
     patch_size_zyx: tuple[int, int, int] | None = None
@@ -147,6 +153,7 @@ class TrainConfig:
     min_learning_rate: float = 1e-6
     poly_exponent: float = 0.9
     early_stop_epochs: int | None = None
+    time_limit_min: float | None = None
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     amp: str = "auto"
     device: str = "auto"
@@ -211,6 +218,8 @@ class TrainConfig:
             problems.append(f"batch size must be at least 1 (got {self.batch_size})")
         if self.patch_size_zyx is not None and (len(self.patch_size_zyx) != 3 or min(self.patch_size_zyx) < 1):
             problems.append(f"patch size must be 3 positive integers z,y,x (got {self.patch_size_zyx})")
+        if self.time_limit_min is not None and not (math.isfinite(self.time_limit_min) and self.time_limit_min > 0):
+            problems.append(f"time limit must be a positive number of minutes (got {self.time_limit_min})")
         if int(self.val_every) < 1:
             problems.append(f"validate-every must be at least 1 epoch (got {self.val_every})")
         if int(self.workers) < 0:

@@ -91,8 +91,10 @@ class Trainer:
     """One run on one rank; :func:`train` is the entry point."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, device: torch.device, prepared: Prepared,
-                 progress: Progress):
+                 progress: Progress, clock_start: float | None = None):
         self.cfg, self.info, self.device, self.prepared, self.progress = cfg, info, device, prepared, progress
+        # --time-limit-min counts from here: the start of the command, preparation included.
+        self.clock_start = time.perf_counter() if clock_start is None else clock_start
         plans = prepared.plans
         self.plans = plans
         self.patch = tuple(plans.patch_size_zyx)
@@ -100,7 +102,10 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.amp, device)
         self.layout = BatchLayout.for_rank(plans.topology.batch_size, info.rank, info.world_size)
         torch.manual_seed(cfg.seed)
-        self.net = build_network(plans, width=cfg.width, deep_supervision=cfg.deep_supervision).to(device)
+        self.net = build_network(plans, width=cfg.width, deep_supervision=cfg.deep_supervision)
+        if cfg.init_weights is not None:
+            self._load_initial_weights(cfg.init_weights)
+        self.net = self.net.to(device)
         self.model = self.net
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -119,7 +124,18 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {"epoch": None, "dice": None, "per_case": {}}
         self.seconds_before = 0.0
-        self.stopped_early = False
+        self.stop_reason: str | None = None  # why the run ended before its last epoch
+
+    def _load_initial_weights(self, bundle_dir) -> None:
+        """Start from a bundle's (SHA256-verified) weights; the deep-supervision heads start fresh."""
+        from ..bundle import load_bundle
+        from ..network import load_weights
+
+        bundle = load_bundle(bundle_dir, modality=self.cfg.modality)
+        if abs(bundle.width - self.cfg.width) > 1e-9:
+            raise ConfigError(f"--init-weights: the bundle's width is {bundle.width:g}, this run's --width is "
+                              f"{self.cfg.width:g}; give --width {bundle.width:g}", bundle.path)
+        load_weights(self.net, bundle.state_dict(), source=str(bundle.weights_path))
 
     # ------------------------------------------------------------------------------------------------ resume
     def resume(self, folder: Path) -> None:
@@ -219,7 +235,11 @@ class Trainer:
             if info.is_main:
                 self._after_epoch(epoch + 1, seconds, is_best, last=epoch + 1 == total)
             if self._should_stop_early(epoch + 1):
-                self.stopped_early = True
+                self.stop_reason = "no validation gain"
+                break
+            if self._out_of_time(time.perf_counter() - self.clock_start, time.perf_counter() - run_start,
+                                 epoch + 1 - self.start_epoch):
+                self.stop_reason = f"time limit of {cfg.time_limit_min:g} min reached"
                 break
         epochs_done = self.history[-1]["epoch"] if self.history else self.start_epoch
         seconds = self.seconds_before + time.perf_counter() - run_start
@@ -266,6 +286,21 @@ class Trainer:
         patience = self.cfg.early_stop_epochs
         return bool(patience and self.best["epoch"] is not None and epoch - self.best["epoch"] >= patience)
 
+    def _out_of_time(self, elapsed_s: float, epochs_s: float, epochs_this_run: int) -> bool:
+        """True when another epoch (at this run's mean epoch time) would end past ``--time-limit-min``, counted from
+        the start of the command (``elapsed_s``; preparation included, as a lease counts it).
+
+        Rank 0's clock decides for every rank (the ranks' clocks differ slightly, and a rank that stopped alone would
+        leave the others waiting in the next all-reduce).
+        """
+        limit_min = self.cfg.time_limit_min
+        if not limit_min:
+            return False
+        mean_epoch_s = epochs_s / max(epochs_this_run, 1)
+        flag = torch.tensor([float(self.info.is_main and elapsed_s + mean_epoch_s > limit_min * 60.0)],
+                            dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(self.info, flag).item() > 0)
+
     def _after_epoch(self, epoch: int, seconds: float, is_best: bool, last: bool) -> None:
         tdir = self.cfg.training_dir
         ckpt.save_checkpoint(tdir, epoch, ckpt.training_tensors(self.net), self._checkpoint_state(epoch, seconds))
@@ -291,7 +326,7 @@ class Trainer:
             name=cfg.bundle_name, version=cfg.version, config_dict=cfg.to_dict(), plans=self.plans,
             split_source=self.prepared.split.source, train_cases=[e.case for e in self.prepared.split.train],
             val_cases=[e.case for e in self.prepared.split.val], epochs_done=epochs_done,
-            epochs_planned=cfg.total_epochs, stopped_early=self.stopped_early, seconds=seconds,
+            epochs_planned=cfg.total_epochs, stop_reason=self.stop_reason, seconds=seconds,
             hardware=hardware_description(self.device, self.info.world_size),
             amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off (float32)",
             loss_text=self.loss_fn.describe(), schedule_text=self.schedule.describe(),
@@ -309,6 +344,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     Returns a :class:`TrainResult`; the model bundle is in ``config.output_dir`` and the checkpoints, log, learning
     curve, split and plans in ``config.output_dir/training``.
     """
+    clock_start = time.perf_counter()
     cfg = config.validated()
     local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
     device = select_device(cfg.device, local)
@@ -327,7 +363,7 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         share_outcome(info, error)
         if prepared is None:
             prepared = load_prepared(cfg)
-        trainer = Trainer(cfg, info, device, prepared, progress)
+        trainer = Trainer(cfg, info, device, prepared, progress, clock_start=clock_start)
         if prepared.checkpoint is not None:
             trainer.resume(prepared.checkpoint)
             progress.log(f"resuming from {prepared.checkpoint.name} (epoch {trainer.start_epoch})")

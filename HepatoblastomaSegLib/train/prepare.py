@@ -68,14 +68,19 @@ def apply_overrides(plans: Plans, cfg: TrainConfig) -> Plans:
 
 def make_plans(cfg: TrainConfig, split: Split, progress: Progress) -> Plans:
     """Plans from ``--plans`` or from the training cases only, with the options' overrides applied."""
-    if cfg.plans_file is not None:
-        plans = Plans.load(cfg.plans_file)
+    plans_file = cfg.plans_file
+    if plans_file is None and cfg.init_weights is not None:
+        from ..bundle import find_bundle
+
+        plans_file = find_bundle(cfg.init_weights) / PLANS_FILE  # the weights expect the bundle's normalisation
+    if plans_file is not None:
+        plans = Plans.load(plans_file)
         if plans.modality != cfg.modality:
             raise ConfigError(f"the plans are for {plans.modality.upper()}, but --modality is {cfg.modality}",
-                              cfg.plans_file)
+                              plans_file)
         if plans.label_source != cfg.target:
             raise ConfigError(f"the plans are for a {plans.label_source} model, but the target is {cfg.target}",
-                              cfg.plans_file)
+                              plans_file)
     else:
         train_set = cfg.training_dir / "train_set"
         try:

@@ -100,7 +100,7 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def model_card(*, name: str, version: str, config_dict: dict, plans, split_source: str, train_cases: Sequence[str],
-               val_cases: Sequence[str], epochs_done: int, epochs_planned: int, stopped_early: bool,
+               val_cases: Sequence[str], epochs_done: int, epochs_planned: int, stop_reason: str | None,
                seconds: float, hardware: str, amp: str, loss_text: str, schedule_text: str,
                augment_lines: Sequence[str], best_epoch: int | None, best_dice: float | None,
                best_per_case: dict[str, float] | None, final_dice: float | None, batch_global: int,
@@ -133,10 +133,11 @@ def model_card(*, name: str, version: str, config_dict: dict, plans, split_sourc
         f"{' x '.join(map(str, topo.patch_size_zyx))} voxels (z, y, x).",
         "",
         "## Training",
-        f"- Epochs: {epochs_done} of {epochs_planned} planned" + (" (stopped early: no validation gain)"
-                                                                  if stopped_early else "")
+        f"- Epochs: {epochs_done} of {epochs_planned} planned" + (f" (stopped: {stop_reason})" if stop_reason else "")
         + f", {config_dict.get('iters_per_epoch')} iterations each, global batch {batch_global}, seed "
-          f"{config_dict.get('seed')}.",
+          f"{config_dict.get('seed')}"
+        + (f"; initial weights from the bundle `{config_dict['init_weights']}`." if config_dict.get("init_weights")
+           else "."),
         f"- Network width {width:g} (filters {', '.join(map(str, scaled_filters(topo.filters, width)))}), "
         f"{num_parameters:,} parameters, deep supervision "
         f"{'on' if config_dict.get('deep_supervision') else 'off'}.",

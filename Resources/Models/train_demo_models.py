@@ -4,18 +4,23 @@
 Each model is trained with ``hbseg train`` on a synthetic phantom cohort (``hbseg phantom``) whose seeds the tests
 never use (1000 and up), at reduced width so it runs on a laptop CPU, with float16 weights (<= 25 MB), a model card
 that says it was trained on synthetic phantoms for demonstration and testing only, the exact commands, and the Dice
-against ground truth on a held-out phantom cohort (another seed).
+against ground truth on a held-out cohort of full-size phantoms (another seed; the clinical grids the demo runs on).
 
-Cohorts (small phantoms: 128 x 128 in-plane, at most 48 slices, 1.1-2.8 mm in-plane):
+Training cohorts are small phantoms (128 x 128 in-plane, at most 48 slices, 1.1-2.8 mm in-plane): after resampling to
+the planned spacing they look like the full-size ones, and they keep the network's grid coarse enough for a CPU.
 
-=================  ======================  ==================  ======================================================
-model              training cohort         held-out cohort     notes
-=================  ======================  ==================  ======================================================
-ct-demo            CT, seed 1000, 40 cases CT, seed 1001, 10    tumour
-mri-liver-demo     MRI, seed 1002, 40      MRI, seed 1003, 10   liver incl. tumour (no Nyul step: it makes the mask)
-mri-demo           MRI, seed 1002, 40      MRI, seed 1003, 10   tumour; Nyul in the manifest's livers for training,
-                                                                the held-out cases use mri-liver-demo's masks
-=================  ======================  ==================  ======================================================
+=================  ======================  =====================  ===================================================
+model              training cohort         held-out (full size)   notes
+=================  ======================  =====================  ===================================================
+ct-demo            CT, seed 1000, 40 cases CT, seed 1001, 8        tumour
+mri-liver-demo     MRI, seed 1002, 40      MRI, seed 1003, 8       liver incl. tumour (no Nyul step: it makes the mask)
+mri-demo           MRI, seed 1002, 40      MRI, seed 1003, 8       tumour; Nyul in the manifest's livers for
+                                                                   training, the held-out cases use mri-liver-demo's
+=================  ======================  =====================  ===================================================
+
+Two stages, so the training can run on a GPU machine lent for minutes and the evaluation on a laptop:
+``--stage train`` (cohorts + ``hbseg train``; ``--time-limit-min`` bounds each model) and ``--stage evaluate``
+(held-out Dice, card, ``--install``); the default runs both.
 
 Usage (from the repository root, with the project's virtual environment)::
 
@@ -23,6 +28,8 @@ Usage (from the repository root, with the project's virtual environment)::
     .venv/bin/python Resources/Models/train_demo_models.py --models ct-demo --install
     .venv/bin/python Resources/Models/train_demo_models.py --quick --models ct-demo   # a few minutes on a CPU: proves
                                                                                       # the script, not a usable model
+    python3 Resources/Models/train_demo_models.py --stage train --device cuda --time-limit-min 4   # on a GPU machine
+    .venv/bin/python Resources/Models/train_demo_models.py --stage evaluate --install             # then here
 
 Without ``--install`` the bundles stay in the work folder (default ``demo_models_work/``); with it the four bundle
 files plus ``training_log.csv`` and ``learning_curve.png`` are copied into ``Resources/Models/<name>/``.
@@ -53,8 +60,16 @@ MODELS = {
     "mri-liver-demo": ("mri", "liver", 1002, 1003),
     "mri-demo": ("mri", "tumor", 1002, 1003),
 }
-FULL = {"train_cases": 40, "heldout_cases": 10, "width": 0.25, "epochs": 100, "iters": 250, "patch": None}
-QUICK = {"train_cases": 8, "heldout_cases": 3, "width": 0.25, "epochs": 12, "iters": 35, "patch": "32,80,80"}
+FULL = {"train_cases": 40, "heldout_cases": 8, "heldout_size": "full", "width": 0.25, "epochs": 100, "iters": 250,
+        "patch": None}
+QUICK = {"train_cases": 8, "heldout_cases": 3, "heldout_size": "small", "width": 0.25, "epochs": 12, "iters": 35,
+         "patch": "32,80,80"}
+COMMANDS_FILE = "commands.txt"  # the train stage's commands, for the card the evaluate stage writes
+
+
+def script_invocation() -> str:
+    """This script's command line, as a comment line for the card's command list."""
+    return "# python Resources/Models/train_demo_models.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
 def hbseg(*args: str, log: list[str]) -> None:
@@ -73,8 +88,8 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def phantoms(modality: str, seed: int, cases: int, folder: Path, log: list[str]) -> Path:
-    args = ["phantom", "--modality", modality, "--cases", str(cases), "--seed", str(seed), "--size", "small",
+def phantoms(modality: str, seed: int, cases: int, folder: Path, log: list[str], size: str) -> Path:
+    args = ["phantom", "--modality", modality, "--cases", str(cases), "--seed", str(seed), "--size", size,
             "-o", shown(folder), "--progress", "none"]
     if not (folder / "manifest.csv").is_file():
         hbseg(*args, log=log)
@@ -118,8 +133,8 @@ def card_section(name: str, scores: dict[str, float], cohort_command: str, comma
              f"n = {values.size}",
              "- per case: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
              "", "## How this bundle was made",
-             f"`{' '.join(['python', 'Resources/Models/train_demo_models.py', *sys.argv[1:]])}`"
-             " runs, in order:", "```", *commands, "```"]
+             "`python Resources/Models/train_demo_models.py` ran these commands, in order (script invocations "
+             "as comments):", "```", *commands, "```"]
     if quick:
         lines += ["", "**Reduced CPU settings**: this bundle was trained with the script's quick preset (plus the "
                   "overrides in the command above) on a 2-core CPU, far from converged and far shorter than the "
@@ -133,8 +148,9 @@ def rewrite_card(bundle_dir: Path, extra: str) -> None:
     from HepatoblastomaSegLib.bundle import load_bundle, save_bundle
 
     bundle = load_bundle(bundle_dir)
+    card = bundle.card.split("\n## Held-out phantom evaluation")[0]  # an earlier evaluation is replaced
     save_bundle(bundle_dir, bundle.state_dict(), bundle.plans, name=bundle.name, version=bundle.version,
-                modality=bundle.modality, card_markdown=bundle.card.rstrip("\n") + "\n" + extra,
+                modality=bundle.modality, card_markdown=card.rstrip("\n") + "\n" + extra,
                 labels=bundle.labels, width=bundle.width, fp16=bundle.weights_dtype == "float16")
 
 
@@ -153,14 +169,12 @@ def install(bundle_dir: Path, name: str) -> Path:
     return target
 
 
-def train_one(name: str, settings: dict, work: Path, args) -> dict[str, float]:
-    modality, target, train_seed, heldout_seed = MODELS[name]
-    log: list[str] = []
+def train_stage(name: str, settings: dict, work: Path, args) -> Path:
+    """Training cohort + ``hbseg train``; the commands go to ``<work>/<name>/commands.txt`` for the card."""
+    modality, target, train_seed, _ = MODELS[name]
+    log: list[str] = [script_invocation()]
     train_dir = phantoms(modality, train_seed, settings["train_cases"],
-                         work / f"{modality}-train-s{train_seed}-n{settings['train_cases']}", log)
-    heldout = phantoms(modality, heldout_seed, settings["heldout_cases"],
-                       work / f"{modality}-heldout-s{heldout_seed}-n{settings['heldout_cases']}", log)
-    cohort_command = log[-1]
+                         work / f"{modality}-train-s{train_seed}-n{settings['train_cases']}", log, size="small")
     out = work / name
     command = ["train", shown(train_dir), "--modality", modality, "--target", target, "-o", shown(out),
                "--width", str(settings["width"]), "--epochs", str(settings["epochs"]),
@@ -169,21 +183,49 @@ def train_one(name: str, settings: dict, work: Path, args) -> dict[str, float]:
                "--device", args.device, "--workers", str(args.workers), "--progress", args.progress]
     if settings["patch"]:
         command += ["--patch-size", settings["patch"]]
+    if args.time_limit_min:
+        command += ["--time-limit-min", f"{args.time_limit_min:g}"]
+    if args.init_from is not None:
+        # Continue an earlier run of this script from its bundle (its checkpoints stayed on another machine); the
+        # card keeps that run's commands first, so the chain that made the model stays written down.
+        earlier = args.init_from / name
+        command += ["--init-weights", shown(earlier)]
+        earlier_commands = earlier / COMMANDS_FILE
+        if earlier_commands.is_file():
+            log[:0] = earlier_commands.read_text(encoding="utf-8").splitlines()
     if (out / "training").is_dir():
         command.append("--resume")  # a rerun continues (or just rewrites) the same model, with the same result
     started = time.perf_counter()
     hbseg(*command, log=log)
     if log[-1].endswith(" --resume"):
         log[-1] = log[-1][: -len(" --resume")]
-    print(f"trained {name} in {(time.perf_counter() - started) / 60:.1f} min; held-out evaluation:", flush=True)
-    liver_dir = work / "mri-liver-demo" if name == "mri-demo" else None
-    if liver_dir is not None and not (liver_dir / "bundle.json").is_file():
-        raise SystemExit("mri-demo needs mri-liver-demo first (its liver masks feed the held-out MRI cases)")
-    scores = held_out_dice(out, heldout, target, args.device, liver_dir)
-    rewrite_card(out, card_section(name, scores, cohort_command, log, args.quick))
+    (out / COMMANDS_FILE).write_text("\n".join(log) + "\n", encoding="utf-8")
+    print(f"trained {name} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     if size_mb > MAX_WEIGHTS_MB:
         raise SystemExit(f"{name}: weights are {size_mb:.1f} MB, over the {MAX_WEIGHTS_MB} MB limit; lower --width")
+    return out
+
+
+def evaluate_stage(name: str, settings: dict, work: Path, args) -> dict[str, float]:
+    """Held-out cohort (full-size phantoms, another seed), Dice per case, the card's evaluation section."""
+    modality, target, _, heldout_seed = MODELS[name]
+    out = work / name
+    if not (out / "bundle.json").is_file():
+        raise SystemExit(f"{name}: no trained bundle in {out}; run the train stage first")
+    commands_file = out / COMMANDS_FILE
+    log = commands_file.read_text(encoding="utf-8").splitlines() if commands_file.is_file() else []
+    log.append(script_invocation())
+    n, size = settings["heldout_cases"], settings["heldout_size"]
+    heldout = phantoms(modality, heldout_seed, n, work / f"{modality}-heldout-{size}-s{heldout_seed}-n{n}", log,
+                       size=size)
+    cohort_command = log[-1]
+    liver_dir = work / "mri-liver-demo" if name == "mri-demo" else None
+    if liver_dir is not None and not (liver_dir / "bundle.json").is_file():
+        raise SystemExit("mri-demo needs mri-liver-demo first (its liver masks feed the held-out MRI cases)")
+    print(f"{name}: held-out evaluation on {n} {size}-size phantoms", flush=True)
+    scores = held_out_dice(out, heldout, target, args.eval_device, liver_dir)
+    rewrite_card(out, card_section(name, scores, cohort_command, log, args.quick))
     if args.install:
         print(f"installed {install(out, name)}")
     return scores
@@ -197,13 +239,23 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="minutes on a CPU: 8 cases, width 0.25, 420 iterations of a 32x80x80 patch")
     parser.add_argument("--install", action="store_true", help="copy the bundles into Resources/Models/<name>/")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--stage", choices=("all", "train", "evaluate"), default="all",
+                        help="train: cohorts + hbseg train (e.g. on a GPU machine); evaluate: held-out Dice, card, "
+                             "--install (e.g. back on a laptop); all: both")
+    parser.add_argument("--time-limit-min", type=float,
+                        help="passed to hbseg train: stop each model after the epoch that would overrun this budget")
+    parser.add_argument("--init-from", type=Path, metavar="DIR",
+                        help="start each model from DIR/<name> (a bundle from an earlier run) with --init-weights")
+    parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
+    parser.add_argument("--eval-device", default="cpu",
+                        help="held-out evaluation device (default cpu: the demo models are meant for CPUs)")
     parser.add_argument("--workers", type=int, default=4, help="data loader workers")
     parser.add_argument("--progress", default="bar", choices=("bar", "json", "none"))
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--iters", type=int, help="override the preset's iterations per epoch")
     parser.add_argument("--width", type=float, help="override the preset's network width")
     parser.add_argument("--cases", type=int, help="override the preset's number of training cases")
+    parser.add_argument("--heldout-cases", type=int, help="override the preset's number of held-out cases")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -211,15 +263,20 @@ def main() -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     settings = dict(QUICK if args.quick else FULL)
     for key, value in (("epochs", args.epochs), ("iters", args.iters), ("width", args.width),
-                       ("train_cases", args.cases)):
+                       ("train_cases", args.cases), ("heldout_cases", args.heldout_cases)):
         if value is not None:
             settings[key] = value
     args.work.mkdir(parents=True, exist_ok=True)
-    summary = {}
-    for name in sorted(names, key=list(MODELS).index):
-        scores = train_one(name, settings, args.work, args)
-        summary[name] = float(np.nanmean(list(scores.values())))
-    print("\nheld-out mean Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    ordered = sorted(names, key=list(MODELS).index)
+    if args.stage in ("all", "train"):
+        for name in ordered:
+            train_stage(name, settings, args.work, args)
+    if args.stage in ("all", "evaluate"):
+        summary = {}
+        for name in ordered:
+            scores = evaluate_stage(name, settings, args.work, args)
+            summary[name] = float(np.nanmean(list(scores.values())))
+        print("\nheld-out mean Dice: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
     return 0
 
 
