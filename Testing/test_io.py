@@ -314,3 +314,27 @@ def test_csv_tables_tolerate_bom_and_spaces_and_name_the_file(tmp_path):
     with pytest.raises(InputError, match="cannot read the cohort table") as info:
         read_csv_rows(tmp_path / "latin.csv", "cohort table")
     assert "latin.csv" in str(info.value)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_parallel_gzip_is_one_standard_member_that_any_reader_decodes(tmp_path, ct_like_volume, monkeypatch, threads):
+    import nibabel
+
+    from HepatoblastomaSegLib.io import parallel_gzip, volume as volume_module
+
+    monkeypatch.setattr(parallel_gzip, "CHUNK_BYTES", 1000)  # many chunks even for a small test volume
+    real_gzip_file = parallel_gzip.gzip_file
+    monkeypatch.setattr(volume_module, "gzip_file",
+                        lambda source, target, level=1: real_gzip_file(source, target, level=level, threads=threads))
+    volume = ct_like_volume.with_array(ct_like_volume.array.astype(np.float32) / 7.0)
+    path = write_volume(volume, tmp_path / "image.nii.gz")
+    raw = tmp_path / "raw.nii"
+    sitk.WriteImage(volume.to_sitk(), str(raw), False)
+    data = path.read_bytes()
+    assert gzip.decompress(data) == raw.read_bytes()  # Python's gzip: same bytes as ITK's own .nii
+    assert int.from_bytes(data[-4:], "little") == raw.stat().st_size  # the trailer's size: one member, real size
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), volume.array)  # ITK's zlib
+    loaded = nibabel.load(str(path))  # nibabel's reader
+    np.testing.assert_array_equal(np.asarray(loaded.dataobj).transpose(2, 1, 0), volume.array)
+    assert write_volume(volume, tmp_path / "again.nii.gz").read_bytes() == data  # deterministic (mtime 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.nii.gz", "image.nii.gz", "raw.nii"]  # no temps
