@@ -7,7 +7,8 @@ gzips it: chunks of :data:`CHUNK_BYTES` are deflated in a thread pool (zlib rele
 boundary with a sync flush, so their concatenation is one valid deflate stream (what pigz does). The result is an
 ordinary single-member gzip file: any gzip reader (ITK, nibabel, Python) reads it, and the trailer's size field is the
 real uncompressed size, which :func:`~.volume.read_volume`'s truncation check relies on. The header's mtime is 0, so
-the same data give the same bytes.
+the same data give the same bytes. NRRD (the Slicer module's format) gets the same treatment: ITK writes it raw, then
+only the data after the header are gzipped (:func:`gzip_nrrd_file`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK_BYTES = 1 << 22  # 4 MiB: large enough that restarting the dictionary per chunk costs <1 % in size
 _GZIP_HEADER = b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + b"\x00\xff"  # deflate, no flags, mtime 0, OS unknown
@@ -27,16 +29,37 @@ def _deflate_chunk(data: memoryview, level: int, last: bool) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def gzip_file(source: str | Path, target: str | Path, *, level: int = 1, threads: int | None = None) -> None:
-    """Write ``source``'s bytes gzip-compressed to ``target`` (overwritten), using up to ``threads`` cores."""
-    data = memoryview(Path(source).read_bytes())
+def write_gzip(data: bytes | memoryview, handle: BinaryIO, *, level: int = 1, threads: int | None = None) -> None:
+    """Write ``data`` as one gzip member to the open binary ``handle``, deflating chunks on up to ``threads`` cores."""
+    data = memoryview(data)
     starts = range(0, max(len(data), 1), CHUNK_BYTES)
     threads = max(1, min(threads or os.cpu_count() or 1, len(starts)))
     crc = zlib.crc32(data)
-    with ThreadPoolExecutor(max_workers=threads) as pool, open(target, "wb") as handle:
-        handle.write(_GZIP_HEADER)
+    handle.write(_GZIP_HEADER)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         chunks = pool.map(lambda s: _deflate_chunk(data[s:s + CHUNK_BYTES], level, s + CHUNK_BYTES >= len(data)),
                           starts)
         for chunk in chunks:  # in order; map() keeps it
             handle.write(chunk)
-        handle.write(struct.pack("<II", crc & 0xFFFFFFFF, len(data) & 0xFFFFFFFF))
+    handle.write(struct.pack("<II", crc & 0xFFFFFFFF, len(data) & 0xFFFFFFFF))
+
+
+def gzip_file(source: str | Path, target: str | Path, *, level: int = 1, threads: int | None = None) -> None:
+    """Write ``source``'s bytes gzip-compressed to ``target`` (overwritten), using up to ``threads`` cores."""
+    with open(target, "wb") as handle:
+        write_gzip(Path(source).read_bytes(), handle, level=level, threads=threads)
+
+
+def gzip_nrrd_file(source: str | Path, target: str | Path, *, level: int = 1, threads: int | None = None) -> None:
+    """Turn an attached-header NRRD with ``encoding: raw`` (as ITK writes it uncompressed) into ``encoding: gzip``.
+
+    The header is everything up to the first empty line (NRRD format); only its encoding line changes.
+    """
+    content = memoryview(Path(source).read_bytes())
+    end = bytes(content[:65536]).find(b"\n\n")
+    header = bytes(content[:end + 1]) if end >= 0 else b""
+    if not header.startswith(b"NRRD") or b"\nencoding: raw\n" not in header:
+        raise ValueError(f"{source} is not an attached-header raw NRRD")
+    with open(target, "wb") as handle:
+        handle.write(header.replace(b"\nencoding: raw\n", b"\nencoding: gzip\n") + b"\n")
+        write_gzip(content[end + 2:], handle, level=level, threads=threads)
