@@ -112,7 +112,8 @@ class TrainConfig:
             ``plateau_threshold`` for ``plateau_patience_epochs``) or "poly" (nnU-Net default, (1-e/E)^0.9).
         early_stop_epochs: stop when the best validation Dice is this many epochs old (None: never).
         time_limit_min: stop after the epoch past which another epoch would end later than this many minutes from
-            the start of the command, preparation included (None: never); the bundle holds the best weights so far and the card says why.
+            the start of the command, preparation included (None: never); the bundle holds the best weights so
+            far and the card says why.
         amp: "auto" (bf16 on GPUs that have it, fp16 + loss scaling on other GPUs, off on the CPU), "bf16", "fp16",
             "off".
         val_every: validate every N epochs (full cases, sliding window on the preprocessed grid).
