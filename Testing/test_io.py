@@ -339,19 +339,3 @@ def test_parallel_gzip_is_one_standard_member_that_any_reader_decodes(tmp_path, 
     assert write_volume(volume, tmp_path / "again.nii.gz").read_bytes() == data  # deterministic (mtime 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.nii.gz", "image.nii.gz", "raw.nii"]  # no temps
 
-
-def test_nrrd_is_gzip_encoded_after_an_unchanged_header_and_read_by_pynrrd(tmp_path, ct_like_volume, monkeypatch):
-    import nrrd  # pynrrd: an NRRD reader nobody here wrote
-
-    from HepatoblastomaSegLib.io import parallel_gzip
-
-    monkeypatch.setattr(parallel_gzip, "CHUNK_BYTES", 1000)
-    volume = ct_like_volume.with_array(ct_like_volume.array.astype(np.float32) / 3.0)
-    path = write_volume(volume, tmp_path / "entropy.nrrd")
-    header = path.read_bytes().split(b"\n\n", 1)[0].decode()
-    assert "encoding: gzip" in header and "encoding: raw" not in header
-    data, fields = nrrd.read(str(path))
-    np.testing.assert_array_equal(data.transpose(2, 1, 0), volume.array)
-    assert fields["encoding"] == "gzip"
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), volume.array)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["entropy.nrrd"]

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from ..errors import GeometryError, InputError
 from .atomic import atomic_path, full_suffix
-from .parallel_gzip import gzip_file, gzip_nrrd_file
+from .parallel_gzip import gzip_file
 
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -380,9 +380,9 @@ def write_volume(volume: Volume, path: str | Path, *, compression_level: int = 1
     """Write ``volume`` with its exact geometry to NIfTI, NRRD or MetaImage, atomically. Returns the path.
 
     ``.nii.gz`` and ``.nrrd`` are gzip-compressed; ``compression_level`` 1 is several times faster than the default 6
-    for a few percent more bytes (writing a float32 entropy map dominated end-to-end time at level 6). ``.nii.gz`` and
-    ``.nrrd`` are compressed on all cores by :mod:`.parallel_gzip` (ITK's NIfTI writer uses one core at its own
-    level; its NRRD writer one core).
+    for a few percent more bytes (writing a float32 entropy map dominated end-to-end time at level 6). ``.nii.gz`` is
+    compressed on all cores by :mod:`.parallel_gzip`: ITK's NIfTI writer ignores the level (1.7 s for an 80 MB float32
+    map on 2 cores, against 0.5 s). ITK's NRRD writer honours it and is faster still (0.26 s), so NRRD stays ITK's.
     """
     path = Path(path)
     suffix = _check_suffix(path, WRITABLE_SUFFIXES, "write")
@@ -390,12 +390,12 @@ def write_volume(volume: Volume, path: str | Path, *, compression_level: int = 1
     image = volume.to_sitk()
     with atomic_path(path) as tmp:
         try:
-            if suffix in (".nii.gz", ".nrrd"):
+            if suffix == ".nii.gz":
                 # ITK writes the header and the raw voxels; the gzip runs on every core (see parallel_gzip).
-                raw = tmp.with_name(tmp.name[: -len(".gz")] if suffix == ".nii.gz" else f"{tmp.stem}.raw.nrrd")
+                raw = tmp.with_name(tmp.name[: -len(".gz")])
                 try:
                     sitk.WriteImage(image, str(raw), False)
-                    (gzip_file if suffix == ".nii.gz" else gzip_nrrd_file)(raw, tmp, level=compression_level)
+                    gzip_file(raw, tmp, level=compression_level)
                 finally:
                     raw.unlink(missing_ok=True)
             else:
