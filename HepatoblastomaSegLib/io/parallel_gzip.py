@@ -2,13 +2,15 @@
 
 Why: ITK's NIfTI writer compresses in one thread at its default level, whatever level is asked for. A float32
 entropy map of a 512x512x76 CT (80 MB, whose low mantissa bits barely compress) took 1.7 s to write on a 2-core
-machine (0.5 s here), more than the whole network pass on a GPU. Here ITK writes the uncompressed ``.nii`` (header
-and geometry stay ITK's) and this module gzips it: chunks of :data:`CHUNK_BYTES` are deflated in a thread pool
-(zlib releases the GIL), each ending on a byte boundary with a sync flush, so their concatenation is one valid deflate stream (what pigz does). The result is an
-ordinary single-member gzip file: any gzip reader (ITK, nibabel, Python) reads it, and the trailer's size field is the
-real uncompressed size, which :func:`~.volume.read_volume`'s truncation check relies on. The header's mtime is 0, so
-the same data give the same bytes. (ITK's NRRD writer honours level 1 and its bundled zlib-ng is faster than Python's
-zlib on 2 cores, so NRRD is left to ITK.)
+machine (0.5 s here), more than the whole network pass on a GPU.
+
+How: ITK writes the uncompressed ``.nii`` (header and geometry stay ITK's) and this module gzips it. Chunks of
+:data:`CHUNK_BYTES` are deflated in a thread pool (zlib releases the GIL), each ending on a byte boundary with a sync
+flush, so their concatenation is one valid deflate stream (what pigz does). The result is an ordinary single-member
+gzip file: any gzip reader (ITK, nibabel, Python) reads it, and the trailer's size field is the real uncompressed
+size, which :func:`~.volume.read_volume`'s truncation check relies on. The header's mtime is 0, so the same data give
+the same bytes. ITK's NRRD writer does honour level 1, with a zlib-ng faster than Python's zlib on 2 cores, so NRRD
+is left to ITK.
 """
 
 from __future__ import annotations
