@@ -123,6 +123,19 @@ def test_memory_estimate_grows_with_the_work(model_dirs):
     assert stitch_one == pytest.approx(3 * 4 * 100 * 256 * 256 / 1e9)
 
 
+def test_memory_estimate_matches_what_the_paper_network_used_on_an_h200():
+    # benchmarks/results/2026-11-27-h200/session2/infer_paper.json: peak allocated GiB with 4 patches per call (no
+    # TTA) and 8 (TTA), bf16, paper-width network planned on full-size phantoms (patch 32x224x224), 59x512x512 CT.
+    plans = {"topology": {"patch_size_zyx": [32, 224, 224],
+                          "strides_zyx": [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+                          "filters": [32, 64, 128, 256, 320, 320]},
+             "labels": {"background": 0, "tumor": 1}}
+    for patches, measured_gib in ((4, 3.63), (8, 6.58)):
+        measured_gb = measured_gib * 2**30 / 1e9
+        estimate = models.estimate_inference_memory_gb(plans, 1.0, batch_size=patches)
+        assert 0.85 * measured_gb < estimate < 1.3 * measured_gb, (patches, estimate, measured_gb)
+
+
 # ------------------------------------------------------------------------------------------------ devices
 def test_device_choice_names_the_reason():
     no_gpu = {"torch": "2.13.0+cpu", "cuda_available": False, "cuda_version": None, "gpus": []}
