@@ -112,9 +112,10 @@ def test_largest_component_and_small_components():
     assert keep_largest_component(np.zeros_like(mask)).sum() == 0
 
 
-def test_largest_diameter_brute_force_on_oblique_grid(oblique_geometry):
-    rng = np.random.default_rng(4)
-    array = (rng.random(oblique_geometry.shape_zyx) > 0.97).astype(np.uint8)
+@pytest.mark.parametrize("seed,density", [(4, 0.03), (5, 0.01), (6, 0.3)])
+def test_largest_diameter_brute_force_on_oblique_grid(oblique_geometry, seed, density):
+    rng = np.random.default_rng(seed)
+    array = (rng.random(oblique_geometry.shape_zyx) < density).astype(np.uint8)
     array[2:4, 5:9, 6:12] = 1
     volume = Volume(array, oblique_geometry)
     points = np.argwhere(array)[:, ::-1].astype(float)
