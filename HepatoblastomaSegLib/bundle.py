@@ -80,6 +80,7 @@ class ModelBundle:
     weights_dtype: str = "float32"
     min_library_version: str = "0.0.0"
     created_utc: str = ""
+    _networks: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def weights_path(self) -> Path:
@@ -117,6 +118,14 @@ class ModelBundle:
         net = build_network(self.plans, width=self.width, deep_supervision=deep_supervision)
         load_weights(net, self.state_dict(), source=str(self.weights_path))
         return net.to(device).eval()
+
+    def cached_network(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """:meth:`build_network` once per device for this loaded bundle (e.g. the liver model, used once per MRI
+        case); callers must not modify it."""
+        key = str(torch.device(device))
+        if key not in self._networks:
+            self._networks[key] = self.build_network(device)
+        return self._networks[key]
 
 
 # ------------------------------------------------------------------------------------------------ finding
