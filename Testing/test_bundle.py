@@ -61,6 +61,19 @@ def test_round_trip_gives_the_same_network(bundle_dir, net, plans):
     assert keys and not any(k.startswith("skip_layers.") for k in keys)
 
 
+def test_cached_network_is_built_once_per_device_and_loaded_bundle(bundle_dir, plans, monkeypatch):
+    bundle = load_bundle(bundle_dir)
+    builds = []
+    real_build = type(bundle).build_network
+    monkeypatch.setattr(type(bundle), "build_network", lambda self, device="cpu": builds.append(device) or
+                        real_build(self, device))
+    first = bundle.cached_network("cpu")
+    assert bundle.cached_network(torch.device("cpu")) is first and builds == ["cpu"]
+    assert not first.training
+    assert load_bundle(bundle_dir).cached_network("cpu") is not first  # another load, another network
+    assert bundle == load_bundle(bundle_dir)  # the cache does not take part in comparisons
+
+
 def test_fp16_weights_are_half_the_size_and_load_as_float32(tmp_path, net, plans):
     full = save_bundle(tmp_path / "a", net, plans, name="a", version="1.0.0", modality="ct", card_markdown=CARD,
                        width=0.25)
