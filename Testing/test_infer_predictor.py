@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from HepatoblastomaSegLib.bundle import load_bundle
 from HepatoblastomaSegLib.cli import main
 from HepatoblastomaSegLib.errors import InputError, ModelError
 from HepatoblastomaSegLib.infer.outputs import is_finished
-from HepatoblastomaSegLib.infer.predictor import Predictor, count_windows
+from HepatoblastomaSegLib.infer.predictor import Predictor, count_windows, window_batching
 from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_dicom_series, write_volume
-from HepatoblastomaSegLib.progress import parse_json_line
+from HepatoblastomaSegLib.progress import NullProgress, parse_json_line
 
 from conftest import oblique_direction
 from test_preprocess_synthetic import synthetic_case
@@ -220,3 +221,41 @@ def test_bad_arguments(tmp_path, capsys):
     assert "exactly one" in capsys.readouterr().err
     with pytest.raises(ModelError):
         load_bundle(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("failures,expected_calls,device_used,warning", [
+    (0, [("cuda", "cuda", 1, 8)], "cuda", None),
+    (1, [("cuda", "cuda", 1, 8), ("cuda", "cuda", 1, 1)], "cuda", "one patch per network call (slower)"),
+    (2, [("cuda", "cuda", 1, 8), ("cuda", "cuda", 1, 1), ("cuda", "cpu", 1, 1)], "cuda", "stitching in CPU memory"),
+    (3, [("cuda", "cuda", 1, 8), ("cuda", "cuda", 1, 1), ("cuda", "cpu", 1, 1), ("cpu", "cpu", 1, 1)], "cpu",
+     "ran on the CPU instead"),
+])
+def test_cuda_out_of_memory_steps_down_then_runs_on_the_cpu_and_says_so(bundle_dir, monkeypatch, failures,
+                                                                         expected_calls, device_used, warning):
+    # No GPU here: the ladder is driven by a stand-in for the sliding window that runs out of memory N times.
+    predictor = Predictor(load_bundle(bundle_dir), device="cpu", tta=True)
+    predictor.device = torch.device("cuda")
+    predictor.batch_size, predictor.max_forward_batch = window_batching(predictor.device, True, None)
+    calls, moves = [], []
+
+    def sliding_window(data, sw_device, stitch_device, batch, forward_batch, progress):
+        calls.append((sw_device.type, stitch_device.type, batch, forward_batch))
+        if len(calls) <= failures:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.zeros(2, *data.shape)
+
+    class Network(torch.nn.Module):  # records where the network is moved instead of moving it to a missing GPU
+        def to(self, device):
+            moves.append(str(device))
+            return self
+
+    monkeypatch.setattr(predictor, "_probabilities", sliding_window)
+    predictor.network = Network()
+    warnings: list[str] = []
+    probs, used = predictor._probabilities_with_fallback(torch.zeros(4, 5, 6), NullProgress(), warnings)
+    assert calls == expected_calls and used == device_used and probs.shape == (2, 4, 5, 6)
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0] and "GPU memory ran out" in warnings[0]
+    assert moves == (["cpu", "cuda"] if device_used == "cpu" else [])  # and back, for the next case

@@ -220,8 +220,7 @@ class Predictor:
                      "call and stitching in CPU memory (slower)")]
         for sw_device, stitch_device, batch, forward_batch, note in attempts:
             try:
-                probs = self._probabilities(data.to(sw_device), sw_device, stitch_device, batch, forward_batch,
-                                            progress)
+                probs = self._probabilities(data, sw_device, stitch_device, batch, forward_batch, progress)
                 if note:
                     warnings.append(note)
                 return probs, str(sw_device)
@@ -230,7 +229,7 @@ class Predictor:
         warnings.append("GPU memory ran out even with one window per call: ran on the CPU instead (much slower)")
         self.network = self.network.to("cpu")
         try:
-            return self._probabilities(data.cpu(), torch.device("cpu"), torch.device("cpu"), 1, 1, progress), "cpu"
+            return self._probabilities(data, torch.device("cpu"), torch.device("cpu"), 1, 1, progress), "cpu"
         finally:
             self.network = self.network.to(self.device)
 
@@ -238,6 +237,7 @@ class Predictor:
                        forward_batch: int, progress: Progress) -> torch.Tensor:
         from monai.inferers import SlidingWindowInferer
 
+        data = data.to(sw_device)
         patch = list(self.bundle.plans.patch_size_zyx)
         total_batches = math.ceil(count_windows(tuple(data.shape), patch, self.overlap) / batch)
         done = [0]
