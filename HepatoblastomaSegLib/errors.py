@@ -18,6 +18,10 @@ class HepatoblastomaSegError(Exception):
         super().__init__(f"{path}: {message}" if path is not None else message)
         self.problem = message
 
+    def __reduce__(self):
+        # Keep problem and path apart when the error crosses a process boundary (e.g. preprocessing workers).
+        return type(self), (self.problem, self.path)
+
 
 class InputError(HepatoblastomaSegError):
     """An image, mask, manifest or folder that cannot be used as given."""

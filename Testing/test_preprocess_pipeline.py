@@ -3,6 +3,7 @@ grid, the on-disk cache, the ``hbseg plan`` command, and MRI liver masks (given,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -213,6 +214,26 @@ def test_cache_computes_once_and_notices_changed_files(tmp_path, ct_dataset, ct_
         **{**ct_plans.ct.__dict__, "mean_hu": 0.0})))
     assert other.folder != cache.folder
     assert not list((tmp_path / "cache").rglob("*.partial*"))
+
+
+def test_cache_built_by_worker_processes_holds_the_same_arrays_and_names_a_bad_file(tmp_path, ct_dataset, ct_plans):
+    entries = read_manifest(ct_dataset)
+    serial = PreprocessedCache(tmp_path / "serial", ct_plans)
+    parallel = PreprocessedCache(tmp_path / "parallel", ct_plans)
+    assert serial.build(entries) == parallel.build(entries, workers=2) == ["case00", "case01", "case02"]
+    for entry in entries:
+        a, b = serial.load(entry), parallel.load(entry)
+        np.testing.assert_array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert a.target == b.target
+    assert parallel.build(entries, workers=2) == []
+    # A broken case in a worker: the error reaches the caller with its file and problem apart.
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(entries[0].image.read_bytes()[:200])
+    bad = [dataclasses.replace(entries[0], case="bad", image=broken), dataclasses.replace(entries[1], case="good")]
+    with pytest.raises(InputError) as info:
+        PreprocessedCache(tmp_path / "bad", ct_plans).build(bad, workers=2)
+    assert info.value.path == broken and str(broken) in str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

@@ -75,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default: the plans', 2)")
     group.add_argument("--cache-dir", metavar="DIR",
                        help="preprocessing cache folder (default MODEL_DIR/training/cache)")
+    group.add_argument("--preprocess-workers", type=int, metavar="N",
+                       help="processes that fill the preprocessing cache (default: half the cores, at most 8)")
     group.add_argument("--workers", type=int, default=2, metavar="N",
                        help="data loader worker processes per GPU (default 2; 0 = in the main process)")
     group = parser.add_argument_group("recipe")
@@ -157,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, resume=args.resume, seed=args.seed, plans_file=args.plans,
         init_weights=args.init_weights,
         gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule, patch_size_zyx=_patch(args.patch_size),
-        batch_size=args.batch_size, cache_dir=args.cache_dir, workers=args.workers, use_ce=args.use_ce,
+        batch_size=args.batch_size, cache_dir=args.cache_dir, workers=args.workers,
+        preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
         time_limit_min=args.time_limit_min,
         augment=AugmentConfig(enabled=not args.no_augment), deep_supervision=args.deep_supervision,

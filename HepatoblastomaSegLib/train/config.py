@@ -118,6 +118,8 @@ class TrainConfig:
             "off".
         val_every: validate every N epochs (full cases, sliding window on the preprocessed grid).
         workers: DataLoader worker processes (0 = in the main process).
+        preprocess_workers: processes that fill the preprocessing cache (None: half the cores, at most 8; 1 on a
+            2-core machine). MRI's N4 makes this the longest step before the first iteration.
         card_note: a paragraph put at the top of the model card (e.g. "trained on synthetic phantoms ...").
         command: the command line that started the run, recorded in the model card.
     """
@@ -159,6 +161,7 @@ class TrainConfig:
     amp: str = "auto"
     device: str = "auto"
     workers: int = 2
+    preprocess_workers: int | None = None
     val_every: int = 1
     val_overlap: float = 0.5
     cache_dir: str | Path | None = None
@@ -172,6 +175,14 @@ class TrainConfig:
     def training_dir(self) -> Path:
         """Checkpoints, log, learning curve, split and (by default) the preprocessing cache."""
         return Path(self.output_dir) / "training"
+
+    @property
+    def resolved_preprocess_workers(self) -> int:
+        if self.preprocess_workers is not None:
+            return int(self.preprocess_workers)
+        import os
+
+        return max(1, min(8, (os.cpu_count() or 1) // 2))
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -223,6 +234,8 @@ class TrainConfig:
             problems.append(f"time limit must be a positive number of minutes (got {self.time_limit_min})")
         if int(self.val_every) < 1:
             problems.append(f"validate-every must be at least 1 epoch (got {self.val_every})")
+        if self.preprocess_workers is not None and int(self.preprocess_workers) < 1:
+            problems.append(f"preprocessing workers must be at least 1 (got {self.preprocess_workers})")
         if int(self.workers) < 0:
             problems.append(f"workers must be 0 or more (got {self.workers})")
         if int(self.seed) < 0:

@@ -126,9 +126,10 @@ def prepare_on_main(cfg: TrainConfig, *, device, progress: Progress | None = Non
     train_cache = PreprocessedCache(cfg.resolved_cache_dir / "train", plans)
     val_cache = PreprocessedCache(cfg.resolved_cache_dir / "val", plans)
     prep_device = device if getattr(device, "type", "cpu") == "cuda" else "cpu"
-    train_cache.build(split.train, device=prep_device, progress=progress)
+    workers = cfg.resolved_preprocess_workers
+    train_cache.build(split.train, device=prep_device, progress=progress, workers=workers)
     if split.val:
-        val_cache.build(split.val, device=prep_device, progress=progress)
+        val_cache.build(split.val, device=prep_device, progress=progress, workers=workers)
     return Prepared(split, plans, train_cache, val_cache, checkpoint)
 
 
