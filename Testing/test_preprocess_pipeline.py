@@ -237,6 +237,13 @@ def test_cache_built_by_worker_processes_holds_the_same_arrays_and_names_a_bad_f
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
+def test_plans_record_the_dataset_folder_as_given_not_this_machines_absolute_path(tmp_path, ct_dataset,
+                                                                                 monkeypatch):
+    monkeypatch.chdir(ct_dataset.parent)
+    plans = plan_dataset(ct_dataset.name, "ct")
+    assert plans.dataset.source == ct_dataset.name and plans.dataset.num_cases == 3
+
+
 def test_hbseg_plan_command(tmp_path, ct_dataset, capsys):
     out = tmp_path / "plans.json"
     assert main(["plan", str(ct_dataset), "--modality", "ct", "-o", str(out), "--progress", "none"]) == 0

@@ -137,6 +137,6 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
         mri = MRIIntensity(n4=n4, nyul=nyul)
     return Plans(modality=modality, labels=labels, label_source=label_source, spacing=spacing, topology=topology,
                  ct=ct, mri=mri,
-                 dataset=DatasetInfo(len(prints), str(Path(dataset_dir).resolve()), tuple(fp.case for fp in prints)),
+                 dataset=DatasetInfo(len(prints), str(dataset_dir), tuple(fp.case for fp in prints)),
                  versions=library_versions(),
                  created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -124,7 +124,8 @@ class MRIIntensity:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Where the plans came from (informative only)."""
+    """Where the plans came from (informative only). ``source`` is the dataset folder as the user gave it: a relative
+    path stays relative, so plans shipped with a model do not carry one machine's folders."""
 
     num_cases: int = 0
     source: str = ""
