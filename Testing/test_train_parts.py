@@ -370,6 +370,7 @@ def test_config_reports_every_bad_option_at_once():
     for word in ("modality", "epochs", "width", "validation fraction", "amp"):
         assert word in text
     assert TrainConfig("d", "ct", "o").validated().val_fraction == 0.2
+    assert TrainConfig("d", "ct", "o").validated().width == 1.0  # the paper's width unless told (or --init-weights)
     assert TrainConfig("d", "mri", "o").total_epochs == 1000 and TrainConfig("d", "ct", "o").total_epochs == 5000
 
 

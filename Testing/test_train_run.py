@@ -117,9 +117,17 @@ def test_init_weights_start_from_a_bundle_with_its_plans_and_refuse_another_widt
     assert json.loads((out / "plans.json").read_text())["intensity"] == json.loads(
         (trained / "plans.json").read_text())["intensity"]
     assert "initial weights from the bundle" in load_bundle(out).card
-    assert main(["train", str(ct_dataset), "--modality", "ct", "-o", str(tmp_path / "wide"), "--epochs", "1",
+    # Without --width the bundle's width is taken; a different one is refused before any preprocessing.
+    inherit = tmp_path / "inherit"
+    assert main(["train", str(ct_dataset), "--modality", "ct", "-o", str(inherit), "--epochs", "1",
+                 "--init-weights", str(trained), *TINY[:2], *TINY[4:], "--lr", "1e-12"]) == 0
+    assert load_bundle(inherit).width == pytest.approx(0.125)
+    wide = tmp_path / "wide"
+    assert main(["train", str(ct_dataset), "--modality", "ct", "-o", str(wide), "--epochs", "1",
                  "--init-weights", str(trained), *TINY[:2], "--width", "0.25", *TINY[4:]]) == 2
-    assert "width is 0.125" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "width is 0.125" in err and "--width is 0.25" in err
+    assert not (wide / "training").exists()
 
 
 def test_refuses_to_overwrite_a_run_or_resume_with_another_width(trained, ct_dataset, capsys):

@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="epochs to train (default: the paper's, 5000 for CT and 1000 for MRI)")
     parser.add_argument("--iters-per-epoch", type=int, default=250, metavar="N",
                         help="iterations (batches) per epoch (default 250, nnU-Net's epoch)")
-    parser.add_argument("--width", type=float, default=1.0, metavar="W",
-                        help="network width: filters x W (1.0 = the paper's 32..320; 0.25 for a laptop CPU)")
+    parser.add_argument("--width", type=float, metavar="W",
+                        help="network width: filters x W (1.0 = the paper's 32..320, the default; 0.25 for a laptop "
+                             "CPU; with --init-weights, the bundle's width)")
     val = parser.add_mutually_exclusive_group()
     val.add_argument("--val-manifest", metavar="CSV",
                      help="validation cases: a dataset folder or CSV (case,image,tumor), or a CSV with only a 'case' "

@@ -129,7 +129,7 @@ class TrainConfig:
     output_dir: str | Path
     epochs: int | None = None
     iters_per_epoch: int = 250
-    width: float = 1.0
+    width: float | None = None  # None: the --init-weights bundle's width, else 1.0 (the paper's)
     target: str = "tumor"
     val_manifest: str | Path | None = None
     val_fraction: float | None = None
@@ -212,8 +212,24 @@ class TrainConfig:
             problems.append(f"epochs must be at least 1 (got {self.epochs})")
         if int(self.iters_per_epoch) < 1:
             problems.append(f"iterations per epoch must be at least 1 (got {self.iters_per_epoch})")
-        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width) and self.width > 0):
-            problems.append(f"width must be a positive number (got {self.width})")
+        width = self.width
+        if width is not None and not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+            problems.append(f"width must be a positive number (got {width})")
+        elif self.init_weights is not None:
+            # Checked here, before any preprocessing, so a mismatch costs the user seconds, not the cache fill.
+            from ..bundle import load_bundle
+            from ..errors import HepatoblastomaSegError
+
+            try:
+                init_width = load_bundle(self.init_weights, modality=self.modality, verify_weights=False).width
+            except HepatoblastomaSegError as err:
+                problems.append(f"--init-weights: {err}")
+            else:
+                if width is None:
+                    width = init_width
+                elif abs(width - init_width) > 1e-9:
+                    problems.append(f"--init-weights: the bundle's width is {init_width:g}, this run's --width is "
+                                    f"{width:g}; leave --width out or give --width {init_width:g}")
         if self.val_manifest is not None and self.val_fraction is not None:
             problems.append("give either a validation manifest or a validation fraction, not both")
         if self.val_fraction is not None and not 0.0 <= float(self.val_fraction) < 1.0:
@@ -242,7 +258,7 @@ class TrainConfig:
             problems.append(f"seed must be a non-negative integer (got {self.seed})")
         if problems:
             raise ConfigError("invalid training options: " + "; ".join(problems))
-        out = dataclasses.replace(self)
+        out = dataclasses.replace(self, width=float(width if width is not None else 1.0))
         if out.val_manifest is None and out.val_fraction is None:
             out.val_fraction = 0.2
         if out.patch_size_zyx is not None:
