@@ -8,10 +8,11 @@ against ground truth on a held-out cohort of full-size phantoms (another seed; t
 
 Training cohorts are small phantoms by default (128 x 128 in-plane, at most 48 slices, 1.1-2.8 mm in-plane: quick to
 make and to preprocess). ``--train-size full`` trains on full-size phantoms of the same seed (the same children,
-scanned on the clinical grids) instead: the CT model trained on small ones under-segmented full-size CTs (tumour volume
-0.71-0.97 of the truth, held-out Dice 0.880 vs 0.916 on the small versions of the same cases), because a 0.5 mm CT
-resampled to the planned ~1.6 mm keeps its per-voxel noise, about 1.2-1.7x that of a small phantom (at least
-part of the gap: smoothing those CTs before resampling brought 0.880 to 0.900).
+scanned on the clinical grids) instead: the CT model trained on small ones under-segmented full-size CTs (predicted
+tumour volume 0.62-0.94 of the truth; held-out Dice 0.880 vs 0.916 on the small versions of the same cases), at least
+partly because a 0.5 mm CT resampled to the planned ~1.6 mm keeps its per-voxel noise, 1.1-2.7x (mean 1.9x) that of
+a small phantom (smoothing those CTs before resampling brought 0.880 to 0.900). ``benchmarks/grid_transfer.py``
+measures this for any CT model.
 
 =================  ======================  =====================  ===================================================
 model              training cohort         held-out (full size)   notes
