@@ -316,12 +316,16 @@ def test_csv_tables_tolerate_bom_and_spaces_and_name_the_file(tmp_path):
     assert "latin.csv" in str(info.value)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_parallel_gzip_is_one_standard_member_that_any_reader_decodes(tmp_path, ct_like_volume, monkeypatch, threads):
+@pytest.mark.parametrize("threads,backend", [(1, "zlib"), (3, "zlib"), (1, "isal"), (3, "isal")])
+def test_parallel_gzip_is_one_standard_member_that_any_reader_decodes(tmp_path, ct_like_volume, monkeypatch, threads,
+                                                                      backend):
     import nibabel
 
     from HepatoblastomaSegLib.io import parallel_gzip, volume as volume_module
 
+    if backend not in parallel_gzip.BACKENDS:
+        pytest.skip("isal is not installed")
+    monkeypatch.setattr(parallel_gzip, "BACKEND", backend)
     monkeypatch.setattr(parallel_gzip, "CHUNK_BYTES", 1000)  # many chunks even for a small test volume
     real_gzip_file = parallel_gzip.gzip_file
     monkeypatch.setattr(volume_module, "gzip_file",
