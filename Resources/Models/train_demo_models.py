@@ -192,6 +192,8 @@ def train_stage(name: str, settings: dict, work: Path, args) -> Path:
                "--device", args.device, "--workers", str(args.workers), "--progress", args.progress]
     if settings["patch"]:
         command += ["--patch-size", settings["patch"]]
+    if args.schedule:
+        command += ["--schedule", args.schedule]
     if args.time_limit_min:
         command += ["--time-limit-min", f"{args.time_limit_min:g}"]
     if args.init_from is not None:
@@ -261,6 +263,9 @@ def main() -> int:
                         help="start each model from DIR/<name> (a bundle from an earlier run) with --init-weights")
     parser.add_argument("--train-size", choices=("small", "full"), default="small",
                         help="training phantoms: small (quick) or full (the clinical grids the held-out cases use)")
+    parser.add_argument("--schedule", choices=("plateau", "poly"),
+                        help="learning-rate schedule for hbseg train (default: its own, the paper's plateau); poly "
+                             "anneals to 0 over --epochs, the better choice for a short continuation")
     parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
     parser.add_argument("--eval-tta", action="store_true",
                         help="also evaluate with 8-flip TTA, as hbseg segment runs by default (8x the network time)")
