@@ -177,6 +177,13 @@ def install(bundle_dir: Path, name: str) -> Path:
     return target
 
 
+def earlier_training_line(bundle_dir: Path) -> str:
+    """A comment line for the card: how the bundle a continuation starts from was trained (from its card)."""
+    card = (bundle_dir / "model_card.md").read_text(encoding="utf-8")
+    facts = [line[2:].rstrip(".") for line in card.splitlines() if line.startswith(("- Epochs:", "- Wall time:"))]
+    return f"# the initial weights ({shown(bundle_dir)}): " + ("; ".join(facts) or "no training facts in its card")
+
+
 def train_stage(name: str, settings: dict, work: Path, args) -> Path:
     """Training cohort + ``hbseg train``; the commands go to ``<work>/<name>/commands.txt`` for the card."""
     modality, target, train_seed, _ = MODELS[name]
@@ -202,8 +209,8 @@ def train_stage(name: str, settings: dict, work: Path, args) -> Path:
         earlier = args.init_from / name
         command += ["--init-weights", shown(earlier)]
         earlier_commands = earlier / COMMANDS_FILE
-        if earlier_commands.is_file():
-            log[:0] = earlier_commands.read_text(encoding="utf-8").splitlines()
+        earlier_log = earlier_commands.read_text(encoding="utf-8").splitlines() if earlier_commands.is_file() else []
+        log[:0] = earlier_log + [earlier_training_line(earlier)]
     if (out / "training").is_dir():
         command.append("--resume")  # a rerun continues (or just rewrites) the same model, with the same result
     started = time.perf_counter()
