@@ -75,3 +75,20 @@ def test_mri_demo_with_its_liver_model(tmp_path):
     value, _ = dice(prediction.mask.array, case.tumor.array)
     assert value > 0.3
     assert np.isfinite(prediction.entropy.array).all()
+
+
+def test_a_continued_demo_model_records_how_its_initial_weights_were_trained(tmp_path):
+    """train_demo_models.py --init-from: the card's command list gains one line with the earlier run's epochs and
+    wall time, read from the earlier bundle's card."""
+    import importlib.util
+
+    script = RESOURCES_MODELS_DIR / "train_demo_models.py"
+    spec = importlib.util.spec_from_file_location("train_demo_models", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    line = module.earlier_training_line(RESOURCES_MODELS_DIR / "ct-demo")
+    card = load_bundle("ct-demo").card
+    epochs = next(x for x in card.splitlines() if x.startswith("- Epochs:"))[2:].rstrip(".")
+    assert line.startswith("# the initial weights (") and epochs in line and "Wall time:" in line
+    (tmp_path / "model_card.md").write_text("# a card without a training section\n", encoding="utf-8")
+    assert module.earlier_training_line(tmp_path).endswith("no training facts in its card")
