@@ -6,7 +6,9 @@
 #   Dry run here:   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh   (proves the script)
 # A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"), MODELS (default
 # all three), INIT_FROM (continue the models from DIR/<name> bundles of an earlier session, carried along),
-# DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here).
+# DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here), TRAIN_SIZE (small,
+# the default, or full: train on full-size phantoms, which ct-demo needed to transfer to full-size CTs; see
+# Resources/Models/train_demo_models.py).
 # What comes back ($OUT, at most 8 files): session.log, infer_paper.json, preprocess.json, train.json,
 # infer_demo.json, models.tar.gz (the three bundles + training logs, without checkpoints or caches).
 # Every step has its own time limit, most wanted first, so a slow step cannot eat the session.
@@ -39,12 +41,14 @@ python3 -c "import torch, monai, SimpleITK, nibabel; print('torch', torch.__vers
 
 # Training cohorts for the demo models: CPU only, single-threaded and niced, beside the benchmarks (16 cores).
 CASES="${CASES:-40}"
+TRAIN_SIZE="${TRAIN_SIZE:-small}"; SIZE_TAG=""; [ "$TRAIN_SIZE" = full ] && SIZE_TAG="-full"
 mkdir -p demo_models_work
 for spec in "ct 1000" "mri 1002"; do
   set -- $spec
   has models && [[ "$MODELS" == *"$1"* ]] || continue
   OMP_NUM_THREADS=1 nice -n 19 python3 -m HepatoblastomaSegLib.cli phantom --modality "$1" --cases "$CASES" \
-    --seed "$2" --size small -o "demo_models_work/$1-train-s$2-n$CASES" --progress none > "/tmp/phantom_$1.log" 2>&1 &
+    --seed "$2" --size "$TRAIN_SIZE" -o "demo_models_work/$1-train$SIZE_TAG-s$2-n$CASES" --progress none \
+    > "/tmp/phantom_$1.log" 2>&1 &
 done
 
 if [ -n "${QUICK:-}" ]; then PAPER=""; REPEATS=1; TRAIN_PRESET="--preset tiny"; else PAPER="--paper-width"; REPEATS=2; TRAIN_PRESET=""; fi
@@ -87,6 +91,7 @@ LIMIT_MIN=$(python3 -c "print(round(max($LEFT - 25, 30) / 60, 2))")  # from hbse
 step "demo models, time limit $LIMIT_MIN min each"
 EXTRA=""; [ -n "${QUICK:-}" ] && EXTRA="--quick --cases $CASES --epochs 2 --iters 3"
 [ -n "${INIT_FROM:-}" ] && EXTRA="$EXTRA --init-from $INIT_FROM"
+EXTRA="$EXTRA --train-size $TRAIN_SIZE"
 for name in $MODELS; do
   timeout $(( LEFT + 40 )) python3 Resources/Models/train_demo_models.py --stage train --models "$name" $EXTRA \
     --device "$DEVICE" --workers 4 --progress none --time-limit-min "$LIMIT_MIN" > "/tmp/train_$name.log" 2>&1 &
