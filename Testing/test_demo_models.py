@@ -31,6 +31,9 @@ def test_bundled_model_is_intact_small_and_labelled_as_a_demo(name):
     card = bundle.card.lower()
     assert "synthetic phantoms" in card and "not for clinical use" in card
     assert "train_demo_models.py" in bundle.card and "held-out" in card
+    # Plans name the training folder as given (relative to the repository), never one machine's absolute path.
+    source = json.loads((bundle.path / "plans.json").read_text(encoding="utf-8"))["dataset"]["source"]
+    assert source.startswith("demo_models_work") and not source.startswith("/")
 
 
 @pytest.fixture(scope="module")

@@ -182,19 +182,15 @@ def main() -> int:
         results.get("ours_tta8", {}).pop("folder", None)
         truth = case.tumor.array
         results["dice_ours_vs_truth"] = round(dice(ours, truth)[0], 4)
-        if args.baseline:
-            base = run_monai_baseline(image, tmp / "monai", args.model, args.device, args.repeats)
+        for key, wanted, matched in (("monai_stock", args.baseline, False),
+                                     ("monai_stock_matched", args.baseline_matched, True)):
+            if not wanted:
+                continue
+            base = run_monai_baseline(image, tmp / key, args.model, args.device, args.repeats, matched=matched)
             theirs = read_volume(base.pop("path")).array
             base["dice_vs_ours"] = round(dice(theirs, ours)[0], 4)
             base["speedup_ours"] = round(base["wall_s"] / results["ours_no_tta"]["wall_s"], 2)
-            results["monai_stock"] = base
-        if args.baseline_matched:
-            base = run_monai_baseline(image, tmp / "monai_matched", args.model, args.device, args.repeats,
-                                      matched=True)
-            theirs = read_volume(base.pop("path")).array
-            base["dice_vs_ours"] = round(dice(theirs, ours)[0], 4)
-            base["speedup_ours"] = round(base["wall_s"] / results["ours_no_tta"]["wall_s"], 2)
-            results["monai_stock_matched"] = base
+            results[key] = base
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
