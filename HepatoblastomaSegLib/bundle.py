@@ -112,12 +112,24 @@ class ModelBundle:
 
     def build_network(self, device: str | torch.device = "cpu", *, deep_supervision: bool = False
                       ) -> torch.nn.Module:
-        """The DynUNet of ``plans.json`` at the bundle's width, verified weights loaded, in eval mode on ``device``."""
+        """The DynUNet of ``plans.json`` at the bundle's width, verified weights loaded, in eval mode on ``device``.
+
+        Without deep supervision every parameter comes from the weights file, so the network is laid out on the meta
+        device and allocated straight on ``device``: no random initialisation to overwrite (0.3 s of a 0.6 s load
+        for the paper's network on a CPU) and no copy from the CPU. Deep-supervision heads are not saved, so with
+        them the network is initialised as for training.
+        """
         from .network import build_network, load_weights
 
-        net = build_network(self.plans, width=self.width, deep_supervision=deep_supervision)
-        load_weights(net, self.state_dict(), source=str(self.weights_path))
-        return net.to(device).eval()
+        if deep_supervision:
+            net = build_network(self.plans, width=self.width, deep_supervision=True)
+            load_weights(net, self.state_dict(), source=str(self.weights_path))
+            return net.to(device).eval()
+        with torch.device("meta"):
+            net = build_network(self.plans, width=self.width)
+        net = net.to_empty(device=device)
+        load_weights(net, self.state_dict(), source=str(self.weights_path), every_parameter=True)
+        return net.eval()
 
     def cached_network(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """:meth:`build_network` once per device for this loaded bundle (e.g. the liver model, used once per MRI

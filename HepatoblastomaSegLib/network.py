@@ -101,10 +101,12 @@ def canonical_state_dict(state: Mapping[str, torch.Tensor] | torch.nn.Module) ->
     return out
 
 
-def load_weights(net: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "weights") -> None:
+def load_weights(net: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "weights",
+                 every_parameter: bool = False) -> None:
     """Load ``state`` into ``net``, refusing (with :class:`ModelError`) any missing, extra or mis-shaped tensor.
 
-    ``state`` may be float16; values are converted to the network's dtype.
+    ``state`` may be float16; values are converted to the network's dtype. ``every_parameter``: also refuse when a
+    parameter or buffer of ``net`` is not written by ``state`` (for a network allocated uninitialised).
     """
     state = canonical_state_dict(state)
     expected = canonical_state_dict(net)
@@ -127,3 +129,10 @@ def load_weights(net: torch.nn.Module, state: Mapping[str, torch.Tensor], *, sou
     if leftover or result.unexpected_keys:
         raise ModelError(f"weights did not load cleanly (missing {leftover[:3]}, unexpected "
                          f"{result.unexpected_keys[:3]})", source)
+    if every_parameter:
+        # Aliases name the same tensors, so coverage is by identity: every tensor reachable from a loaded key.
+        written = {id(t) for k, t in net.state_dict(keep_vars=True).items() if k in state}
+        unwritten = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if id(t) not in written]
+        if unwritten:
+            raise ModelError(f"the weights leave {len(unwritten)} tensors of the network unset (e.g. "
+                             f"{', '.join(unwritten[:3])})", source)

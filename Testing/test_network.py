@@ -87,3 +87,24 @@ def test_weights_round_trip_through_the_canonical_state_dict():
     state.pop("bottleneck.conv1.conv.weight")
     with pytest.raises(ModelError, match="1 tensors missing"):
         load_weights(fresh, state)
+
+
+def test_an_uninitialised_network_must_be_covered_by_the_weights():
+    """A network laid out on the meta device (as ModelBundle.build_network does) has only the values the weights
+    write: the same outputs as an initialised one where they cover it, a refusal naming what they leave unset."""
+    plans = make_plans((2.0, 1.0, 1.0), (32, 64, 64))
+    torch.manual_seed(2)
+    trained = build_network(plans, width=0.125).eval()
+    state = canonical_state_dict(trained)
+    with torch.device("meta"):
+        plain = build_network(plans, width=0.125)
+    plain = plain.to_empty(device="cpu")
+    load_weights(plain, state, every_parameter=True)
+    x = torch.randn(1, 1, *plans.patch_size_zyx)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), trained(x))
+    with torch.device("meta"):
+        supervised = build_network(plans, width=0.125, deep_supervision=True)
+    with pytest.raises(ModelError, match="unset .*deep_supervision_heads"):
+        load_weights(supervised.to_empty(device="cpu"), state, every_parameter=True)
+    load_weights(build_network(plans, width=0.125, deep_supervision=True), state)  # initialised: heads may be new
