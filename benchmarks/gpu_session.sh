@@ -75,7 +75,7 @@ fi
 # 3b. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
 if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
   step "bench_infer with $DEMO_MODEL"
-  timeout 90 python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
+  timeout 150 python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
     --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
   DEMO_DONE=1
 fi
