@@ -52,11 +52,12 @@ for spec in "ct 1000" "mri 1002"; do
 done
 
 if [ -n "${QUICK:-}" ]; then PAPER=""; REPEATS=1; TRAIN_PRESET="--preset tiny"; else PAPER="--paper-width"; REPEATS=2; TRAIN_PRESET=""; fi
-# 1. Inference (#4): the paper-width network (random weights: speed only) on a full-size phantom CT, ours without and
+# 1. Inference (#4): the paper-width network (random weights: speed only) on the CT size the issue names (512x512x101
+#    at 0.705x0.705x2.5 mm), planned on that CT (80 windows), ours without and
 #    with 8-flip TTA, and MONAI's stock pipeline on the same weights; one warm-up then $REPEATS timed runs each.
 if has infer; then
   step "bench_infer $PAPER"
-  timeout 170 python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched --device "$DEVICE" --repeats "$REPEATS" \
+  timeout 240 python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched --device "$DEVICE" --repeats "$REPEATS" \
     --json "$OUT/infer_paper.json" >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
 fi
 # 2. Preprocessing (#3): the torch path on the GPU (<= 0.5 s), SimpleITK on 16 threads for comparison.
@@ -75,7 +76,7 @@ fi
 # 3b. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
 if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
   step "bench_infer with $DEMO_MODEL"
-  timeout 150 python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
+  timeout 200 python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
     --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
   DEMO_DONE=1
 fi
