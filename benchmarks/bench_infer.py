@@ -207,8 +207,8 @@ def paper_width_bundle(folder: Path, case_seed: int) -> str:
     Speed does not depend on the weights, so this measures the paper's network without a trained one. Planned on the
     measured CT, the target spacing is the CT's own (no resampling), as for a scan at the training set's median
     spacing, which is what the issue's 0.7x0.7x2.5 mm case stands for; the default case then gets a 40x224x224 patch
-    and 80 windows at overlap 0.5. (Planned on three phantoms of small children instead, as before 2026-11-27's third
-    session, the target is 0.5 mm in-plane and the 0.705 mm case is upsampled to 216 windows.)
+    and 80 windows at overlap 0.5. (Planned on three phantoms of small children instead, as the GPU runs of
+    2026-11-27 were, the target is 0.5 mm in-plane and the 0.705 mm case is upsampled to 216 windows.)
     """
     from HepatoblastomaSegLib.bundle import save_bundle
     from HepatoblastomaSegLib.network import build_network
