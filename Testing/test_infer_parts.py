@@ -77,6 +77,21 @@ def test_flips_batched_into_fewer_network_calls_give_the_same_probabilities(max_
     torch.testing.assert_close(batched, reference, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("flips", [ALL_FLIPS, ((),)])
+def test_a_short_window_batch_padded_to_full_size_gives_the_same_probabilities(flips):
+    net = _AsymmetricNet().eval()
+    seen = []
+    net.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    x = torch.randn(3, 1, 6, 8, 10, generator=torch.Generator().manual_seed(5))  # 3 windows of a batch of 4
+    with torch.inference_mode():
+        reference = SoftmaxPredictor(net, flips, max_forward_batch=8)(x)
+        seen.clear()
+        padded = SoftmaxPredictor(net, flips, max_forward_batch=8, pad_windows_to=4)(x)
+    assert padded.shape == reference.shape == (3, 2, 6, 8, 10)
+    assert set(seen) == {8 if len(flips) > 1 else 4}  # every call has the full batch's shape
+    torch.testing.assert_close(padded, reference, atol=1e-6, rtol=0)
+
+
 def test_entropy_rounded_to_its_storage_step_stays_within_half_a_step_and_in_range():
     p1 = torch.rand(50_000, generator=torch.Generator().manual_seed(5))
     p1[:4] = torch.tensor([0.0, 1.0, 0.5, 1e-9])

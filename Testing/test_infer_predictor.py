@@ -17,7 +17,7 @@ import torch
 
 from HepatoblastomaSegLib.bundle import load_bundle
 from HepatoblastomaSegLib.cli import main
-from HepatoblastomaSegLib.errors import InputError, ModelError
+from HepatoblastomaSegLib.errors import CancelledError, InputError, ModelError
 from HepatoblastomaSegLib.infer.outputs import is_finished
 from HepatoblastomaSegLib.infer.predictor import Predictor, count_windows, window_batching
 from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_dicom_series, write_volume
@@ -90,6 +90,77 @@ def test_tta_changes_the_result_and_is_recorded(predictor, bundle_dir):
     without = predictor.predict(image)
     assert with_tta.summary["tta"] is True and without.summary["tta"] is False
     assert not np.array_equal(with_tta.entropy.array, without.entropy.array)
+
+
+@pytest.mark.slow
+def test_compiled_network_gives_the_eager_result_and_is_recorded(predictor, bundle_dir, monkeypatch):
+    # Real torch.compile (inductor, C++ on the CPU). 8 windows in batches of 3: the last batch is padded, so one
+    # graph serves the whole image; a second shape would recompile, which is made an error here (and the predictor
+    # would then fall back to the eager network, failing the assertions).
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    image = _oblique_ct(seed=4)
+    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, batch_size=3, compile=True)
+    messages = []
+
+    class Recorder(NullProgress):
+        def render(self, stage, fraction, eta_s, message):
+            messages.append(message)
+
+    result = compiled.predict(image, Recorder())
+    assert "window batch 1/3 (compiling the network first: tens of seconds)" in messages
+    messages.clear()
+    compiled.predict(image, Recorder())
+    assert "window batch 1/3" in messages  # compiled once: no note the second time
+    reference = predictor.predict(image)
+    assert result.summary["compiled"] is True and reference.summary["compiled"] is False
+    assert result.summary["warnings"] == [] and compiled.compile_failure is None
+    np.testing.assert_allclose(result.entropy.array, reference.entropy.array, atol=2e-4)
+    assert np.mean(result.mask.array != reference.mask.array) < 1e-3
+
+
+def test_failed_compilation_falls_back_to_the_eager_network_and_says_so(bundle_dir, monkeypatch):
+    class Uncompilable(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Uncompilable.calls += 1
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Uncompilable())
+    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, compile=True)
+    image = _oblique_ct(seed=5)
+    first, second = compiled.predict(image), compiled.predict(image)
+    eager = Predictor(load_bundle(bundle_dir), device="cpu", tta=False).predict(image)
+    assert Uncompilable.calls == 1  # tried once, not once per case
+    for result in (first, second):
+        assert result.summary["compiled"] is False
+        assert result.summary["warnings"] == ["--compile: torch.compile failed (RuntimeError: InvalidCxxCompiler: No "
+                                              "working C++ compiler found); the network runs uncompiled"]
+        np.testing.assert_array_equal(result.entropy.array, eager.entropy.array)
+
+
+def test_cancel_during_the_first_compiled_run_is_a_cancel_not_a_compiler_failure(bundle_dir, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, compile=True)
+
+    class CancelAtFirstWindow(NullProgress):
+        def render(self, stage, fraction, eta_s, message):
+            if stage == "inference":
+                self.cancel()
+
+    with pytest.raises(CancelledError):
+        compiled.predict(_oblique_ct(seed=7), CancelAtFirstWindow())
+    assert compiled.compile_failure is None and compiled.compiled_network is not None
+
+
+def test_cli_compile_flag_reaches_the_predictor(tmp_path, bundle_dir, monkeypatch):
+    requested = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: requested.append(kwargs) or module)
+    write_volume(_oblique_ct(seed=6), tmp_path / "ct.nii.gz")
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", str(bundle_dir), "--no-tta", "--compile",
+                 "--progress", "none", "-o", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert requested == [{"dynamic": False}] and summary["compiled"] is True and summary["warnings"] == []
 
 
 def test_image_smaller_than_the_patch_is_padded(predictor):

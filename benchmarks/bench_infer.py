@@ -41,15 +41,20 @@ from HepatoblastomaSegLib.io import read_volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
 
 
-def timed_interleaved(runs: dict, out: Path, repeats: int) -> dict[str, tuple[list[float], object]]:
-    """Each ``runs[name](folder)`` once untimed (CUDA context, cuDNN autotuning, lazy imports), then ``repeats``
-    rounds in which every setting runs once in turn, so a slow spell of a shared machine hits all settings alike.
+def timed_interleaved(runs: dict, out: Path, repeats: int, warmup_s: dict | None = None
+                      ) -> dict[str, tuple[list[float], object]]:
+    """Each ``runs[name](folder)`` once as a warm-up (CUDA context, cuDNN autotuning, torch.compile, lazy imports),
+    then ``repeats`` rounds in which every setting runs once in turn, so a slow spell of a shared machine hits all
+    settings alike.
 
     Returns, per name, the wall seconds of its timed runs (round order) and the result of its fastest run; each run
-    writes a fresh folder.
+    writes a fresh folder. The warm-ups' seconds go into ``warmup_s`` when given.
     """
     for name, run in runs.items():
+        start = time.perf_counter()
         run(out / name / "warmup")
+        if warmup_s is not None:
+            warmup_s[name] = round(time.perf_counter() - start, 2)
     timings: dict[str, tuple[list[float], list]] = {name: ([], []) for name in runs}
     for i in range(repeats):
         for name, run in runs.items():
@@ -72,21 +77,28 @@ def ours_runner(image: Path, model: str, device: str, tta: bool):
     return run
 
 
-def ours_loaded_runner(image: Path, model: str, device: str, tta: bool):
+def ours_loaded_runner(image: Path, model: str, device: str, tta: bool, compile: bool = False):
     """Our per-case work with the model loaded once beforehand, as in a cohort run (and as the stock baseline's
-    network is): read, predict, write. Returns the summary's path."""
+    network is): read, predict, write. Returns the summary's path. ``compile``: ``hbseg segment --compile`` (its
+    compilation falls in the warm-up run)."""
     from HepatoblastomaSegLib.infer.outputs import write_prediction
     from HepatoblastomaSegLib.infer.predictor import Predictor
 
-    predictor = Predictor.from_options(PredictorOptions(model=model, device=device, tta=tta), modality="ct")
+    predictor = Predictor.from_options(PredictorOptions(model=model, device=device, tta=tta, compile=compile),
+                                       modality="ct")
 
     def run(folder: Path) -> Path:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         volume = read_volume(image)
         read_s = time.perf_counter() - start
         prediction = predictor.predict(volume)
         prediction.summary["seconds"] = {"read": round(read_s, 4), **prediction.summary["seconds"]}
-        return write_prediction(prediction, folder)
+        path = write_prediction(prediction, folder)
+        if torch.cuda.is_available():
+            (folder / "peak_gpu_memory_gib").write_text(f"{torch.cuda.max_memory_allocated() / 2**30:.2f}")
+        return path
     return run
 
 
@@ -237,6 +249,12 @@ def main() -> int:
                         help="Spacingd mode for the image in the matched baseline: a spline order (3: cubic, as ours) "
                              "or a MONAI mode name such as bilinear (default 3)")
     parser.add_argument("--no-tta-only", action="store_true", help="skip the 8-flip TTA run (slow on a CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time ours with the model loaded and compiled (hbseg segment --compile); the "
+                             "compilation falls in the untimed warm-up, whose seconds are reported as first_run_s")
+    parser.add_argument("--only", help="comma-separated settings to run (of ours_no_tta, ours_no_tta_model_loaded, "
+                                       "ours_tta8, ours_tta8_model_loaded, their *_compiled forms, monai_stock, "
+                                       "monai_stock_matched); default all that the other options ask for")
     parser.add_argument("--paper-width", action="store_true",
                         help="time a randomly initialised full-width (32..320) network planned on the benchmark CT "
                              "instead of --model (the paper's speed; the masks are then meaningless)")
@@ -266,23 +284,41 @@ def main() -> int:
         if not args.no_tta_only:
             runs["ours_tta8"] = ours_runner(image, args.model, args.device, tta=True)
             runs["ours_tta8_model_loaded"] = ours_loaded_runner(image, args.model, args.device, tta=True)
+        if args.compile:
+            runs["ours_no_tta_model_loaded_compiled"] = ours_loaded_runner(image, args.model, args.device, tta=False,
+                                                                           compile=True)
+            if not args.no_tta_only:
+                runs["ours_tta8_model_loaded_compiled"] = ours_loaded_runner(image, args.model, args.device,
+                                                                             tta=True, compile=True)
         if args.baseline:
             runs["monai_stock"] = monai_runner(image, args.model, args.device)
         if args.baseline_matched:
             runs["monai_stock_matched"] = monai_runner(image, args.model, args.device, matched=True,
                                                        image_mode=mode)
-        timings = timed_interleaved(runs, tmp / "runs", args.repeats)
-        for key in ("ours_no_tta", "ours_no_tta_model_loaded", "ours_tta8", "ours_tta8_model_loaded"):
-            if key in timings:
-                results[key] = ours_result(*timings[key])
-                print(json.dumps(results[key]), flush=True)
-        ours = read_volume(Path(results["ours_no_tta"].pop("folder")) / "segmentation.nii.gz").array
-        for key in ("ours_no_tta_model_loaded", "ours_tta8", "ours_tta8_model_loaded"):
-            results.get(key, {}).pop("folder", None)
+        if args.only:
+            wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+            unknown = sorted(set(wanted) - set(runs))
+            if unknown:
+                parser.error(f"--only: {', '.join(unknown)} not among the settings asked for ({', '.join(runs)})")
+            runs = {name: run for name, run in runs.items() if name in wanted}
+        warmup_s: dict[str, float] = {}
+        timings = timed_interleaved(runs, tmp / "runs", args.repeats, warmup_s)
+        ours_keys = [key for key in timings if key.startswith("ours_")]
+        for key in ours_keys:
+            results[key] = {**ours_result(*timings[key]), "first_run_s": warmup_s[key]}
+            print(json.dumps(results[key]), flush=True)
+        reference = next(key for key in ("ours_no_tta", "ours_no_tta_model_loaded", *ours_keys) if key in timings)
+        ours = read_volume(Path(results[reference]["folder"]) / "segmentation.nii.gz").array
         results["dice_ours_vs_truth"] = round(dice(ours, case.tumor.array)[0], 4)
+        results["reference_for_dice"] = reference
+        for key in ours_keys:
+            folder = Path(results[key].pop("folder"))
+            if key != reference:
+                other = read_volume(folder / "segmentation.nii.gz").array
+                results[key]["dice_vs_reference"] = round(dice(other, ours)[0], 4)
         # Speed-ups on the same footing: the stock pipeline's network is built outside its timing, so ours is the
         # run with the model loaded beforehand too.
-        ours_walls = timings["ours_no_tta_model_loaded"][0]
+        ours_walls = timings.get("ours_no_tta_model_loaded", timings[reference])[0]
         for key in ("monai_stock", "monai_stock_matched"):
             if key not in timings:
                 continue

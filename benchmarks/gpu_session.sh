@@ -4,13 +4,14 @@
 #   Prepare here:   bash benchmarks/device_wheels.sh      (MONAI, SimpleITK, nibabel wheels into the ignored .whl/)
 #   Run there:      device run, carry [".whl"], timeout_s 590, command: bash benchmarks/gpu_session.sh
 #   Dry run here:   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh   (proves the script)
-# A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"), MODELS (default
+# A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"; also
+# "infer_compile": the paper network through hbseg segment --compile, without and with TTA), MODELS (default
 # all three), INIT_FROM (continue the models from DIR/<name> bundles of an earlier session, carried along),
 # DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here), TRAIN_SIZE (small,
 # the default, or full: train on full-size phantoms, which ct-demo needed to transfer to full-size CTs; see
 # Resources/Models/train_demo_models.py).
-# What comes back ($OUT, at most 8 files): session.log, infer_paper.json, preprocess.json, train.json,
-# infer_demo.json, models.tar.gz (the three bundles + training logs, without checkpoints or caches).
+# What comes back ($OUT, at most 8 files): session.log, infer_paper.json, infer_paper_compiled.json, preprocess.json,
+# train.json, infer_demo.json, models.tar.gz (the three bundles + training logs, without checkpoints or caches).
 # Every step has its own time limit, most wanted first, so a slow step cannot eat the session.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -25,6 +26,8 @@ has() { [[ "$STEPS" == *" $1 "* ]]; }
 LOG="$OUT/session.log"
 elapsed() { echo $(( $(date +%s) - T0 )); }
 step() { echo "=== [$(elapsed) s] $*" | tee -a "$LOG"; }
+# A step's time limit: its own, or what is left before the deadline if that is less.
+limit() { local left=$(( DEADLINE_S - $(elapsed) - 10 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
 if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -57,8 +60,15 @@ if [ -n "${QUICK:-}" ]; then PAPER=""; REPEATS=1; TRAIN_PRESET="--preset tiny"; 
 #    with 8-flip TTA, and MONAI's stock pipeline on the same weights; one warm-up then $REPEATS timed runs each.
 if has infer; then
   step "bench_infer $PAPER"
-  timeout 240 python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched --device "$DEVICE" --repeats "$REPEATS" \
-    --json "$OUT/infer_paper.json" >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
+  timeout "$(limit 240)" python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched --device "$DEVICE" \
+    --repeats "$REPEATS" --json "$OUT/infer_paper.json" >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
+fi
+# 1b. The same network compiled (hbseg segment --compile): the compilation falls in the warm-up (first_run_s).
+if has infer_compile; then
+  step "bench_infer $PAPER --compile"
+  timeout "$(limit 180)" python3 benchmarks/bench_infer.py $PAPER --compile --device "$DEVICE" --repeats "$REPEATS" \
+    --only ours_no_tta_model_loaded,ours_no_tta_model_loaded_compiled,ours_tta8_model_loaded,ours_tta8_model_loaded_compiled \
+    --json "$OUT/infer_paper_compiled.json" >> "$LOG" 2>&1 || echo "bench_infer --compile failed: $?" | tee -a "$LOG"
 fi
 # 2. Preprocessing (#3): the torch path on the GPU (<= 0.5 s), SimpleITK on 16 threads for comparison.
 if has preprocess; then
@@ -76,7 +86,7 @@ fi
 # 3b. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
 if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
   step "bench_infer with $DEMO_MODEL"
-  timeout 200 python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
+  timeout "$(limit 200)" python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
     --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
   DEMO_DONE=1
 fi

@@ -15,6 +15,11 @@ Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autoca
 cuDNN autotunes its kernels, and the 8 flips of a window go through the network in one call (:func:`window_batching`).
 A CUDA out-of-memory error is retried with one patch per call, then also stitching in CPU memory, then entirely on the
 CPU; the summary's ``warnings`` say so. On the CPU everything is deterministic: the same input gives the same bytes.
+
+``compile=True`` (``hbseg segment --compile``) runs the planned window batches through ``torch.compile``: the first
+case pays the compilation, later windows run faster (a cohort's choice). Every call has one shape (the last window
+batch is padded), so it compiles once; the out-of-memory retries run uncompiled, and a failed compilation falls back to
+the uncompiled network with a warning in every summary.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 
 from .. import __version__
 from ..bundle import ModelBundle, load_bundle
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, HepatoblastomaSegError, ModelError
 from ..io import Volume
 from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.checks import AIR_THRESHOLD_HU
@@ -57,6 +62,7 @@ class PredictorOptions:
     tta: bool = True
     overlap: float = 0.5
     batch_size: int | None = None
+    compile: bool = False
     keep_largest: bool = False
     min_component_ml: float = 0.0
 
@@ -102,8 +108,8 @@ class Predictor:
     """Segments one image after another with one loaded bundle (and, for MRI, its liver bundle)."""
 
     def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
-                 tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, keep_largest: bool = False,
-                 min_component_ml: float = 0.0):
+                 tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
+                 keep_largest: bool = False, min_component_ml: float = 0.0):
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -116,6 +122,10 @@ class Predictor:
         self.keep_largest = keep_largest
         self.min_component_ml = min_component_ml
         self.network = bundle.build_network(self.device)
+        # torch.compile is lazy: nothing is compiled until the first window batch.
+        self.compiled_network = torch.compile(self.network, dynamic=False) if compile else None
+        self.compile_failure: str | None = None
+        self._compile_worked = False
         self.tumor_channel = bundle.plans.label_names.index("tumor") if "tumor" in bundle.plans.labels else 1
 
     @classmethod
@@ -143,7 +153,7 @@ class Predictor:
                 except ModelError:
                     liver = None  # preprocessing falls back to the body mask and says so in the summary
         return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
-                   batch_size=options.batch_size, keep_largest=options.keep_largest,
+                   batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
                    min_component_ml=options.min_component_ml)
 
     # ------------------------------------------------------------------------------------------------ per case
@@ -195,6 +205,7 @@ class Predictor:
             "device": device_used,
             "tta": self.tta,
             "overlap": self.overlap,
+            "compiled": self.compiled_network is not None,
             "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml},
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
@@ -208,6 +219,26 @@ class Predictor:
     def _probabilities_with_fallback(self, data: torch.Tensor, progress: Progress, warnings: list[str]
                                      ) -> tuple[torch.Tensor, str]:
         """Sliding-window softmax [C, z, y, x]; on CUDA out-of-memory, retry smaller, then on the CPU."""
+        if self.compiled_network is not None and not self._compile_worked:
+            # The first run compiles. Whatever fails there falls back to the uncompiled network, which raises again
+            # if the error was not the compiler's.
+            try:
+                result = self._probabilities_on_device(data, progress, warnings)
+                self._compile_worked = True
+                return result
+            except HepatoblastomaSegError:  # a cancel or our own refusal, not the compiler's
+                raise
+            except Exception as exc:  # noqa: BLE001 - compiler errors have no common base class
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                self.compile_failure = (f"--compile: torch.compile failed ({type(exc).__name__}: {reason}); the "
+                                        "network runs uncompiled")
+                self.compiled_network = None
+        if self.compile_failure is not None:
+            warnings.append(self.compile_failure)
+        return self._probabilities_on_device(data, progress, warnings)
+
+    def _probabilities_on_device(self, data: torch.Tensor, progress: Progress, warnings: list[str]
+                                 ) -> tuple[torch.Tensor, str]:
         if self.device.type != "cuda":
             return self._probabilities(data, self.device, self.device, self.batch_size, self.max_forward_batch,
                                        progress), str(self.device)
@@ -240,18 +271,25 @@ class Predictor:
         data = data.to(sw_device)
         patch = list(self.bundle.plans.patch_size_zyx)
         total_batches = math.ceil(count_windows(tuple(data.shape), patch, self.overlap) / batch)
+        # The compiled network runs the planned batches only; the out-of-memory retries would compile again.
+        planned = (sw_device == self.device and batch == self.batch_size and forward_batch == self.max_forward_batch)
+        compiled = self.compiled_network is not None and planned
+        # torch.compile compiles inside the first network call: say why that one takes long.
+        first_note = " (compiling the network first: tens of seconds)" if compiled and not self._compile_worked else ""
         done = [0]
 
         def on_batch() -> None:
-            progress("inference", done[0] / total_batches, f"window batch {done[0] + 1}/{total_batches}")
+            note = first_note if done[0] == 0 else ""
+            progress("inference", done[0] / total_batches, f"window batch {done[0] + 1}/{total_batches}{note}")
             done[0] += 1
 
         inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=batch, overlap=self.overlap, mode="gaussian",
                                        sigma_scale=0.125, padding_mode="constant", cval=0.0,
                                        sw_device=sw_device, device=stitch_device, cache_roi_weight_map=True)
-        softmax = SoftmaxPredictor(self.network, ALL_FLIPS if self.tta else ((),),
-                                   autocast_dtype=_autocast_dtype(sw_device), on_batch=on_batch,
-                                   max_forward_batch=forward_batch)
+        softmax = SoftmaxPredictor(self.compiled_network if compiled else self.network,
+                                   ALL_FLIPS if self.tta else ((),), autocast_dtype=_autocast_dtype(sw_device),
+                                   on_batch=on_batch, max_forward_batch=forward_batch,
+                                   pad_windows_to=batch if compiled else None)
         # cuDNN autotuning: the first call per window shape searches for the fastest kernels (about 2x faster 3D
         # convolutions after that); a cohort pays it once. No effect on the CPU.
         with torch.inference_mode(), _cudnn_benchmark(sw_device.type == "cuda"):

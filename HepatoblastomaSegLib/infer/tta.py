@@ -29,16 +29,21 @@ class SoftmaxPredictor:
         max_forward_batch: patches per network call. The flipped copies of a window batch go through the network
             together up to this many (a GPU runs 8 windows in one call far faster than in 8 calls); None = one flip
             per call. The result does not depend on it beyond float rounding.
+        pad_windows_to: a smaller window batch (the last one of an image) is padded with empty windows to this many,
+            whose outputs are dropped, so that every network call has the same shape: a compiled network
+            (``torch.compile(dynamic=False)``) would otherwise compile again for the odd batch. The windows kept do
+            not depend on it (every layer works per patch).
     """
 
     def __init__(self, network: torch.nn.Module, flips: tuple[tuple[int, ...], ...] = ALL_FLIPS,
                  autocast_dtype: torch.dtype | None = None, on_batch: Callable[[], None] | None = None,
-                 max_forward_batch: int | None = None):
+                 max_forward_batch: int | None = None, pad_windows_to: int | None = None):
         self.network = network
         self.flips = flips
         self.autocast_dtype = autocast_dtype
         self.on_batch = on_batch
         self.max_forward_batch = max_forward_batch
+        self.pad_windows_to = pad_windows_to
 
     def _logits(self, patch: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
@@ -49,6 +54,9 @@ class SoftmaxPredictor:
     def __call__(self, patch: torch.Tensor) -> torch.Tensor:
         if self.on_batch is not None:
             self.on_batch()
+        windows = patch.shape[0]
+        if self.pad_windows_to is not None and windows < self.pad_windows_to:
+            patch = torch.cat([patch, patch.new_zeros((self.pad_windows_to - windows, *patch.shape[1:]))])
         batch = patch.shape[0]
         flips_per_call = max(1, (self.max_forward_batch or batch) // batch)
         total = None
@@ -60,4 +68,4 @@ class SoftmaxPredictor:
                 part = p[i * batch:(i + 1) * batch]
                 part = torch.flip(part, axes) if axes else part
                 total = part.clone() if total is None else total.add_(part)
-        return total.div_(len(self.flips))
+        return total[:windows].div_(len(self.flips))
