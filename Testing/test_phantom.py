@@ -281,3 +281,15 @@ def test_structure_boxes_never_truncate_displaced_tissue(monkeypatch):
     loose = generate_case("ct", 9, 0, "small")
     for name in ("image", "tissues", "tumor", "liver"):
         assert np.array_equal(getattr(tight, name).array, getattr(loose, name).array), name
+
+
+def test_lesion_field_past_a_slabs_last_slice_is_skipped_not_drawn_empty():
+    """Full-size CT seed 49: a lesion's recorded field reaches rows beyond one slab's last image slice, which once gave
+    an empty box and crashed the annotators' drawing ("zero-size array"). The case now renders, and every
+    annotator's mask overlaps the truth as closely as annotators do."""
+    case = generate_case("ct", 49, 0, "full")
+    truth = case.tumor.array.astype(bool)
+    assert truth.any()
+    for rater, mask in case.raters.items():
+        drawn = mask.array.astype(bool)
+        assert 2 * (drawn & truth).sum() / (drawn.sum() + truth.sum()) > 0.8, rater

@@ -292,6 +292,10 @@ class Renderer:
             k1 = min(k1, n_slices)
             lx = min(nx - g.factor * bx.start, g.factor * (bx.stop - bx.start - 1) + 1)
             ly = min(ny - g.factor * by.start, g.factor * (by.stop - by.start - 1) + 1)
+            if k1 <= k0 or lx <= 0 or ly <= 0:
+                # The field's rows lie past this slab's last image slice (or its columns past the image's edge):
+                # nothing of it reaches the image here, and an empty box would break the masks drawn on it.
+                continue
             reduced = self._to_slices(np.ascontiguousarray(field), k1 - k0, linear=True)
             up = upsample_linear(upsample_linear(reduced, g.factor, 2, lx), g.factor, 1, ly)
             box = (slice(k0, k1), slice(g.factor * by.start, g.factor * by.start + ly),
