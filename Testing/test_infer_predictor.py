@@ -89,6 +89,7 @@ def test_tta_changes_the_result_and_is_recorded(predictor, bundle_dir):
     with_tta = Predictor(load_bundle(bundle_dir), device="cpu", tta=True).predict(image)
     without = predictor.predict(image)
     assert with_tta.summary["tta"] is True and without.summary["tta"] is False
+    assert with_tta.summary["peak_gpu_memory_gib"] is None  # on the CPU; {"allocated", "reserved"} on a GPU
     assert not np.array_equal(with_tta.entropy.array, without.entropy.array)
 
 

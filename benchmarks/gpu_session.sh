@@ -5,13 +5,14 @@
 #   Run there:      device run, carry [".whl"], timeout_s 590, command: bash benchmarks/gpu_session.sh
 #   Dry run here:   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh   (proves the script)
 # A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"; also
-# "infer_compile": the paper network through hbseg segment --compile, without and with TTA), MODELS (default
+# "infer_compile": the paper network through hbseg segment --compile, without and with TTA; "memory": hbseg segment
+# of a 512x512x200 CT with the paper network in a fresh process, peak GPU memory and RAM), MODELS (default
 # all three), INIT_FROM (continue the models from DIR/<name> bundles of an earlier session, carried along),
 # DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here), TRAIN_SIZE (small,
 # the default, or full: train on full-size phantoms, which ct-demo needed to transfer to full-size CTs; see
 # Resources/Models/train_demo_models.py).
-# What comes back ($OUT, at most 8 files): session.log, infer_paper.json, infer_paper_compiled.json, preprocess.json,
-# train.json, infer_demo.json, models.tar.gz (the three bundles + training logs, without checkpoints or caches).
+# What comes back ($OUT, at most 8 files): session.log, infer_paper.json, infer_paper_compiled.json, memory_paper.json,
+# preprocess.json, train.json, infer_demo.json, models.tar.gz (the three bundles + training logs, without checkpoints or caches).
 # Every step has its own time limit, most wanted first, so a slow step cannot eat the session.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
@@ -69,6 +70,12 @@ if has infer_compile; then
   timeout "$(limit 180)" python3 benchmarks/bench_infer.py $PAPER --compile --device "$DEVICE" --repeats "$REPEATS" \
     --only ours_no_tta_model_loaded,ours_no_tta_model_loaded_compiled,ours_tta8_model_loaded,ours_tta8_model_loaded_compiled \
     --json "$OUT/infer_paper_compiled.json" >> "$LOG" 2>&1 || echo "bench_infer --compile failed: $?" | tee -a "$LOG"
+fi
+# 1c. Memory (#4): a 512x512x200 CT through hbseg segment in a fresh process, paper network on the CT's own grid.
+if has memory; then
+  step "bench_memory $PAPER"
+  timeout "$(limit 150)" python3 benchmarks/bench_memory.py $PAPER --device "$DEVICE" --json "$OUT/memory_paper.json" \
+    >> "$LOG" 2>&1 || echo "bench_memory failed: $?" | tee -a "$LOG"
 fi
 # 2. Preprocessing (#3): the torch path on the GPU (<= 0.5 s), SimpleITK on 16 threads for comparison.
 if has preprocess; then

@@ -163,6 +163,8 @@ class Predictor:
         progress = progress or NullProgress()
         seconds: dict[str, float] = {}
         warnings: list[str] = []
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         prep = preprocess_image(volume, self.bundle.plans, liver_mask=liver_mask, liver_model=self.liver_bundle,
                                 device=self.device, progress=progress)
@@ -209,6 +211,7 @@ class Predictor:
             "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml},
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "peak_gpu_memory_gib": _peak_gpu_memory_gib(self.device),
             "warnings": warnings,
         })
         if volume.metadata.get("dicom"):
@@ -296,6 +299,15 @@ class Predictor:
             probs = inferer(data[None, None], softmax)[0]
         progress("inference", 1.0, f"{total_batches} window batches")
         return probs
+
+
+def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
+    """This case's peak GPU memory: held by tensors (``allocated``) and by PyTorch's cache (``reserved``, what the
+    process holds beyond its CUDA context); None off the GPU."""
+    if device.type != "cuda":
+        return None
+    return {"allocated": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+            "reserved": round(torch.cuda.max_memory_reserved(device) / 2**30, 2)}
 
 
 @contextlib.contextmanager

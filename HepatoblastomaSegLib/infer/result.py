@@ -27,7 +27,8 @@ class Prediction:
             (inside the mask), ``image_mean_entropy_nats`` (whole image), ``core_entropy_nats``,
             ``boundary_entropy_nats`` (null in JSON when the region is empty),
             ``core_empty`` (bool), ``model_name``, ``model_version``, ``modality``, ``device``, ``tta``,
-            ``seconds`` (dict stage -> seconds), ``warnings`` (list of str), ``input`` (path or name).
+            ``seconds`` (dict stage -> seconds), ``peak_gpu_memory_gib`` (``allocated`` and ``reserved`` GiB
+            on a GPU, null on the CPU), ``warnings`` (list of str), ``input`` (path or name).
     """
 
     mask: Volume
