@@ -247,14 +247,15 @@ def main() -> int:
                         help="also run the stock pipeline doing our work (overlap 0.5, Gaussian weights, entropy map)")
     parser.add_argument("--matched-image-mode", default="3",
                         help="Spacingd mode for the image in the matched baseline: a spline order (3: cubic, as ours) "
-                             "or a MONAI mode name such as bilinear (default 3)")
+                             "or a MONAI mode name such as bilinear (default 3); several, comma-separated, run one "
+                             "matched baseline each (monai_stock_matched, then monai_stock_matched_<mode>)")
     parser.add_argument("--no-tta-only", action="store_true", help="skip the 8-flip TTA run (slow on a CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="also time ours with the model loaded and compiled (hbseg segment --compile); the "
                              "compilation falls in the untimed warm-up, whose seconds are reported as first_run_s")
     parser.add_argument("--only", help="comma-separated settings to run (of ours_no_tta, ours_no_tta_model_loaded, "
                                        "ours_tta8, ours_tta8_model_loaded, their *_compiled forms, monai_stock, "
-                                       "monai_stock_matched); default all that the other options ask for")
+                                       "monai_stock_matched[_<mode>]); default all that the other options ask for")
     parser.add_argument("--paper-width", action="store_true",
                         help="time a randomly initialised full-width (32..320) network planned on the benchmark CT "
                              "instead of --model (the paper's speed; the masks are then meaningless)")
@@ -278,7 +279,7 @@ def main() -> int:
         results["image"] = {"case_seed": args.case_seed, "shape_zyx": list(case.image.array.shape),
                             "spacing_mm": list(case.image.spacing_mm)}
         results["repeats"] = args.repeats
-        mode = int(args.matched_image_mode) if args.matched_image_mode.isdigit() else args.matched_image_mode
+        modes = [int(m) if m.isdigit() else m for m in args.matched_image_mode.split(",")]
         runs = {"ours_no_tta": ours_runner(image, args.model, args.device, tta=False),
                 "ours_no_tta_model_loaded": ours_loaded_runner(image, args.model, args.device, tta=False)}
         if not args.no_tta_only:
@@ -293,8 +294,9 @@ def main() -> int:
         if args.baseline:
             runs["monai_stock"] = monai_runner(image, args.model, args.device)
         if args.baseline_matched:
-            runs["monai_stock_matched"] = monai_runner(image, args.model, args.device, matched=True,
-                                                       image_mode=mode)
+            for i, mode in enumerate(modes):  # the first mode is "monai_stock_matched", others get a suffix
+                runs["monai_stock_matched" + (f"_{mode}" if i else "")] = monai_runner(
+                    image, args.model, args.device, matched=True, image_mode=mode)
         if args.only:
             wanted = [name.strip() for name in args.only.split(",") if name.strip()]
             unknown = sorted(set(wanted) - set(runs))
@@ -319,7 +321,7 @@ def main() -> int:
         # Speed-ups on the same footing: the stock pipeline's network is built outside its timing, so ours is the
         # run with the model loaded beforehand too.
         ours_walls = timings.get("ours_no_tta_model_loaded", timings[reference])[0]
-        for key in ("monai_stock", "monai_stock_matched"):
+        for key in [key for key in timings if key.startswith("monai_stock")]:
             if key not in timings:
                 continue
             walls, path = timings[key]

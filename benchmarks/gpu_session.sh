@@ -61,8 +61,9 @@ if [ -n "${QUICK:-}" ]; then PAPER=""; REPEATS=1; TRAIN_PRESET="--preset tiny"; 
 #    with 8-flip TTA, and MONAI's stock pipeline on the same weights; one warm-up then $REPEATS timed runs each.
 if has infer; then
   step "bench_infer $PAPER"
-  timeout "$(limit 240)" python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched --device "$DEVICE" \
-    --repeats "$REPEATS" --json "$OUT/infer_paper.json" >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
+  timeout "$(limit 240)" python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched \
+    --matched-image-mode 3,bilinear --device "$DEVICE" --repeats "$REPEATS" --json "$OUT/infer_paper.json" \
+    >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
 fi
 # 1b. The same network compiled (hbseg segment --compile): the compilation falls in the warm-up (first_run_s). One
 #     timed round (compiling twice, for two batch shapes, may take a minute or more).
@@ -94,7 +95,8 @@ fi
 # 3b. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
 if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
   step "bench_infer with $DEMO_MODEL"
-  timeout "$(limit 200)" python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched --device "$DEVICE" \
+  timeout "$(limit 200)" python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched \
+    --matched-image-mode 3,bilinear --device "$DEVICE" \
     --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
   DEMO_DONE=1
 fi
