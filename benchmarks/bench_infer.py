@@ -39,6 +39,7 @@ from HepatoblastomaSegLib.infer.predictor import PredictorOptions, resolve_devic
 from HepatoblastomaSegLib.infer.runner import segment_one
 from HepatoblastomaSegLib.io import read_volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
+from report import write_results  # benchmarks/ (the script's folder) is on sys.path
 
 
 def timed_interleaved(runs: dict, out: Path, repeats: int, warmup_s: dict | None = None
@@ -333,11 +334,7 @@ def main() -> int:
                 "speedup_ours": round(min(walls) / min(ours_walls), 2),
                 # Same round, same state of the machine: the ratio a noisy machine distorts least.
                 "speedup_ours_per_round": [round(w / o, 2) for w, o in zip(walls, ours_walls, strict=True)]}
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return write_results(results, args.json)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from HepatoblastomaSegLib.io import Volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
+from report import write_results  # benchmarks/ (the script's folder) is on sys.path
 
 SEED = 28
 SLICES = 200
@@ -87,7 +88,6 @@ def main() -> int:
                             "spacing_mm": [round(v, 4) for v in volume.spacing_mm]}
         model = args.model
         if args.paper_width:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from bench_infer import paper_width_bundle
 
             model = paper_width_bundle(tmp, SEED)
@@ -96,11 +96,7 @@ def main() -> int:
             key = "tta8" if tta else "no_tta"
             results[key] = run_segment(image, tmp / key, model, args.device, tta)
             print(key, json.dumps(results[key]), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n", encoding="utf-8")
-    return 0
+    return write_results(results, args.json)
 
 
 if __name__ == "__main__":
