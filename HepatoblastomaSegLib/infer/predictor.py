@@ -12,7 +12,8 @@ Per case (:meth:`Predictor.predict`):
 4. optional clean-up (largest component / small components), then the summary.
 
 Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autocast (bf16 where supported, else fp16),
-cuDNN autotunes its kernels, and the 8 flips of a window go through the network in one call (:func:`window_batching`).
+cuDNN autotunes its kernels, and a window's flips go through the network together, up to a memory budget
+(:func:`window_batching`).
 A CUDA out-of-memory error is retried with one patch per call, then also stitching in CPU memory, then entirely on the
 CPU; the summary's ``warnings`` say so. On the CPU everything is deterministic: the same input gives the same bytes.
 
@@ -65,6 +66,7 @@ class PredictorOptions:
     compile: bool = False
     keep_largest: bool = False
     min_component_ml: float = 0.0
+    gpu_memory_gib: float | None = None
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -84,16 +86,45 @@ def guess_modality(volume: Volume) -> str:
     return "ct" if float(np.mean(sample < AIR_THRESHOLD_HU)) >= 0.005 else "mri"
 
 
-def window_batching(device: torch.device, tta: bool, batch_size: int | None) -> tuple[int, int]:
+#: A GPU of at least this much memory (GiB) gets the larger patch budget per network call (:func:`patch_voxel_budget`).
+LARGE_GPU_GIB = 20.0
+
+
+def patch_voxel_budget(gpu_memory_gib: float | None) -> int:
+    """Patch voxels per GPU network call (windows x flips x patch voxels) for a GPU of ``gpu_memory_gib``.
+
+    Activations grow with it. The paper network (patches of about 2 M voxels) on a 512x512x200 CT peaked at 4.5 GiB
+    allocated / 6.5 GiB reserved with 4 patches per call, and at 8.0 / 12.5 GiB with 8, whose TTA network time on
+    the issue-size CT was 5.5 s against 6.8 s with 4 (H200, benchmarks/results/2026-11-27-h200/session3). So a GPU
+    under :data:`LARGE_GPU_GIB` (or of unknown size) gets 2^23 voxels, 4 such patches, within the issue's 8 GB; a
+    larger one 2^24, 8 patches, for speed.
+    """
+    return 2**24 if gpu_memory_gib is not None and gpu_memory_gib >= LARGE_GPU_GIB else 2**23
+
+
+def device_memory_gib(device: torch.device) -> float | None:
+    """Total memory of a CUDA device in GiB (None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def window_batching(device: torch.device, tta: bool, batch_size: int | None,
+                    patch_size_zyx: tuple[int, ...] | None = None, memory_gib: float | None = None
+                    ) -> tuple[int, int]:
     """(windows per sliding-window call, patches per network call) for ``device``.
 
-    GPU: one network call of 8 patches is about 1.7x faster per patch than calls of 2 (PIPELINE_NOTES section 7), so
-    with TTA each window's 8 flips go together, and without TTA 4 windows do. CPU: 2 windows and one flip per call,
-    which bounds the memory of a full-width network. ``batch_size`` (``--batch-size``) overrides the windows per call.
+    GPU: one network call of several patches is faster per patch than one patch per call (PIPELINE_NOTES section 7),
+    so with TTA a window's flips go together and without TTA up to 4 windows do, within
+    :func:`patch_voxel_budget` of a GPU of ``memory_gib`` (at most 8 patches; at least 1). CPU: 2 windows and one
+    flip per call, which bounds the memory of a full-width network. ``batch_size`` (``--batch-size``) overrides the
+    windows per call.
     """
     if device.type == "cuda":
-        windows = batch_size or (1 if tta else 4)
-        return windows, max(8, windows)
+        patch_voxels = math.prod(patch_size_zyx) if patch_size_zyx else 1
+        fit = max(1, min(8, patch_voxel_budget(memory_gib) // patch_voxels))
+        windows = batch_size or (1 if tta else min(4, fit))
+        return windows, max(fit, windows)
     windows = batch_size or 2
     return windows, windows
 
@@ -109,7 +140,7 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
                  tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
-                 keep_largest: bool = False, min_component_ml: float = 0.0):
+                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gib: float | None = None):
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -118,7 +149,15 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = tta
         self.overlap = overlap
-        self.batch_size, self.max_forward_batch = window_batching(self.device, tta, batch_size)
+        # The GPU's size sets how many patches go through the network at once; ``gpu_memory_gib`` plans for less.
+        memory = device_memory_gib(self.device)
+        if memory is not None and gpu_memory_gib is not None:
+            memory = min(memory, gpu_memory_gib)
+        self.batch_size, self.max_forward_batch = window_batching(self.device, tta, batch_size,
+                                                                   bundle.plans.patch_size_zyx, memory)
+        flips = len(ALL_FLIPS) if tta else 1
+        #: As planned; an out-of-memory retry uses one (and the summary's warnings say so).
+        self.patches_per_network_call = self.batch_size * min(flips, max(1, self.max_forward_batch // self.batch_size))
         self.keep_largest = keep_largest
         self.min_component_ml = min_component_ml
         self.network = bundle.build_network(self.device)
@@ -154,7 +193,7 @@ class Predictor:
                     liver = None  # preprocessing falls back to the body mask and says so in the summary
         return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
                    batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
-                   min_component_ml=options.min_component_ml)
+                   min_component_ml=options.min_component_ml, gpu_memory_gib=options.gpu_memory_gib)
 
     # ------------------------------------------------------------------------------------------------ per case
     def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
@@ -195,7 +234,7 @@ class Predictor:
             mask_np = remove_small_components(mask_np, self.min_component_ml, volume.voxel_volume_ml)
         mask_volume = volume.with_array(mask_np)
         entropy_volume = volume.with_array(entropy_np)
-        summary = case_summary(mask_volume, entropy_volume)
+        summary = case_summary(mask_volume, entropy_volume, device=torch.device(device_used))
         seconds["summary"] = time.perf_counter() - t0
         summary.update({
             "input": volume.name,
@@ -212,6 +251,7 @@ class Predictor:
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(self.device),
+            "patches_per_network_call": self.patches_per_network_call,
             "warnings": warnings,
         })
         if volume.metadata.get("dicom"):
@@ -245,8 +285,8 @@ class Predictor:
         if self.device.type != "cuda":
             return self._probabilities(data, self.device, self.device, self.batch_size, self.max_forward_batch,
                                        progress), str(self.device)
-        # Batched TTA flips need about 2x the memory of one patch per call (paper network: 6.6 vs ~3.6 GiB), so a
-        # smaller GPU first drops to one patch per call, then also stitches in CPU memory.
+        # Several patches per call need several times the activation memory of one, so a smaller GPU first drops
+        # to one patch per call, then also stitches in CPU memory.
         attempts = [(self.device, self.device, self.batch_size, self.max_forward_batch, None),
                     (self.device, self.device, 1, 1, "GPU memory ran out: retried with one patch per network call "
                      "(slower)"),

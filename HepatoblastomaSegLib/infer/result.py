@@ -28,7 +28,8 @@ class Prediction:
             ``boundary_entropy_nats`` (null in JSON when the region is empty),
             ``core_empty`` (bool), ``model_name``, ``model_version``, ``modality``, ``device``, ``tta``,
             ``seconds`` (dict stage -> seconds), ``peak_gpu_memory_gib`` (``allocated`` and ``reserved`` GiB
-            on a GPU, null on the CPU), ``warnings`` (list of str), ``input`` (path or name).
+            on a GPU, null on the CPU), ``patches_per_network_call`` (windows x flips per network call, as
+            planned), ``warnings`` (list of str), ``input`` (path or name).
     """
 
     mask: Volume
