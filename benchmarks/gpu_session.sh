@@ -5,6 +5,7 @@
 #   Run there:      device run, carry [".whl"], timeout_s 590, command: bash benchmarks/gpu_session.sh
 #   Dry run here:   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh   (proves the script)
 # A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"; also
+# "cuda_tests": the CUDA-only pytest tests; "infer_ours": bench_infer of ours alone, no baselines;
 # "infer_compile": the paper network through hbseg segment --compile, without and with TTA; "memory": hbseg segment
 # of a 512x512x200 CT with the paper network in a fresh process, peak GPU memory and RAM), MODELS (default
 # all three), INIT_FROM (continue the models from DIR/<name> bundles of an earlier session, carried along),
@@ -56,6 +57,13 @@ for spec in "ct 1000" "mri 1002"; do
 done
 
 if [ -n "${QUICK:-}" ]; then PAPER=""; REPEATS=1; TRAIN_PRESET="--preset tiny"; else PAPER="--paper-width"; REPEATS=2; TRAIN_PRESET=""; fi
+# 0. The CUDA-only tests (CI has no GPU): the GPU paths of the summary and of the resampling against the CPU's.
+if has cuda_tests; then
+  step "pytest, CUDA-only tests"
+  timeout "$(limit 90)" python3 -m pytest -q -p no:cacheprovider Testing/test_infer_regions_torch.py \
+    Testing/test_preprocess_resample.py -k "cuda or torch or disc or region or diameter" >> "$LOG" 2>&1 \
+    || echo "CUDA tests failed: $?" | tee -a "$LOG"
+fi
 # 1. Inference (#4): the paper-width network (random weights: speed only) on the CT size the issue names (512x512x101
 #    at 0.705x0.705x2.5 mm), planned on that CT (80 windows), ours without and
 #    with 8-flip TTA, and MONAI's stock pipeline on the same weights; one warm-up then $REPEATS timed runs each.
@@ -65,19 +73,27 @@ if has infer; then
     --matched-image-mode 3,bilinear --device "$DEVICE" --repeats "$REPEATS" --json "$OUT/infer_paper.json" \
     >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
 fi
-# 1b. The same network compiled (hbseg segment --compile): the compilation falls in the warm-up (first_run_s). One
+# 1b. Memory (#4): a 512x512x200 CT through hbseg segment in a fresh process, paper network on the CT's own grid.
+if has memory; then
+  step "bench_memory $PAPER"
+  timeout "$(limit 200)" python3 benchmarks/bench_memory.py $PAPER --device "$DEVICE" --gpu-memory-gib 8 \
+    --json "$OUT/memory_paper.json" \
+    >> "$LOG" 2>&1 || echo "bench_memory failed: $?" | tee -a "$LOG"
+fi
+# 1d. Ours only (no stock baselines): a quick re-measurement after a change, eager, without and with TTA.
+if has infer_ours; then
+  step "bench_infer $PAPER, ours only"
+  timeout "$(limit 120)" python3 benchmarks/bench_infer.py $PAPER --device "$DEVICE" --repeats "$REPEATS" \
+    --only ours_no_tta_model_loaded,ours_tta8_model_loaded --json "$OUT/infer_paper_ours.json" >> "$LOG" 2>&1 \
+    || echo "bench_infer (ours only) failed: $?" | tee -a "$LOG"
+fi
+# 1c. The same network compiled (hbseg segment --compile): the compilation falls in the warm-up (first_run_s). One
 #     timed round (compiling twice, for two batch shapes, may take a minute or more).
 if has infer_compile; then
   step "bench_infer $PAPER --compile"
   timeout "$(limit 180)" python3 benchmarks/bench_infer.py $PAPER --compile --device "$DEVICE" --repeats 1 \
     --only ours_no_tta_model_loaded,ours_no_tta_model_loaded_compiled,ours_tta8_model_loaded,ours_tta8_model_loaded_compiled \
     --json "$OUT/infer_paper_compiled.json" >> "$LOG" 2>&1 || echo "bench_infer --compile failed: $?" | tee -a "$LOG"
-fi
-# 1c. Memory (#4): a 512x512x200 CT through hbseg segment in a fresh process, paper network on the CT's own grid.
-if has memory; then
-  step "bench_memory $PAPER"
-  timeout "$(limit 150)" python3 benchmarks/bench_memory.py $PAPER --device "$DEVICE" --json "$OUT/memory_paper.json" \
-    >> "$LOG" 2>&1 || echo "bench_memory failed: $?" | tee -a "$LOG"
 fi
 # 2. Preprocessing (#3): the torch path on the GPU (<= 0.5 s), SimpleITK on 16 threads for comparison.
 if has preprocess; then
