@@ -189,3 +189,17 @@ def test_seg_nrrd_is_read_by_slicerio(tmp_path, oblique_geometry):
     np.testing.assert_allclose(seg["ijkToLPS"], oblique_geometry.index_to_physical_matrix(), atol=1e-6)
     image = sitk.ReadImage(str(tmp_path / "segmentation.seg.nrrd"))
     assert image.GetMetaData("Segment0_Name") == "Hepatoblastoma"
+
+
+@pytest.mark.parametrize("voxels_zyx", [
+    [(3, 4, 5), (3, 4, 9)],                                   # two voxels of one row
+    [(3, 4, 5), (3, 6, 5), (3, 9, 2), (3, 2, 7), (3, 8, 8)],  # one slice: coplanar, Qhull refuses; one voxel per row
+    [(1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4), (5, 5, 5)],  # a line
+])
+def test_largest_diameter_of_flat_and_tiny_masks_is_the_brute_force_one(oblique_geometry, voxels_zyx):
+    array = np.zeros(oblique_geometry.shape_zyx, np.uint8)
+    array[tuple(np.array(voxels_zyx).T)] = 1
+    matrix = oblique_geometry.index_to_physical_matrix()
+    mm = np.array(voxels_zyx)[:, ::-1].astype(float) @ matrix[:3, :3].T + matrix[:3, 3]
+    brute = max(np.linalg.norm(a - b) for a in mm for b in mm)
+    assert largest_diameter_mm(Volume(array, oblique_geometry)) == pytest.approx(brute, rel=1e-12)

@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 
 from HepatoblastomaSegLib.evaluate.regions import disc_footprint, entropy_core_boundary
-from HepatoblastomaSegLib.infer.regions_torch import disc_core, entropy_core_boundary_torch, row_extremes_zyx
-from HepatoblastomaSegLib.infer.summary import case_summary, largest_diameter_mm
+from HepatoblastomaSegLib.infer.regions_torch import disc_core, entropy_core_boundary_torch
+from HepatoblastomaSegLib.infer.summary import case_summary
 from HepatoblastomaSegLib.io import Geometry, Volume
 
 
@@ -48,14 +48,6 @@ def test_region_figures_equal_the_numpy_version(threshold):
             assert math.isnan(got[key]), key
         else:
             assert got[key] == pytest.approx(value, rel=1e-12), key
-
-
-def test_diameter_from_the_tensor_row_ends_equals_the_numpy_path():
-    mask = blobs((7, 50, 40), seed=5, threshold=1.0).astype(np.uint8)
-    volume = Volume(mask, Geometry((40, 50, 7), (0.7, 0.8, 2.5), (3.0, -2.0, 1.0)))
-    ends = row_extremes_zyx(torch.from_numpy(mask)).numpy()
-    assert (mask[tuple(ends.T)] == 1).all() and len(np.unique(ends[:, :2], axis=0)) == mask.any(axis=2).sum()
-    assert largest_diameter_mm(volume, torch.from_numpy(mask)) == largest_diameter_mm(volume) > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -76,17 +76,6 @@ def entropy_core_boundary_torch(entropy: torch.Tensor, mask: torch.Tensor,
     }
 
 
-def row_extremes_zyx(mask_zyx: torch.Tensor) -> torch.Tensor:
-    """[n, 3] (z, y, x) indices of the first and the last mask voxel of every (z, y) row that holds one."""
-    mask = mask_zyx != 0
-    rows = mask.any(dim=2)
-    z, y = torch.nonzero(rows, as_tuple=True)
-    as_bytes = mask.to(torch.uint8)
-    first = as_bytes.argmax(dim=2)[z, y]  # argmax returns the first maximum
-    last = mask.shape[2] - 1 - as_bytes.flip(2).argmax(dim=2)[z, y]
-    return torch.cat([torch.stack([z, y, first], dim=1), torch.stack([z, y, last], dim=1)])
-
-
 def _box(mask: torch.Tensor) -> tuple[slice, ...]:
     """The bounding box of a 3D mask's foreground (an empty box when there is none)."""
     spans = []
