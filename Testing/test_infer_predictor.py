@@ -376,3 +376,13 @@ def test_gpu_memory_option_must_be_positive(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "out"), "--gpu-memory-gib", "0"])
     assert code != 0 and "--gpu-memory-gib must be positive" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_gpu_stage_times_wait_for_the_gpu(monkeypatch):
+    # CUDA kernels run asynchronously: a stage's clock must stop after its work, not after its launches.
+    from HepatoblastomaSegLib.infer.predictor import _stage_seconds
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(str(device)))
+    assert _stage_seconds(0.0, torch.device("cuda:0")) > 0 and waited == ["cuda:0"]
+    assert _stage_seconds(0.0, torch.device("cpu")) > 0 and waited == ["cuda:0"]

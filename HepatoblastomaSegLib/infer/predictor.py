@@ -208,11 +208,11 @@ class Predictor:
         prep = preprocess_image(volume, self.bundle.plans, liver_mask=liver_mask, liver_model=self.liver_bundle,
                                 device=self.device, progress=progress)
         warnings += prep.warnings
-        seconds["preprocess"] = time.perf_counter() - t0
+        seconds["preprocess"] = _stage_seconds(t0, self.device)
 
         t0 = time.perf_counter()
         probs, device_used = self._probabilities_with_fallback(prep.data, progress, warnings)
-        seconds["network"] = time.perf_counter() - t0
+        seconds["network"] = _stage_seconds(t0, self.device)
 
         t0 = time.perf_counter()
         progress("resample", 0.0, "probabilities back to the input grid")
@@ -339,6 +339,14 @@ class Predictor:
             probs = inferer(data[None, None], softmax)[0]
         progress("inference", 1.0, f"{total_batches} window batches")
         return probs
+
+
+def _stage_seconds(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0`` once the stage's GPU work has finished: CUDA runs asynchronously, so without waiting the
+    last windows' kernels would be counted in the next stage."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
