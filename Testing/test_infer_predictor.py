@@ -336,7 +336,7 @@ def test_cuda_out_of_memory_steps_down_then_runs_on_the_cpu_and_says_so(bundle_d
     assert moves == (["cpu", "cuda"] if device_used == "cpu" else [])  # and back, for the next case
 
 
-@pytest.mark.parametrize("patch,tta,batch_size,memory_gib,expected", [
+@pytest.mark.parametrize("patch,tta,batch_size,memory_gb,expected", [
     ((40, 224, 224), True, None, 8.0, (1, 4)),      # paper network, 8 GB card: 4 flips per call, not 8
     ((40, 224, 224), True, None, None, (1, 4)),     # unknown size: the small budget
     ((40, 224, 224), True, None, 139.8, (1, 8)),    # H200: all 8 flips at once
@@ -347,34 +347,34 @@ def test_cuda_out_of_memory_steps_down_then_runs_on_the_cpu_and_says_so(bundle_d
     ((128, 256, 256), False, None, 8.0, (1, 1)),
     ((40, 224, 224), False, 6, 8.0, (6, 6)),        # --batch-size is the user's word
 ])
-def test_gpu_network_calls_stay_within_the_patch_voxel_budget(patch, tta, batch_size, memory_gib, expected):
-    assert window_batching(torch.device("cuda"), tta, batch_size, patch, memory_gib) == expected
+def test_gpu_network_calls_stay_within_the_patch_voxel_budget(patch, tta, batch_size, memory_gb, expected):
+    assert window_batching(torch.device("cuda"), tta, batch_size, patch, memory_gb) == expected
     if batch_size is None and expected[1] > 1:
-        assert expected[1] * math.prod(patch) <= patch_voxel_budget(memory_gib)
+        assert expected[1] * math.prod(patch) <= patch_voxel_budget(memory_gb)
 
 
 def test_cpu_network_calls_ignore_the_gpu_budget():
     assert window_batching(torch.device("cpu"), True, None, (128, 256, 256), None) == (2, 2)
 
 
-@pytest.mark.parametrize("option_gib,seen_gib", [(None, 139.8), (8.0, 8.0), (500.0, 139.8)])
-def test_gpu_memory_option_plans_for_the_smaller_of_the_card_and_the_option(bundle_dir, monkeypatch, option_gib,
-                                                                          seen_gib):
+@pytest.mark.parametrize("option_gb,seen_gb", [(None, 139.8), (8.0, 8.0), (500.0, 139.8)])
+def test_gpu_memory_option_plans_for_the_smaller_of_the_card_and_the_option(bundle_dir, monkeypatch, option_gb,
+                                                                          seen_gb):
     import HepatoblastomaSegLib.infer.predictor as predictor_module
 
     seen = []
     monkeypatch.setattr(predictor_module, "resolve_device", lambda requested: torch.device("cuda"))
-    monkeypatch.setattr(predictor_module, "device_memory_gib", lambda device: 139.8)
+    monkeypatch.setattr(predictor_module, "device_memory_gb", lambda device: 139.8)
     monkeypatch.setattr(predictor_module.ModelBundle, "build_network", lambda self, device: torch.nn.Identity())
     monkeypatch.setattr(predictor_module, "window_batching",
                         lambda device, tta, batch, patch, memory: seen.append(memory) or (1, 1))
-    Predictor.from_options(PredictorOptions(model=str(bundle_dir), device="cuda", gpu_memory_gib=option_gib))
-    assert seen == [seen_gib]
+    Predictor.from_options(PredictorOptions(model=str(bundle_dir), device="cuda", gpu_memory_gb=option_gb))
+    assert seen == [seen_gb]
 
 
 def test_gpu_memory_option_must_be_positive(tmp_path, capsys):
-    code = main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "out"), "--gpu-memory-gib", "0"])
-    assert code != 0 and "--gpu-memory-gib must be positive" in capsys.readouterr().err
+    code = main(["segment", str(tmp_path / "ct.nii.gz"), "-o", str(tmp_path / "out"), "--gpu-memory-gb", "0"])
+    assert code != 0 and "--gpu-memory-gb must be positive" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -12,8 +12,8 @@ to exactly 200 slices (linear, same extent: 1.1375 mm). Each setting (without an
 seconds per stage and, on a GPU, the case's peak GPU memory (the summary's ``peak_gpu_memory_gib``: held by tensors,
 and by PyTorch's cache; the CUDA context adds about 0.5 GiB on top). ``--paper-width`` uses a randomly initialised
 full-width network planned on that CT's own 0.5 mm grid (the heaviest case: no downsampling), as in
-``bench_infer.py``; its mask means nothing, its memory does. ``--gpu-memory-gib 8`` adds a TTA run planned for an
-8 GiB card (fewer patches per network call; the summary's ``patches_per_network_call`` says how many).
+``bench_infer.py``; its mask means nothing, its memory does. ``--gpu-memory-gb 8`` adds a TTA run planned for an
+8 GB card (fewer patches per network call; the summary's ``patches_per_network_call`` says how many).
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def ct_with_slices(seed: int, slices: int) -> Volume:
     return Volume.from_sitk(out)
 
 
-def run_segment(image: Path, out: Path, model: str, device: str, tta: bool, gpu_memory_gib: float | None = None
+def run_segment(image: Path, out: Path, model: str, device: str, tta: bool, gpu_memory_gb: float | None = None
                 ) -> dict:
     command = [sys.executable, "-m", "HepatoblastomaSegLib.cli", "segment", str(image), "--model", model,
                "--device", device, "--tta" if tta else "--no-tta", "--progress", "none", "-o", str(out)]
-    if gpu_memory_gib is not None:
-        command += ["--gpu-memory-gib", str(gpu_memory_gib)]
+    if gpu_memory_gb is not None:
+        command += ["--gpu-memory-gb", str(gpu_memory_gb)]
     start = time.perf_counter()
     process = subprocess.Popen(command)
     _, status, usage = os.wait4(process.pid, 0)
@@ -82,8 +82,8 @@ def main() -> int:
                         help="a randomly initialised full-width network planned on this CT instead of --model")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--no-tta-only", action="store_true", help="skip the 8-flip TTA run")
-    parser.add_argument("--gpu-memory-gib", type=float, metavar="GIB",
-                        help="one more TTA run with hbseg segment --gpu-memory-gib GIB (on a large GPU: the "
+    parser.add_argument("--gpu-memory-gb", type=float, metavar="GB",
+                        help="one more TTA run with hbseg segment --gpu-memory-gb GB (on a large GPU: the "
                              "network calls an 8 GB card would get)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -104,9 +104,9 @@ def main() -> int:
             key = "tta8" if tta else "no_tta"
             results[key] = run_segment(image, tmp / key, model, args.device, tta)
             print(key, json.dumps(results[key]), flush=True)
-        if args.gpu_memory_gib is not None and not args.no_tta_only:
-            key = f"tta8_gpu_memory_{args.gpu_memory_gib:g}gib"
-            results[key] = run_segment(image, tmp / key, model, args.device, True, args.gpu_memory_gib)
+        if args.gpu_memory_gb is not None and not args.no_tta_only:
+            key = f"tta8_gpu_memory_{args.gpu_memory_gb:g}gb"
+            results[key] = run_segment(image, tmp / key, model, args.device, True, args.gpu_memory_gb)
             print(key, json.dumps(results[key]), flush=True)
     return write_results(results, args.json)
 

@@ -76,7 +76,7 @@ fi
 # 1b. Memory (#4): a 512x512x200 CT through hbseg segment in a fresh process, paper network on the CT's own grid.
 if has memory; then
   step "bench_memory $PAPER"
-  timeout "$(limit 200)" python3 benchmarks/bench_memory.py $PAPER --device "$DEVICE" --gpu-memory-gib 8 \
+  timeout "$(limit 200)" python3 benchmarks/bench_memory.py $PAPER --device "$DEVICE" --gpu-memory-gb 8 \
     --json "$OUT/memory_paper.json" \
     >> "$LOG" 2>&1 || echo "bench_memory failed: $?" | tee -a "$LOG"
 fi

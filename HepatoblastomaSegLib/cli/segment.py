@@ -54,13 +54,13 @@ def register(subparsers) -> None:
     parser.add_argument("--overlap", type=float, default=0.5,
                         help="sliding-window overlap, 0..0.9 (default: %(default)s, nnU-Net's; MONAI's default is 0.25)")
     parser.add_argument("--batch-size", type=int, help="windows per sliding-window step (default: 4 on a GPU, 1 with "
-                        "TTA there since a window's flips run together, as many as fit --gpu-memory-gib; 2 on the "
+                        "TTA there since a window's flips run together, as many as fit --gpu-memory-gb; 2 on the "
                         "CPU)")
-    parser.add_argument("--gpu-memory-gib", type=float, metavar="GIB",
-                        help="plan the network calls for a GPU of this many GiB (default: the card's own memory). "
-                             "Under 20 GiB, fewer patches go through the network at once: the paper network then "
-                             "peaks at about 6.5 GiB on a 512x512x200 CT (12.5 GiB otherwise, and about 20%% faster "
-                             "with TTA). Use 8 on a GPU shared with Slicer's rendering or other jobs")
+    parser.add_argument("--gpu-memory-gb", type=float, metavar="GB",
+                        help="plan the network calls for a GPU of this many GB (default: the card's own memory). "
+                             "Under 20 GB, fewer patches go through the network at once: the paper network then "
+                             "peaks at about 7 GB on a 512x512x200 CT (13.4 GB otherwise, with about a fifth less "
+                             "network time under TTA). Use 8 on a GPU shared with Slicer's rendering or other jobs")
     parser.add_argument("--compile", action="store_true",
                         help="compile the network with torch.compile, for long cohorts on a GPU: the first case "
                              "pays the compilation (tens of seconds), later windows run faster (paper network on an "
@@ -97,12 +97,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.gpu_memory_gib is not None and args.gpu_memory_gib <= 0:
-        raise ConfigError(f"--gpu-memory-gib must be positive, got {args.gpu_memory_gib}")
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        raise ConfigError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
     options = PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
                                device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
                                compile=args.compile, keep_largest=args.keep_largest,
-                               min_component_ml=args.min_component_ml, gpu_memory_gib=args.gpu_memory_gib)
+                               min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb)
     progress = make_progress(args.progress)
     try:
         if args.manifest is not None:

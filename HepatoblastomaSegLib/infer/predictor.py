@@ -66,7 +66,7 @@ class PredictorOptions:
     compile: bool = False
     keep_largest: bool = False
     min_component_ml: float = 0.0
-    gpu_memory_gib: float | None = None
+    gpu_memory_gb: float | None = None
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -86,43 +86,44 @@ def guess_modality(volume: Volume) -> str:
     return "ct" if float(np.mean(sample < AIR_THRESHOLD_HU)) >= 0.005 else "mri"
 
 
-#: A GPU of at least this much memory (GiB) gets the larger patch budget per network call (:func:`patch_voxel_budget`).
-LARGE_GPU_GIB = 20.0
+#: A GPU of at least this much memory (GB) gets the larger patch budget per network call (:func:`patch_voxel_budget`).
+LARGE_GPU_GB = 20.0
 
 
-def patch_voxel_budget(gpu_memory_gib: float | None) -> int:
-    """Patch voxels per GPU network call (windows x flips x patch voxels) for a GPU of ``gpu_memory_gib``.
+def patch_voxel_budget(gpu_memory_gb: float | None) -> int:
+    """Patch voxels per GPU network call (windows x flips x patch voxels) for a GPU of ``gpu_memory_gb`` (10^9 bytes,
+    as ``hbseg train --gpu-memory-gb``).
 
     Activations grow with it. The paper network (patches of about 2 M voxels) on a 512x512x200 CT peaked at 4.5 GiB
     allocated / 6.5 GiB reserved with 4 patches per call, and at 8.0 / 12.5 GiB with 8, whose TTA network time on
     the issue-size CT was 5.5 s against 6.8 s with 4 (H200, benchmarks/results/2026-11-27-h200/session3). So a GPU
-    under :data:`LARGE_GPU_GIB` (or of unknown size) gets 2^23 voxels, 4 such patches, within the issue's 8 GB; a
+    under :data:`LARGE_GPU_GB` (or of unknown size) gets 2^23 voxels, 4 such patches, within the issue's 8 GB; a
     larger one 2^24, 8 patches, for speed.
     """
-    return 2**24 if gpu_memory_gib is not None and gpu_memory_gib >= LARGE_GPU_GIB else 2**23
+    return 2**24 if gpu_memory_gb is not None and gpu_memory_gb >= LARGE_GPU_GB else 2**23
 
 
-def device_memory_gib(device: torch.device) -> float | None:
-    """Total memory of a CUDA device in GiB (None elsewhere)."""
+def device_memory_gb(device: torch.device) -> float | None:
+    """Total memory of a CUDA device in GB (10^9 bytes; None elsewhere)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).total_memory / 2**30
+    return torch.cuda.get_device_properties(device).total_memory / 1e9
 
 
 def window_batching(device: torch.device, tta: bool, batch_size: int | None,
-                    patch_size_zyx: tuple[int, ...] | None = None, memory_gib: float | None = None
+                    patch_size_zyx: tuple[int, ...] | None = None, memory_gb: float | None = None
                     ) -> tuple[int, int]:
     """(windows per sliding-window call, patches per network call) for ``device``.
 
     GPU: one network call of several patches is faster per patch than one patch per call (PIPELINE_NOTES section 7),
     so with TTA a window's flips go together and without TTA up to 4 windows do, within
-    :func:`patch_voxel_budget` of a GPU of ``memory_gib`` (at most 8 patches; at least 1). CPU: 2 windows and one
+    :func:`patch_voxel_budget` of a GPU of ``memory_gb`` (at most 8 patches; at least 1). CPU: 2 windows and one
     flip per call, which bounds the memory of a full-width network. ``batch_size`` (``--batch-size``) overrides the
     windows per call.
     """
     if device.type == "cuda":
         patch_voxels = math.prod(patch_size_zyx) if patch_size_zyx else 1
-        fit = max(1, min(8, patch_voxel_budget(memory_gib) // patch_voxels))
+        fit = max(1, min(8, patch_voxel_budget(memory_gb) // patch_voxels))
         windows = batch_size or (1 if tta else min(4, fit))
         return windows, max(fit, windows)
     windows = batch_size or 2
@@ -140,7 +141,7 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
                  tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
-                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gib: float | None = None):
+                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gb: float | None = None):
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -149,10 +150,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = tta
         self.overlap = overlap
-        # The GPU's size sets how many patches go through the network at once; ``gpu_memory_gib`` plans for less.
-        memory = device_memory_gib(self.device)
-        if memory is not None and gpu_memory_gib is not None:
-            memory = min(memory, gpu_memory_gib)
+        # The GPU's size sets how many patches go through the network at once; ``gpu_memory_gb`` plans for less.
+        memory = device_memory_gb(self.device)
+        if memory is not None and gpu_memory_gb is not None:
+            memory = min(memory, gpu_memory_gb)
         self.batch_size, self.max_forward_batch = window_batching(self.device, tta, batch_size,
                                                                    bundle.plans.patch_size_zyx, memory)
         flips = len(ALL_FLIPS) if tta else 1
@@ -193,7 +194,7 @@ class Predictor:
                     liver = None  # preprocessing falls back to the body mask and says so in the summary
         return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
                    batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
-                   min_component_ml=options.min_component_ml, gpu_memory_gib=options.gpu_memory_gib)
+                   min_component_ml=options.min_component_ml, gpu_memory_gb=options.gpu_memory_gb)
 
     # ------------------------------------------------------------------------------------------------ per case
     def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
