@@ -3,7 +3,9 @@
 Same definitions (core = the mask eroded slice by slice with a disc of radius r pixels, outside the image counting
 as background; boundary = mask minus core), same keys, same numbers up to float summation order. The scipy version
 (an exact distance transform per slice) takes 1.2-1.5 s on 2 CPU cores when the mask fills a 512x512x101 CT, as an
-untrained or failing network's mask can; the predictor uses this one on a GPU, where it takes milliseconds.
+untrained or failing network's mask can; the predictor uses this one on a GPU. On an H200 the whole summary of such a
+mask took 0.29 s with it, 0.2 s of which was a sort in the diameter since removed (the erosion itself was not timed
+alone).
 
 Erosion by a disc as row erosions: the disc is the union of the horizontal segments ``|dx| <= w(dy)`` with
 ``w(dy) = isqrt(r^2 - dy^2)`` for ``|dy| <= r``, so a pixel is in the core when, for every dy, row ``y + dy`` is mask

@@ -54,9 +54,8 @@ def case_summary(mask: Volume, entropy: Volume, *, core_radius_px: int = 10,
                  device: torch.device | None = None) -> dict:
     """Volume, diameter and entropy figures of one case (keys as in :class:`~.result.Prediction`).
 
-    On a CUDA ``device`` the core erosion and the region means run there
-    (:mod:`.regions_torch`: milliseconds where scipy takes over a second for a mask that fills the image); the figures
-    equal the CPU's up to float summation order. Elsewhere scipy computes them, bit for bit reproducibly.
+    On a CUDA ``device`` the core erosion and the region means run there (:mod:`.regions_torch`; scipy takes over a
+    second for a mask that fills the image); the figures equal the CPU's up to float summation order. Elsewhere scipy computes them, bit for bit reproducibly.
     """
     if device is not None and device.type == "cuda":
         import torch
