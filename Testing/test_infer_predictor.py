@@ -173,6 +173,51 @@ def test_image_smaller_than_the_patch_is_padded(predictor):
     assert prediction.mask.array.shape == (4, 20, 18)
 
 
+def _ct_in_wide_air() -> Volume:
+    """The synthetic CT (its body fills its 70x60 mm) in a field of view of air 2.5 times as wide: a crop to find."""
+    image, _, _ = synthetic_case("ct", shape_zyx=(10, 40, 44), spacing_mm_xyz=(1.6, 1.5, 4.0))
+    array = np.full((10, 100, 110), -1000, dtype=image.array.dtype)
+    array[:, 30:70, 33:77] = image.array
+    return Volume(array, Geometry((110, 100, 10), image.spacing_mm, (12.5, -40.0, 7.25), oblique_direction()))
+
+
+def test_ct_is_cropped_to_the_body_and_outputs_cover_the_whole_grid(predictor, bundle_dir):
+    image = _ct_in_wide_air()
+    prediction = predictor.predict(image)
+    crop = prediction.summary["body_crop"]
+    assert crop is not None and crop["fraction_of_voxels"] < 0.5
+    box = tuple(slice(a, b) for a, b in zip(crop["start_zyx"], crop["stop_zyx"]))
+    for out in (prediction.mask, prediction.entropy):
+        assert out.geometry == image.geometry
+        outside = np.ones(image.array.shape, bool)
+        outside[box] = False
+        assert not out.array[outside].any()  # certain background where the network did not run
+    assert prediction.entropy.array[box].min() > 0  # ... and the network's own answer inside
+    whole = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, crop_to_body=False).predict(image)
+    assert whole.summary["body_crop"] is None
+    assert prediction.summary["sliding_windows"] < whole.summary["sliding_windows"]
+    assert whole.entropy.array[outside].min() > 0
+
+
+def test_cli_can_turn_the_body_crop_off(tmp_path, bundle_dir):
+    write_volume(_ct_in_wide_air(), tmp_path / "ct.nii.gz")
+    for flag, expect_crop in (("--crop-to-body", True), ("--no-crop-to-body", False)):
+        out = tmp_path / flag
+        assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", str(bundle_dir), "--no-tta", flag,
+                     "--progress", "none", "-o", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert (summary["body_crop"] is not None) == expect_crop
+
+
+def test_mri_is_never_cropped(predictor):
+    # 300 mm of field of view, wider than mri-demo's patch (198 mm), with a 90 mm body in it.
+    image = Volume(np.full((10, 200, 200), -1000, dtype=np.int16), Geometry((200, 200, 10), (1.5, 1.5, 4.0), (0.0, 0.0, 0.0)))
+    image.array[:, 70:130, 70:130] = 40
+    assert predictor.body_box(image) is not None  # a CT model crops it
+    mri_predictor = Predictor(load_bundle("mri-demo"), device="cpu", tta=False)
+    assert mri_predictor.body_box(image) is None  # MRI has no HU scale to find air with
+
+
 def test_wrong_modality_is_refused(predictor):
     mri, _, _ = synthetic_case("mri")
     with pytest.raises(InputError, match="MRI given to a CT model"):

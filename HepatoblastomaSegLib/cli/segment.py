@@ -67,6 +67,11 @@ def register(subparsers) -> None:
                              "H200: +29%% windows/s in a probe, PIPELINE_NOTES; ct-demo on 2 CPU cores: about 6%%). "
                              "If compilation fails, the network runs uncompiled and each summary says so "
                              "(default: off)")
+    parser.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=True,
+                        help="CT: run the network on the child's trunk only (its bounding box above -500 HU, plus "
+                             "10 mm, at least one patch wide); outside it the mask is 0 and the entropy 0. On a CT "
+                             "with air around the child this needs 2-3x fewer windows (80 -> 30 on the issue-size "
+                             "phantom). MRI is never cropped (default: on)")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,
@@ -102,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     options = PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
                                device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
                                compile=args.compile, keep_largest=args.keep_largest,
-                               min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb)
+                               min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb,
+                               crop_to_body=args.crop_to_body)
     progress = make_progress(args.progress)
     try:
         if args.manifest is not None:

@@ -2,13 +2,16 @@
 
 Per case (:meth:`Predictor.predict`):
 
-1. refuse bad input (spacing, wrong modality) and preprocess as the bundle's plans say (CT window and z-score; MRI N4,
-   liver mask from the liver bundle, Nyul) onto the target grid;
+1. refuse bad input (spacing, wrong modality); crop a CT to the patient's trunk (:mod:`~..preprocess.body_crop`:
+   the network skips the air around the child, 2-3x fewer windows on a typical CT; ``crop_to_body=False`` turns it
+   off); preprocess as the bundle's plans say (CT window and z-score; MRI N4, liver mask from the liver bundle, Nyul)
+   onto the target grid;
 2. MONAI :class:`~monai.inferers.SlidingWindowInferer` with nnU-Net's settings, not MONAI's defaults: overlap 0.5
    and Gaussian importance weights (sigma = patch/8), over :class:`~.tta.SoftmaxPredictor` (softmax, optionally the
    mean over the 8 axis flips), stitched in float32;
 3. probabilities back onto exactly the input grid (:func:`~..preprocess.resample_to_original`), then the tumour
-   mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid;
+   mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid (outside a CT's body
+   box: mask 0, entropy 0);
 4. optional clean-up (largest component / small components), then the summary.
 
 Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autocast (bf16 where supported, else fp16),
@@ -39,7 +42,8 @@ from ..bundle import ModelBundle, load_bundle
 from ..errors import ConfigError, HepatoblastomaSegError, ModelError
 from ..io import Volume
 from ..preprocess import preprocess_image, resample_to_original
-from ..preprocess.checks import AIR_THRESHOLD_HU
+from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
+from ..preprocess.checks import AIR_THRESHOLD_HU, check_modality, check_spacing
 from ..progress import NullProgress, Progress
 from .postprocess import keep_largest_component, remove_small_components
 from .result import Prediction
@@ -67,6 +71,7 @@ class PredictorOptions:
     keep_largest: bool = False
     min_component_ml: float = 0.0
     gpu_memory_gb: float | None = None
+    crop_to_body: bool = True
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -141,7 +146,8 @@ class Predictor:
 
     def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
                  tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
-                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gb: float | None = None):
+                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gb: float | None = None,
+                 crop_to_body: bool = True):
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -161,6 +167,7 @@ class Predictor:
         self.patches_per_network_call = self.batch_size * min(flips, max(1, self.max_forward_batch // self.batch_size))
         self.keep_largest = keep_largest
         self.min_component_ml = min_component_ml
+        self.crop_to_body = crop_to_body
         self.network = bundle.build_network(self.device)
         # torch.compile is lazy: nothing is compiled until the first window batch.
         self.compiled_network = torch.compile(self.network, dynamic=False) if compile else None
@@ -194,7 +201,8 @@ class Predictor:
                     liver = None  # preprocessing falls back to the body mask and says so in the summary
         return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
                    batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
-                   min_component_ml=options.min_component_ml, gpu_memory_gb=options.gpu_memory_gb)
+                   min_component_ml=options.min_component_ml, gpu_memory_gb=options.gpu_memory_gb,
+                   crop_to_body=options.crop_to_body)
 
     # ------------------------------------------------------------------------------------------------ per case
     def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
@@ -206,8 +214,12 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        prep = preprocess_image(volume, self.bundle.plans, liver_mask=liver_mask, liver_model=self.liver_bundle,
-                                device=self.device, progress=progress)
+        check_spacing(volume)
+        check_modality(volume, self.bundle.plans.modality)
+        box = self.body_box(volume)
+        work = volume if box is None else crop_volume(volume, box)
+        prep = preprocess_image(work, self.bundle.plans, liver_mask=liver_mask, liver_model=self.liver_bundle,
+                                device=self.device, progress=progress, checked=True)
         warnings += prep.warnings
         seconds["preprocess"] = _stage_seconds(t0, self.device)
 
@@ -225,6 +237,9 @@ class Predictor:
         entropy_np = round_to_step(entropy_nats(torch.stack((1.0 - tumor, tumor)))).cpu().numpy().astype(
             np.float32, copy=False)
         del tumor, probs
+        if box is not None:
+            mask_np = paste(mask_np, box, volume.array.shape)
+            entropy_np = paste(entropy_np, box, volume.array.shape)
         seconds["resample"] = time.perf_counter() - t0
         progress("resample", 1.0, "done")
 
@@ -249,6 +264,9 @@ class Predictor:
             "overlap": self.overlap,
             "compiled": self.compiled_network is not None,
             "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml},
+            "body_crop": None if box is None else box.to_dict(volume.array.shape),
+            "sliding_windows": count_windows(tuple(prep.data.shape), list(self.bundle.plans.patch_size_zyx),
+                                             self.overlap),
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(self.device),
@@ -258,6 +276,14 @@ class Predictor:
         if volume.metadata.get("dicom"):
             summary["dicom_series"] = volume.metadata["dicom"]
         return Prediction(mask_volume, entropy_volume, summary)
+
+    def body_box(self, volume: Volume) -> CropBox | None:
+        """The part of ``volume`` the network runs on: a CT's trunk box at least one patch wide (None: all of it)."""
+        plans = self.bundle.plans
+        if not self.crop_to_body or plans.modality != "ct":
+            return None
+        patch_mm_zyx = tuple(p * s for p, s in zip(plans.patch_size_zyx, plans.target_spacing_mm_xyz[::-1]))
+        return body_box(volume, min_extent_mm_zyx=patch_mm_zyx)
 
     # ------------------------------------------------------------------------------------------------ network
     def _probabilities_with_fallback(self, data: torch.Tensor, progress: Progress, warnings: list[str]

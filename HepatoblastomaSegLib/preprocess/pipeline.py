@@ -76,7 +76,8 @@ def _image_orders(original: Geometry, target: Geometry, plans: Plans) -> tuple[i
 
 def preprocess_image(volume: Volume, plans: Plans, *, liver_mask: Volume | None = None,
                      liver_model: ModelBundle | None = None, device: str | torch.device = "cpu",
-                     backend: str = "auto", progress: Progress | None = None) -> PreprocessedImage:
+                     backend: str = "auto", progress: Progress | None = None, checked: bool = False
+                     ) -> PreprocessedImage:
     """Normalise and resample ``volume`` as ``plans`` say (see module docstring).
 
     Args:
@@ -87,6 +88,8 @@ def preprocess_image(volume: Volume, plans: Plans, *, liver_mask: Volume | None 
         device: where ``data`` ends up (and where the torch resampler runs).
         backend: resampler: "auto" (= "torch", on ``device``), "torch", or "sitk" (the CPU reference); see
             :mod:`.resample`.
+        checked: the caller has already run :func:`~.checks.check_spacing` and :func:`~.checks.check_modality` on
+            the whole image (the predictor does, before cropping a CT to the body, whose crop holds less air).
 
     Raises:
         InputError: implausible spacing, or an image that does not look like ``plans.modality``.
@@ -96,8 +99,9 @@ def preprocess_image(volume: Volume, plans: Plans, *, liver_mask: Volume | None 
     seconds: dict[str, float] = {}
     warnings: list[str] = []
     start = time.perf_counter()
-    check_spacing(volume)
-    check_modality(volume, plans.modality)
+    if not checked:
+        check_spacing(volume)
+        check_modality(volume, plans.modality)
     original = volume.geometry
     target = target_geometry(original, plans.target_spacing_mm_xyz)
     orders = _image_orders(original, target, plans)
