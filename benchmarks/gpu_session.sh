@@ -9,7 +9,8 @@
 # "infer_compile": the paper network through hbseg segment --compile, without and with TTA; "memory": hbseg segment
 # of a 512x512x200 CT with the paper network in a fresh process, peak GPU memory and RAM), MODELS (default
 # all three), INIT_FROM (continue the models from DIR/<name> bundles of an earlier session, carried along),
-# DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here), TRAIN_SIZE (small,
+# DEMO_MODEL (the trained bundle for the realistic inference run; default the one trained here), MATCHED_MODES and
+# INFER_ONLY (bench_infer's --matched-image-mode and --only for the two inference steps), TRAIN_SIZE (small,
 # the default, or full: train on full-size phantoms, which ct-demo needed to transfer to full-size CTs; see
 # Resources/Models/train_demo_models.py).
 # What comes back ($OUT, at most 8 files): session.log, infer_paper.json, infer_paper_compiled.json, memory_paper.json,
@@ -24,6 +25,8 @@ DEADLINE_S="${DEADLINE_S:-555}"          # all work ends by then (the run's time
 STEPS=" ${STEPS:-infer preprocess train models demo_infer} "
 MODELS="${MODELS:-ct-demo mri-liver-demo mri-demo}"
 DEMO_MODEL="${DEMO_MODEL:-demo_models_work/ct-demo}"
+MATCHED_MODES="${MATCHED_MODES:-3,bilinear}"   # image interpolation of the stock pipeline doing our work
+INFER_ONLY="${INFER_ONLY:+--only $INFER_ONLY}"  # bench_infer --only: the settings to time (default all)
 has() { [[ "$STEPS" == *" $1 "* ]]; }
 LOG="$OUT/session.log"
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -70,8 +73,16 @@ fi
 if has infer; then
   step "bench_infer $PAPER"
   timeout "$(limit 240)" python3 benchmarks/bench_infer.py $PAPER --baseline --baseline-matched \
-    --matched-image-mode 3,bilinear --device "$DEVICE" --repeats "$REPEATS" --json "$OUT/infer_paper.json" \
-    >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
+    --matched-image-mode "$MATCHED_MODES" --full-image $INFER_ONLY --device "$DEVICE" --repeats "$REPEATS" \
+    --json "$OUT/infer_paper.json" >> "$LOG" 2>&1 || echo "bench_infer failed: $?" | tee -a "$LOG"
+fi
+# 1a. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
+if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
+  step "bench_infer with $DEMO_MODEL"
+  timeout "$(limit 200)" python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched \
+    --matched-image-mode "$MATCHED_MODES" --full-image $INFER_ONLY --device "$DEVICE" \
+    --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
+  DEMO_DONE=1
 fi
 # 1b. Memory (#4): a 512x512x200 CT through hbseg segment in a fresh process, paper network on the CT's own grid.
 if has memory; then
@@ -106,15 +117,6 @@ if has train; then
   step "bench_train $TRAIN_PRESET"
   timeout 130 python3 benchmarks/bench_train.py $TRAIN_PRESET --device "$DEVICE" --workers 12 \
     --json "$OUT/train.json" >> "$LOG" 2>&1 || echo "bench_train failed: $?" | tee -a "$LOG"
-fi
-
-# 3b. A trained model carried from an earlier session: ours vs MONAI stock on masks that mean something.
-if has demo_infer && [ -f "$DEMO_MODEL/bundle.json" ]; then
-  step "bench_infer with $DEMO_MODEL"
-  timeout "$(limit 200)" python3 benchmarks/bench_infer.py --model "$DEMO_MODEL" --baseline --baseline-matched \
-    --matched-image-mode 3,bilinear --device "$DEVICE" \
-    --repeats "$REPEATS" --json "$OUT/infer_demo.json" >> "$LOG" 2>&1 || echo "bench_infer (demo) failed: $?" | tee -a "$LOG"
-  DEMO_DONE=1
 fi
 
 # 4. Demo models (#5), the three at once on the one GPU (they are small), each stopped by a time limit that leaves
