@@ -211,7 +211,8 @@ def test_cli_can_turn_the_body_crop_off(tmp_path, bundle_dir):
 
 def test_mri_is_never_cropped(predictor):
     # 300 mm of field of view, wider than mri-demo's patch (198 mm), with a 90 mm body in it.
-    image = Volume(np.full((10, 200, 200), -1000, dtype=np.int16), Geometry((200, 200, 10), (1.5, 1.5, 4.0), (0.0, 0.0, 0.0)))
+    image = Volume(np.full((10, 200, 200), -1000, dtype=np.int16),
+                   Geometry((200, 200, 10), (1.5, 1.5, 4.0), (0.0, 0.0, 0.0)))
     image.array[:, 70:130, 70:130] = 40
     assert predictor.body_box(image) is not None  # a CT model crops it
     mri_predictor = Predictor(load_bundle("mri-demo"), device="cpu", tta=False)

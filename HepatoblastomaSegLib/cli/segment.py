@@ -70,8 +70,10 @@ def register(subparsers) -> None:
     parser.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=True,
                         help="CT: run the network on the child's trunk only (its bounding box above -500 HU, plus "
                              "10 mm, at least one patch wide); outside it the mask is 0 and the entropy 0. On a CT "
-                             "with air around the child this needs 2-3x fewer windows (80 -> 30 on the issue-size "
-                             "phantom). MRI is never cropped (default: on)")
+                             "with air around the child this needs 2-3x fewer windows (paper network, issue-size "
+                             "phantom CT: 80 -> 40). The window tiling changes with it, and so can the mask: "
+                             "ct-demo's masks with and without the crop agree with Dice 0.91 on that CT (0.97-0.99 "
+                             "on two others). MRI is never cropped (default: on)")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,

@@ -29,7 +29,9 @@ class Prediction:
             ``core_empty`` (bool), ``model_name``, ``model_version``, ``modality``, ``device``, ``tta``,
             ``seconds`` (dict stage -> seconds), ``peak_gpu_memory_gib`` (``allocated`` and ``reserved`` GiB
             on a GPU, null on the CPU), ``patches_per_network_call`` (windows x flips per network call, as
-            planned), ``warnings`` (list of str), ``input`` (path or name).
+            planned), ``body_crop`` (CT: the box the network ran on, ``start_zyx``/``stop_zyx`` voxels and
+            ``fraction_of_voxels``; null when it ran on the whole image), ``sliding_windows`` (windows per pass),
+            ``warnings`` (list of str), ``input`` (path or name).
     """
 
     mask: Volume
