@@ -20,12 +20,13 @@ def _ct(shape_zyx=(12, 90, 100), spacing_mm_xyz=(1.0, 1.0, 2.0), direction=(1, 0
 
 
 def _trunk_ct() -> Volume:
-    """Air with a trunk (y 30..59, x 20..69, slices 2..9), a table below it (y 75..77) and an arm beside it."""
+    """Air with a trunk (y 30..59, x 20..69, slices 2..9), a table below it (y 75..77) and a cable beside it."""
     ct = _ct()
     ct.array[2:10, 30:60, 20:70] = 40
-    ct.array[2:10, 40:50, 41:45] = -900  # bowel gas inside the trunk: still one trunk
+    ct.array[2:10, 40:50, 41:45] = -900  # bowel gas inside the trunk, whose walls around it are 9-10 mm thin
     ct.array[:, 75:78, :] = -300         # the table: wide and thin, apart from the trunk
-    ct.array[4:8, 35:45, 80:88] = 60     # an arm, apart from the trunk
+    ct.array[4:8, 35:45, 80:88] = 60     # a cable or a line, apart from the trunk
+    ct.array[4, 10:22, 80:92] = 60       # something thick but small: under 3 % of either half of the trunk
     return ct
 
 
@@ -42,9 +43,25 @@ def test_box_is_the_trunk_plus_margin_without_table_or_arm():
     box = body_box(ct, margin_mm=4.0)
     # margin 4 mm = 4 voxels in-plane, 2 slices along z (2 mm spacing)
     _assert_box_around(box, (0, 26, 16), (12, 64, 74), ct.array.shape)
-    assert box.stop_zyx[1] < 75 and box.stop_zyx[2] < 80  # table and arm left out
+    assert box.stop_zyx[1] < 75 and box.stop_zyx[2] < 80  # table, cable and the small thing left out
+    ct.array[3:9, 20:50, 76:96] = 60     # an arm: thick and 8 % of the trunk, so it is kept (wider is safe)
+    assert body_box(ct, margin_mm=4.0).stop_zyx[2] >= 96
     assert box.to_dict(ct.array.shape)["fraction_of_voxels"] == pytest.approx(box.fraction_of(ct.array.shape),
                                                                               abs=1e-4)
+
+
+def test_a_table_under_a_newborn_is_not_taken_for_the_trunk():
+    """The table top touches the child and outweighs its trunk in voxels (wider, full length), but is 6 mm thin."""
+    ct = _ct()
+    ct.array[3:9, 40:60, 35:60] = 40       # a small trunk: 20 x 25 mm over 6 slices (3000 voxels)
+    ct.array[:, 60:66, 2:98] = 200         # the table right under it: 6 x 96 mm over all 12 slices (6912 voxels)
+    box = body_box(ct, margin_mm=2.0)
+    # In-plane the box is the trunk's (the table's part right under the trunk survives the opening: + 6 mm in y).
+    _assert_box_around(box, (2, 38, 33), (10, 62, 62), ct.array.shape, in_plane_slack=STEP + 1 + 6)
+    assert box.start_zyx[2] >= 33 - STEP and box.stop_zyx[2] <= 62 + STEP  # not the table's 2..97
+    alone = _ct()
+    alone.array[:, 60:66, 2:98] = 200      # a table and nothing else: then that is what there is
+    _assert_box_around(body_box(alone, margin_mm=0.0), (0, 60, 2), (12, 66, 98), alone.array.shape)
 
 
 def test_box_is_widened_to_the_patch_and_kept_inside_the_image():

@@ -10,12 +10,16 @@ and on the whole image less 24 rows and 40 columns of air at its edge (the same 
 grid, no crop logic involved). If the crop's Dice with the whole-image mask is about the shifted image's, what the
 crop changes is the model's sensitivity to its tiling, not something the crop does wrong. Dice with the phantom's
 truth says which mask is closer.
+
+``--cohort DIR`` (a phantom folder with ``manifest.csv``, e.g. ct-demo's held-out cohort: ``hbseg phantom --modality
+ct --cases 8 --seed 1001 --size full -o DIR``) adds Dice with the truth and seconds per case, whole against cropped.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +27,8 @@ import torch
 from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 from HepatoblastomaSegLib.phantom import generate_case
+from HepatoblastomaSegLib.io import read_mask, read_volume
+from HepatoblastomaSegLib.preprocess import read_manifest
 from HepatoblastomaSegLib.preprocess.body_crop import CropBox, crop_volume, paste
 from report import write_results  # benchmarks/ (the script's folder) is on sys.path
 
@@ -35,6 +41,8 @@ def main() -> int:
     parser.add_argument("--model", default="ct-demo")
     parser.add_argument("--seeds", default="2816,11,12",
                         help="phantom seeds of the full-size CTs (default %(default)s)")
+    parser.add_argument("--cohort", type=Path, help="phantom folder (manifest.csv): Dice with the truth, whole vs "
+                                                    "cropped, per case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -68,7 +76,30 @@ def main() -> int:
                "seconds": {"whole": round(whole_s, 2), "crop": round(crop_s, 2)}}
         print(row, flush=True)
         results["cases"].append(row)
+    if args.cohort is not None:
+        results["cohort"] = {"folder": args.cohort.name, **cohort_dice(args.cohort, whole, cropped)}
     return write_results(results, args.json)
+
+
+def cohort_dice(folder: Path, whole: Predictor, cropped: Predictor) -> dict:
+    """Per case of ``folder``'s manifest: Dice with the truth and seconds, on the whole image and cropped."""
+    cases, means = {}, {}
+    for entry in read_manifest(folder):
+        image = read_volume(entry.image)
+        truth = read_mask(entry.tumor, reference=image).array
+        row = {}
+        for name, predictor in (("whole", whole), ("crop", cropped)):
+            start = time.perf_counter()
+            prediction = predictor.predict(image)
+            row[name] = {"dice_truth": round(dice(prediction.mask.array, truth)[0], 4),
+                         "seconds": round(time.perf_counter() - start, 2),
+                         "windows": prediction.summary["sliding_windows"]}
+        cases[entry.case] = row
+        print(entry.case, row, flush=True)
+    for name in ("whole", "crop"):
+        means[name] = {"mean_dice_truth": round(float(np.mean([c[name]["dice_truth"] for c in cases.values()])), 4),
+                       "total_seconds": round(sum(c[name]["seconds"] for c in cases.values()), 1)}
+    return {"cases": cases, "summary": means}
 
 
 if __name__ == "__main__":

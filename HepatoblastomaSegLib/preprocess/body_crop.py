@@ -10,12 +10,14 @@ a Dice of 0.91 with its mask on the whole CT, as it does (0.91) when 40 columns 
 image's edge. ``hbseg segment --no-crop-to-body`` runs on the whole image.
 
 The box (:func:`body_box`): voxels above -500 HU (:data:`~.checks.AIR_THRESHOLD_HU`: skin, fat, organs, bone; also
-the table and the arms), found on a grid 4x coarser in-plane; their largest 26-connected component is the trunk (a
-hepatoblastoma lies in the liver, in the trunk; a table or arms that do not touch it are left out); its bounding box,
-grown by ``margin_mm`` on every side, then widened to at least one patch of the network (so the sliding window pads
-nothing: after the CT window and z-score, padding with zeros would look like soft tissue, not air), clipped to the
-image. Outside the box the tumour probability is taken as 0: mask 0 and entropy 0 (certain background), which is what
-the network says of air.
+the table and the arms), found on a grid 4x coarser in-plane; what is thinner than 10 mm in-plane is dropped (a
+table top, blankets, cables: in voxels they can outweigh a newborn's trunk); the 26-connected pieces of the rest of
+at least 5 % of the largest one's voxels are the trunk (a hepatoblastoma lies in the liver, in the trunk; a piece of
+the trunk cut off where it is thin stays in, and so may an arm); their bounding box is grown by ``margin_mm`` on
+every side, then widened to at least one patch of the network (so the sliding window pads nothing: after the CT
+window and z-score, padding with zeros would look like soft tissue, not air), and clipped to the image. Outside the
+box the tumour probability is taken as 0: mask 0 and entropy 0 (certain background), which is what the network says
+of air.
 
 nnU-Net does the same for every image with its nonzero region (``crop_to_nonzero``); for CT that region is usually the
 whole image (air is -1000 HU, not 0), so a threshold on HU is what makes the crop work on CT. MRI is not cropped:
@@ -35,6 +37,10 @@ from .checks import AIR_THRESHOLD_HU
 
 #: Margin around the trunk's bounding box (mm on each side): the network sees the skin with air around it.
 BODY_MARGIN_MM = 10.0
+#: Structures thinner than this (mm, in-plane) are not taken for the trunk (table tops, blankets, cables).
+THIN_MM = 10.0
+#: Pieces left after removing thin things that are kept in the box, as a fraction of the largest piece's voxels.
+MIN_PIECE_FRACTION = 0.05
 #: In-plane step of the coarse grid the trunk is found on (voxels): 16x fewer voxels to label.
 _COARSE_STEP = 4
 
@@ -76,12 +82,20 @@ def body_box(volume: Volume, *, min_extent_mm_zyx: tuple[float, float, float] = 
     shape = volume.array.shape
     step = (1, _COARSE_STEP, _COARSE_STEP)
     coarse = volume.array[:, ::step[1], ::step[2]] > threshold_hu
-    labels, count = ndimage.label(coarse, structure=np.ones((3, 3, 3), dtype=bool))
+    # Thin things first: a table top's shells, blankets or cables can outweigh a newborn's trunk in voxels, never in
+    # thickness. An in-plane opening removes what is thinner than about THIN_MM (the trunk loses nothing that the
+    # margin does not give back).
+    radius_yx = [max(1, round(THIN_MM / 2 / (s * mm))) for s, mm in zip(step[1:], volume.spacing_mm[1::-1])]
+    opened = ndimage.binary_opening(coarse, structure=np.ones((1, *(2 * r + 1 for r in radius_yx)), dtype=bool))
+    labels, count = ndimage.label(opened if opened.any() else coarse, structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return None
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    trunk = ndimage.find_objects(labels)[int(np.argmax(sizes)) - 1]
+    # The opening may also cut the trunk where it is thin all round (a wall over gas): every piece of at least
+    # MIN_PIECE_FRACTION of the largest stays in the box (an arm too: a wider box is safe, a part of the trunk lost
+    # is not).
+    sizes = np.bincount(labels.ravel())[1:]
+    pieces = [box for box, size in zip(ndimage.find_objects(labels), sizes) if size >= MIN_PIECE_FRACTION * sizes.max()]
+    trunk = [slice(min(b[axis].start for b in pieces), max(b[axis].stop for b in pieces)) for axis in range(3)]
     spacing_zyx = volume.spacing_mm[::-1]
     start, stop = [], []
     for axis, (sl, n, s) in enumerate(zip(trunk, shape, step)):
