@@ -71,7 +71,7 @@ def register(subparsers) -> None:
                         help="CT: run the network on the child's trunk only (the box of what lies above -500 HU "
                              "and is thicker than 10 mm, so not the table, plus 10 mm, at least one patch wide); "
                              "outside it the mask is 0 and the entropy 0. On a CT "
-                             "with air around the child this needs 2-4x fewer windows (paper network, issue-size "
+                             "with air around the child this needs 2-4.5x fewer windows (paper network, issue-size "
                              "phantom CT: 80 -> 20). The window grid changes with it, and so can the mask: ct-demo's "
                              "masks with and without the crop agree with Dice 0.92 on that CT (0.96-0.99 on two "
                              "others; mean Dice with the truth on 8 held-out phantoms 0.942 vs 0.944). MRI is never "

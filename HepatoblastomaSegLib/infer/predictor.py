@@ -3,7 +3,7 @@
 Per case (:meth:`Predictor.predict`):
 
 1. refuse bad input (spacing, wrong modality); crop a CT to the patient's trunk (:mod:`~..preprocess.body_crop`:
-   the network skips the air around the child, 2-4x fewer windows on the phantom CTs; ``crop_to_body=False`` turns it
+   the network skips the air around the child, 2-4.5x fewer windows on the phantom CTs; ``crop_to_body=False`` turns it
    off); preprocess as the bundle's plans say (CT window and z-score; MRI N4, liver mask from the liver bundle, Nyul)
    onto the target grid;
 2. MONAI :class:`~monai.inferers.SlidingWindowInferer` with nnU-Net's settings, not MONAI's defaults: overlap 0.5
