@@ -136,7 +136,7 @@ def test_empty_folder(tmp_path):
 def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("hello")
-    with pytest.raises(InputError, match="no DICOM series"):
+    with pytest.raises(InputError, match="no DICOM series of CT or MR images"):
         read_volume(tmp_path / "notes")
 
 

@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument("image", nargs="?", type=Path,
                         help="image file (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM series folder")
     parser.add_argument("--manifest", type=Path, help="cohort CSV with columns case,image[,modality] (instead of IMAGE)")
+    parser.add_argument("--series", metavar="UID", help="DICOM folder holding several series: read the one with this "
+                                                        "SeriesInstanceUID (default: the CT/MR series with the most "
+                                                        "slices; the log says which was taken and what was skipped)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--model", help="model bundle folder or bundled model name (default: the bundled demo model "
                                         "of the modality: ct-demo or mri-demo)")
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.image is None) == (args.manifest is None):
         raise ConfigError("give either an IMAGE or --manifest CSV (exactly one of them)")
+    if args.series is not None and args.manifest is not None:
+        raise ConfigError("--series names the DICOM series of one IMAGE folder; it does not apply to --manifest")
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -122,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                        else f"nothing to do; table: {result.summary_path}")
             _finish(progress, message, args.progress)
             return 1 if failed else 0
-        summary_path = segment_one(args.image, args.output, options, fmt=args.format, progress=progress)
+        summary_path = segment_one(args.image, args.output, options, fmt=args.format, progress=progress,
+                                   series_uid=args.series)
         _finish(progress, str(summary_path), args.progress)
         return 0
     except Exception as exc:

@@ -13,12 +13,15 @@ from .predictor import Predictor, PredictorOptions, guess_modality
 
 
 def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                progress: Progress | None = None) -> Path:
-    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path."""
+                progress: Progress | None = None, series_uid: str | None = None) -> Path:
+    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path.
+
+    ``series_uid`` picks the DICOM series of a folder that holds several.
+    """
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
-    volume = read_volume(image)
+    volume = read_volume(image, series_uid=series_uid)
     if volume.metadata.get("dicom"):
         info = volume.metadata["dicom"]
         progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")

@@ -1,8 +1,9 @@
 """DICOM series: choose one series in a folder, check its slices, read it; write a volume as a valid series.
 
-Reading picks the series with the most slices (or the one named by its SeriesInstanceUID) and refuses a series whose
-slice positions have a gap (a missing file) or uneven steps, because resampling such a stack silently distorts the
-anatomy. Writing (used by the phantom generator) produces one file per slice with a consistent frame of reference,
+Reading picks the CT/MR series with the most slices (or the one named by its SeriesInstanceUID), says what else the
+folder held, and refuses a series that is not one regular stack (:mod:`.dicom_headers`: a gap, uneven steps, a gantry
+tilt, non-parallel slices, a pixel spacing that changes, a truncated file), because reading such a stack as a volume
+silently distorts the anatomy. Pixel data, compressed or not, is decoded by GDCM inside SimpleITK. Writing (used by the phantom generator) produces one file per slice with a consistent frame of reference,
 patient position/orientation, pixel spacing, slice thickness, and for CT an unsigned pixel store with
 RescaleIntercept -1024 / RescaleSlope 1, as scanners do.
 """
@@ -12,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import locale
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .dicom_headers import FolderScan, SliceHeader, check_stack, scan_folder
 from .volume import Volume
-
-#: Relative deviation of a slice step from the median step above which a series is refused.
-SLICE_STEP_RTOL = 0.05
 
 _SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 _CT_INTERCEPT = -1024
@@ -42,45 +44,49 @@ def _locale_kept() -> Iterator[None]:
         locale.setlocale(locale.LC_ALL, saved)
 
 
-def _series_ids(folder: Path) -> list[str]:
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """Collect what C/C++ code writes to file descriptor 2 (GDCM, OpenJPEG) instead of letting it reach the user.
+
+    A decoder that fails prints one message per slice (OpenJPEG: "Expected a SOC marker", hundreds of lines);
+    the lines are handed back so that the caller can turn them into one clear error.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
 
 
 def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> Volume:
-    """Read one DICOM series from ``folder`` (files directly inside it) into a Volume in LPS.
+    """Read one DICOM CT/MR series from ``folder`` (files directly inside it, any file names) into a Volume in LPS.
 
-    ``volume.metadata["dicom"]`` records the chosen SeriesInstanceUID, the number of slices, the other series present
-    and why this one was chosen.
+    Compressed pixel data (JPEG 2000 and HTJ2K, JPEG-LS, JPEG lossless, RLE, deflate) is decoded by GDCM inside
+    SimpleITK. Objects that are not CT/MR image slices (SR, SEG, presentation states, non-DICOM files) are skipped
+    and named. ``volume.metadata["dicom"]`` records the chosen SeriesInstanceUID, the number of slices, the other
+    series present, what was skipped, and why this series was chosen.
     """
     folder = Path(folder)
     if not any(p.is_file() for p in folder.iterdir()):
         raise InputError("folder is empty; expected a DICOM series (one file per slice)", folder)
-    uids = _series_ids(folder)
-    if not uids:
-        raise InputError("no DICOM series found in this folder (are the files DICOM, directly in the folder?)",
-                         folder)
-    files_by_uid = {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in uids}
-    if series_uid is not None:
-        if series_uid not in files_by_uid:
-            raise InputError(f"SeriesInstanceUID {series_uid} is not in this folder; it holds "
-                             + ", ".join(f"{u} ({len(f)} files)" for u, f in files_by_uid.items()), folder)
-        chosen, reason = series_uid, "named by the caller"
-    else:
-        chosen = max(uids, key=lambda u: (len(files_by_uid[u]), u))
-        reason = "the only series" if len(uids) == 1 else f"the most slices of {len(uids)} series"
-    files = files_by_uid[chosen]
-    if len(files) < 2:
+    scan = scan_folder(folder)
+    if not scan.series:
+        found = f" (found {'; '.join(scan.skipped)})" if scan.skipped else ""
+        raise InputError("no DICOM series of CT or MR images found in this folder (are the files DICOM, directly "
+                         f"in the folder?){found}", folder)
+    chosen, reason = _choose_series(scan, series_uid, folder)
+    slices = scan.series[chosen]
+    if len(slices) < 2:
         raise InputError(f"series {chosen} has a single slice; a 3D volume needs at least 2", folder)
-    _check_slice_positions(files, folder, chosen)
-
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        with _locale_kept():
-            image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"DICOM series {chosen} could not be read ({str(exc).splitlines()[-1][:200]})",
-                         folder) from exc
+    slices = check_stack(slices, folder)
+    image = _read_pixels(slices, chosen, folder)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"series {chosen} is not greyscale ({image.GetNumberOfComponentsPerPixel()} components)",
                          folder)
@@ -90,42 +96,59 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
         stats.Execute(image)
         if -32768 <= stats.GetMinimum() and stats.GetMaximum() <= 32767:
             image = sitk.Cast(image, sitk.sitkInt16)
-    others = {u: len(f) for u, f in files_by_uid.items() if u != chosen}
-    return Volume.from_sitk(image, folder, dicom={"series_uid": chosen, "n_slices": len(files), "reason": reason,
-                                                  "other_series": others})
+    others = {u: len(s) for u, s in scan.series.items() if u != chosen}
+    return Volume.from_sitk(image, folder, dicom={
+        "series_uid": chosen, "n_slices": len(slices), "reason": reason, "other_series": others,
+        "skipped": scan.skipped, "transfer_syntax": str(slices[0].transfer_syntax.name)})
 
 
-def _check_slice_positions(files: list[str], folder: Path, uid: str) -> None:
-    """Refuse a series with missing or unevenly spaced slices (positions projected on the slice normal)."""
-    positions = []
-    normal = None
-    reader = sitk.ImageFileReader()
-    for name in files:
-        reader.SetFileName(name)
+def _choose_series(scan: FolderScan, series_uid: str | None, folder: Path) -> tuple[str, str]:
+    """The series named by the caller, else the one with the most slices; the reason names what was left out."""
+    counts = {uid: len(s) for uid, s in scan.series.items()}
+    if series_uid is not None:
+        if series_uid not in counts:
+            skipped = f"; skipped {'; '.join(scan.skipped)}" if scan.skipped else ""
+            raise InputError(f"SeriesInstanceUID {series_uid} is not in this folder as a CT/MR image series; it holds "
+                             + ", ".join(f"{u} ({n} slices)" for u, n in counts.items()) + skipped, folder)
+        chosen, reason = series_uid, "named by the caller"
+    else:
+        most = max(counts.values())
+        tied = sorted(u for u, n in counts.items() if n == most)
+        chosen = tied[0]
+        if len(counts) == 1:
+            reason = "the only CT/MR series"
+        elif len(tied) == 1:
+            reason = f"the most slices of {len(counts)} CT/MR series"
+        else:
+            reason = (f"{len(tied)} series have {most} slices; took the first by SeriesInstanceUID, "
+                      "choose another with --series UID")
+    left_out = [f"series {u} ({n} {scan.series[u][0].modality} slices)" for u, n in counts.items() if u != chosen]
+    left_out += scan.skipped
+    if left_out:
+        reason += "; skipped " + "; ".join(left_out)
+    return chosen, reason
+
+
+def _read_pixels(slices: list[SliceHeader], uid: str, folder: Path) -> sitk.Image:
+    """Decode the sorted slices into one image with SimpleITK (GDCM); one clear error when a slice cannot be."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(h.path) for h in slices])
+    with _locale_kept(), _native_stderr_captured():
         try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise InputError(f"unreadable or truncated DICOM file in series {uid}", name) from exc
-        if not (reader.HasMetaDataKey("0020|0032") and reader.HasMetaDataKey("0020|0037")):
-            raise InputError("DICOM file lacks ImagePositionPatient/ImageOrientationPatient", name)
-        if normal is None:
-            cosines = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
-            normal = np.cross(cosines[:3], cosines[3:])
-        positions.append(float(np.dot(normal, [float(v) for v in reader.GetMetaData("0020|0032").split("\\")])))
-    positions = np.sort(np.asarray(positions))
-    steps = np.diff(positions)
-    if np.any(steps < 1e-6):
-        raise InputError(f"series {uid} has two slices at the same position ({len(files)} files)", folder)
-    median = float(np.median(steps))
-    bad = np.flatnonzero(np.abs(steps - median) > SLICE_STEP_RTOL * median)
-    if bad.size:
-        i = int(bad[0])
-        gap = steps[i]
-        kind = (f"about {round(gap / median) - 1} missing slice(s)" if gap > 1.5 * median
-                else "unevenly spaced slices")
-        raise InputError(f"series {uid} has {kind}: step {gap:.3g} mm between slice positions {positions[i]:.4g} "
-                         f"and {positions[i + 1]:.4g} mm, the usual step is {median:.3g} mm ({bad.size} irregular "
-                         f"step(s) in {len(files)} slices)", folder)
+            return reader.Execute()
+        except RuntimeError:
+            pass
+    for header in slices:  # find the first slice that fails, to name it
+        with _locale_kept(), _native_stderr_captured() as noise:
+            try:
+                sitk.ReadImage(str(header.path))
+                continue
+            except RuntimeError as exc:
+                itk_line = str(exc).strip().splitlines()[-1][:160]
+        detail = (noise[0] if noise else itk_line).replace("sitk::ERROR: ", "").replace(str(header.path), "it")
+        raise InputError(f"series {uid}: cannot decode the pixel data (transfer syntax {header.transfer_syntax.name}, "
+                         f"{header.transfer_syntax}); GDCM in SimpleITK: {detail[:120]}", header.path)
+    raise InputError(f"DICOM series {uid} could not be read as one volume", folder)
 
 
 def _uid(*parts: object) -> str:
