@@ -3,7 +3,7 @@
 - ``compress_series``: a copy of an uncompressed series in another transfer syntax, file names without ``.dcm``.
   JPEG 2000, JPEG-LS and RLE go through pydicom's ``Dataset.compress`` (encoders: pylibjpeg-openjpeg, pyjpegls,
   pydicom's own RLE); JPEG lossless (process 14, selection value 1) through libjpeg-turbo and HTJ2K through OpenJPH,
-  both in imagecodecs, encapsulated by pydicom.
+  both in imagecodecs, encapsulated by pydicom; deflate by pydicom's writer.
 - ``edit_slices``: rewrite chosen header fields of chosen slices (a tilt, a rotated slice, another pixel spacing).
 - ``write_non_image_objects``: an SR, a presentation state and a SEG, as pydicom builds them.
 """
@@ -19,8 +19,10 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    JPEG2000,
     RLELossless,
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
     JPEG2000Lossless,
@@ -31,9 +33,12 @@ from pydicom.uid import (
 )
 
 #: Syntaxes whose decoded values must equal the original exactly.
-LOSSLESS = [JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless, HTJ2KLossless]
+LOSSLESS = [JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1, RLELossless, HTJ2KLossless,
+            DeflatedExplicitVRLittleEndian]
 #: JPEG-LS near-lossless: every value within this many units of the original.
 NEAR_LOSSLESS_ERROR = 2
+#: Lossy JPEG 2000: compression ratio asked of OpenJPEG.
+JPEG2000_RATIO = 20
 
 _EXTERNAL_ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
     JPEGLosslessSV1: lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=1),
@@ -57,6 +62,10 @@ def compress_series(source: Path, target: Path, syntax: UID) -> list[Path]:
             dataset.file_meta.TransferSyntaxUID = syntax
         elif syntax == JPEGLSNearLossless:
             dataset.compress(syntax, jls_error=NEAR_LOSSLESS_ERROR)
+        elif syntax == JPEG2000:
+            dataset.compress(syntax, j2k_cr=[JPEG2000_RATIO])
+        elif syntax == DeflatedExplicitVRLittleEndian:
+            dataset.file_meta.TransferSyntaxUID = syntax  # pydicom deflates the whole data set when it saves
         else:
             dataset.compress(syntax)
         out = target / path.stem

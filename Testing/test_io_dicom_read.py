@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGLSNearLossless
+from pydicom.uid import JPEG2000, JPEG2000Lossless, JPEGLSNearLossless
 
 from HepatoblastomaSegLib.cli import main
 from HepatoblastomaSegLib.errors import InputError
@@ -72,6 +72,7 @@ def test_compressed_series_reads_the_same_voxels(tmp_path, plain_series, syntax)
     paths = compress_series(plain, tmp_path / "compressed", syntax)
     assert all(p.suffix == "" for p in paths)  # real-world files without ".dcm"
     assert pydicom.dcmread(paths[0]).file_meta.TransferSyntaxUID == syntax
+    assert sum(p.stat().st_size for p in paths) < 0.8 * sum(p.stat().st_size for p in plain.iterdir())
     # The encoding is faithful, as pydicom's own decoders see it ...
     np.testing.assert_array_equal(stored_values(tmp_path / "compressed"), stored_values(plain))
     # ... and the reader gives the uncompressed series' voxels and grid, exactly.
@@ -92,6 +93,15 @@ def test_near_lossless_jpeg_ls_stays_within_its_error_bound(tmp_path, plain_seri
     assert 0 < error.max() <= NEAR_LOSSLESS_ERROR
     # GDCM's decoder (CharLS) and pyjpegls agree on every value of the lossy stream.
     np.testing.assert_array_equal(back.array.astype(np.int32), stored_values(tmp_path / "jls") - 1024)
+
+
+def test_lossy_jpeg2000_decodes_as_openjpeg_does(tmp_path, plain_series):
+    plain, volume = plain_series
+    compress_series(plain, tmp_path / "j2k", JPEG2000)
+    back = read_volume(tmp_path / "j2k")
+    assert np.abs(back.array.astype(np.int32) - volume.array).max() > 0  # really lossy
+    # GDCM and pylibjpeg-openjpeg decode the same stream to the same values.
+    np.testing.assert_array_equal(back.array.astype(np.int32), stored_values(tmp_path / "j2k") - 1024)
 
 
 def test_folder_with_several_series_and_non_image_objects(tmp_path, plain_series):

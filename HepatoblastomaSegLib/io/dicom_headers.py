@@ -122,16 +122,18 @@ def _check_pixel_data_complete(fp, dataset: pydicom.Dataset, path: Path) -> None
     rows x columns x samples x bytes x frames and lie inside the file; encapsulated (compressed) pixel data must
     end with its sequence delimiter.
     """
-    if "Rows" not in dataset:
-        return  # not an image (SR, presentation state ...)
+    syntax = UID(str(dataset.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)))
+    if "Rows" not in dataset or syntax.is_deflated:
+        return  # not an image (SR, presentation state ...), or a deflated file (positions are in the inflated data)
     start = fp.tell()
     size = os.fstat(fp.fileno()).st_size
     element = fp.read(12)
     if len(element) < 8:
         raise InputError("truncated DICOM file: the header is complete but the pixel data is missing", path)
-    syntax = dataset.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
-    syntax = UID(str(syntax))
     endian = "<" if syntax.is_little_endian else ">"
+    group, elem = struct.unpack(endian + "HH", element[:4])
+    if group != 0x7FE0:
+        return  # not stopped at the pixel data (another pydicom's behaviour): nothing to check against
     if syntax.is_implicit_VR:
         (length,), header = struct.unpack(endian + "I", element[4:8]), 8
     else:
