@@ -52,8 +52,12 @@ def _native_stderr_captured() -> Iterator[list[str]]:
     the lines are handed back so that the caller can turn them into one clear error.
     """
     lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, AttributeError, ValueError):  # no usable descriptor 2 (some GUI processes): nothing to keep off
+        yield lines
+        return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
