@@ -3,9 +3,11 @@
 Reading picks the CT/MR series with the most slices (or the one named by its SeriesInstanceUID), says what else the
 folder held, and refuses a series that is not one regular stack (:mod:`.dicom_headers`: a gap, uneven steps, a gantry
 tilt, non-parallel slices, a pixel spacing that changes, a truncated file), because reading such a stack as a volume
-silently distorts the anatomy. Pixel data, compressed or not, is decoded by GDCM inside SimpleITK. Writing (used by the phantom generator) produces one file per slice with a consistent frame of reference,
-patient position/orientation, pixel spacing, slice thickness, and for CT an unsigned pixel store with
-RescaleIntercept -1024 / RescaleSlope 1, as scanners do.
+silently distorts the anatomy. Pixel data, compressed or not, is decoded by GDCM inside SimpleITK.
+
+Writing (used by the phantom generator) produces one file per slice with a consistent frame of reference, patient
+position/orientation, pixel spacing, slice thickness, and for CT an unsigned pixel store with RescaleIntercept -1024 /
+RescaleSlope 1, as scanners do.
 """
 
 from __future__ import annotations

@@ -186,7 +186,8 @@ def check_stack(slices: list[SliceHeader], folder: Path) -> list[SliceHeader]:
             angle = np.degrees(np.arccos(np.clip(np.dot(_unit(header.normal), _unit(first.normal)), -1.0, 1.0)))
             raise InputError(f"series {uid}: non-parallel slices (orientation differs from {first.path.name}, "
                              f"slice planes {angle:.2g} degrees apart); this is not one volume", header.path)
-        if np.max(np.abs(header.pixel_spacing_mm - first.pixel_spacing_mm) / first.pixel_spacing_mm) > PIXEL_SPACING_RTOL:
+        spacing_change = np.abs(header.pixel_spacing_mm - first.pixel_spacing_mm) / first.pixel_spacing_mm
+        if np.max(spacing_change) > PIXEL_SPACING_RTOL:
             raise InputError(f"series {uid}: pixel spacing changes between slices "
                              f"({_spacing_text(header.pixel_spacing_mm)} mm here, "
                              f"{_spacing_text(first.pixel_spacing_mm)} mm in {first.path.name})", header.path)
