@@ -31,6 +31,7 @@ from helpers_dicom import (
     stored_values,
     write_non_image_objects,
 )
+from conftest import oblique_direction
 from tiny_models import tiny_bundle
 
 N_SLICES = 12
@@ -145,6 +146,18 @@ def test_straight_stack_with_a_tilt_tag_is_read(series_copy, plain_series):
     """A scanner that corrected the tilt itself leaves the tag: positions decide, not the tag."""
     edit_slices(series_copy, lambda k, ds: setattr(ds, "GantryDetectorTilt", 12.0))
     np.testing.assert_array_equal(read_volume(series_copy).array, plain_series[1].array)
+
+
+def test_oblique_positions_rounded_to_a_tenth_of_a_mm_still_read(tmp_path):
+    """Rounding noise in ImagePositionPatient is not a tilt."""
+    direction = oblique_direction(flip_x=False)
+    volume = Volume(np.zeros((8, 20, 24), np.int16), Geometry((24, 20, 8), (0.7, 0.8, 2.5), (10.5, -20.25, 30.0),
+                                                               direction))
+    write_dicom_series(volume, tmp_path / "d", modality="CT", uid_seed="rounded")
+    edit_slices(tmp_path / "d", lambda k, ds: setattr(ds, "ImagePositionPatient",
+                                                      [f"{float(v):.1f}" for v in ds.ImagePositionPatient]))
+    back = read_volume(tmp_path / "d")
+    assert back.geometry.mismatches(volume.geometry, spacing_tol_mm=0.05, origin_tol_mm=0.1) == []
 
 
 def test_non_parallel_slices_are_refused(series_copy):

@@ -29,6 +29,8 @@ SLICE_STEP_RTOL = 0.05
 #: the smaller pixel spacing. A volume places every slice on that line; beyond a tenth of a pixel the stack is sheared
 #: (a gantry tilt) and reading it as a volume would move the anatomy.
 IN_PLANE_DRIFT_PIXELS = 0.1
+#: ... but never less than this, so that positions written with one decimal (0.05 mm rounding) still read.
+IN_PLANE_DRIFT_MIN_MM = 0.1
 #: Largest difference between two slices' direction cosines (ImageOrientationPatient), about 0.06 degrees.
 ORIENTATION_TOL = 1e-3
 #: Largest relative difference between two slices' pixel spacings.
@@ -203,7 +205,7 @@ def _check_in_plane_drift(ordered: list[SliceHeader], normal: np.ndarray, uid: s
     offsets = np.array([h.position_mm - ordered[0].position_mm for h in ordered])
     along = offsets @ normal
     drift = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
-    limit = IN_PLANE_DRIFT_PIXELS * float(np.min(ordered[0].pixel_spacing_mm))
+    limit = max(IN_PLANE_DRIFT_PIXELS * float(np.min(ordered[0].pixel_spacing_mm)), IN_PLANE_DRIFT_MIN_MM)
     if drift.max() > limit:
         k = int(np.argmax(drift))
         angle = np.degrees(np.arctan2(drift[-1], abs(along[-1]))) if along[-1] else 90.0
