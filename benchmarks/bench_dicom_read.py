@@ -50,7 +50,7 @@ def _best_read_s(folder: Path, repeats: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("bench_dicom_work"))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/hbseg_bench_dicom_read"))
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
