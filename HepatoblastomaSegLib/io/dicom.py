@@ -151,7 +151,8 @@ def _read_pixels(slices: list[SliceHeader], uid: str, folder: Path) -> sitk.Imag
                 continue
             except RuntimeError as exc:
                 itk_line = str(exc).strip().splitlines()[-1][:160]
-        detail = (noise[0] if noise else itk_line).replace("sitk::ERROR: ", "").replace(str(header.path), "it")
+        detail = (noise[0] if noise else itk_line).replace("sitk::ERROR: ", "")
+        detail = detail.replace(f'"{header.path}"', "this file").replace(str(header.path), "this file")
         raise InputError(f"series {uid}: cannot decode the pixel data (transfer syntax {header.transfer_syntax.name}, "
                          f"{header.transfer_syntax}); GDCM in SimpleITK: {detail[:120]}", header.path)
     raise InputError(f"DICOM series {uid} could not be read as one volume", folder)

@@ -108,6 +108,10 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
     except Exception as exc:  # pydicom raises many types for a cut or damaged header
         raise InputError(f"unreadable or truncated DICOM file ({type(exc).__name__}: {str(exc)[:120]})",
                          path) from exc
+    with open(path, "rb") as fp:
+        start = fp.read(2)
+    if start not in (b"\x02\x00", b"\x08\x00"):
+        return None  # not even a data set starting with group 0002 or 0008
     try:  # DICOM without the 128-byte preamble and "DICM" (old files): accept only if it reads as an image header
         with warnings.catch_warnings():  # pydicom warns about what it guesses in a file that may not be DICOM
             warnings.simplefilter("ignore")
