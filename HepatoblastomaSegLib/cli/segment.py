@@ -13,7 +13,8 @@ from ..progress import JsonLinesProgress, NullProgress, Progress, TqdmProgress
 EPILOG = textwrap.dedent("""\
     outputs (in OUT/, or OUT/<case>/ for a cohort):
       segmentation.nii.gz   tumour mask, uint8 0/1, exactly the input's grid  (--format nrrd: segmentation.seg.nrrd,
-                            a 3D Slicer segmentation with one segment "Hepatoblastoma")
+                            a 3D Slicer segmentation with one segment "Hepatoblastoma"; --format dicom-seg:
+                            segmentation.dcm, a DICOM Segmentation in the source study, DICOM input only)
       entropy.nii.gz        voxelwise softmax entropy in nats, float32, 0 (certain) .. ln 2 = 0.693 (--format nrrd: entropy.nrrd)
       summary.json          volume (mL), largest diameter (mm), mean/core/boundary entropy, model, device, seconds per stage
       cohort_summary.csv    (cohort only) one row per case, with the error of any case that failed
@@ -21,6 +22,7 @@ EPILOG = textwrap.dedent("""\
     examples:
       hbseg segment scan.nii.gz -o result/                   CT, bundled demo model, 8-flip TTA
       hbseg segment dicom_folder/ --no-tta -o result/        a DICOM series (the one with the most slices)
+      hbseg segment dicom_folder/ --format dicom-seg --entropy-format dicom-pm -o result/   DICOM SEG + Parametric Map
       hbseg segment t2.nrrd --modality mri -o result/        MRI: N4 + liver mask + Nyul, then the MRI model
       hbseg segment --manifest cohort.csv -o results/        a cohort (CSV: case,image[,modality]); re-run to resume
       hbseg segment --manifest cohort.csv --compile -o results/   a long cohort on a GPU: compiled once, then faster
@@ -80,8 +82,12 @@ def register(subparsers) -> None:
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,
                         help="drop tumour components smaller than this many mL (default: keep all)")
-    parser.add_argument("--format", choices=("nifti", "nrrd"), default="nifti",
-                        help="nifti: .nii.gz files; nrrd: Slicer .seg.nrrd + .nrrd (default: %(default)s)")
+    parser.add_argument("--format", choices=("nifti", "nrrd", "dicom-seg"), default="nifti",
+                        help="nifti: .nii.gz files; nrrd: Slicer .seg.nrrd + .nrrd; dicom-seg: a DICOM Segmentation "
+                             "segmentation.dcm in the source study (DICOM input only) (default: %(default)s)")
+    parser.add_argument("--entropy-format", choices=("nifti", "nrrd", "dicom-pm"),
+                        help="the entropy map's format when it should differ from --format's (nifti for dicom-seg); "
+                             "dicom-pm: a DICOM Parametric Map entropy.dcm in the source study (DICOM input only)")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="bar: progress bars on stderr; json: one JSON object per line on stdout for programs "
                              "(stage, fraction, eta_s); none: quiet (default: %(default)s)")
@@ -116,13 +122,15 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     try:
         if args.manifest is not None:
-            result = segment_cohort(args.manifest, args.output, options, fmt=args.format, progress=progress)
+            result = segment_cohort(args.manifest, args.output, options, fmt=args.format, progress=progress,
+                                    entropy_fmt=args.entropy_format)
             failed = result.n_failed
             message = (f"{len(result.rows)} case(s), {failed} failed; table: {result.summary_path}" if result.rows
                        else f"nothing to do; table: {result.summary_path}")
             _finish(progress, message, args.progress)
             return 1 if failed else 0
-        summary_path = segment_one(args.image, args.output, options, fmt=args.format, progress=progress)
+        summary_path = segment_one(args.image, args.output, options, fmt=args.format, progress=progress,
+                                   entropy_fmt=args.entropy_format)
         _finish(progress, str(summary_path), args.progress)
         return 0
     except Exception as exc:
