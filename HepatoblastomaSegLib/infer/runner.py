@@ -14,13 +14,15 @@ from .predictor import Predictor, PredictorOptions, guess_modality
 
 
 def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                progress: Progress | None = None, entropy_fmt: str | None = None) -> Path:
-    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path."""
+                progress: Progress | None = None, entropy_fmt: str | None = None,
+                series_uid: str | None = None) -> Path:
+    """Read ``image`` (the DICOM series ``series_uid`` when it is a folder), segment it, write the outputs into
+    ``out_dir``; returns the summary's path."""
     progress = progress or NullProgress()
     require_dicom_input(image, fmt, entropy_fmt)
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
-    volume = read_volume(image)
+    volume = read_volume(image, series_uid=series_uid)
     if volume.metadata.get("dicom"):
         info = volume.metadata["dicom"]
         progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")
