@@ -157,3 +157,30 @@ def test_credentials_in_the_url_and_push_without_seg_are_refused(orthanc, study,
     err = _fails_cleanly(capsys, tmp_path, "--dicomweb", orthanc.dicomweb, "--study", study[1], "--push",
                          "--format", "nifti")
     assert "--push" in err
+
+
+@pytest.mark.slow
+def test_cohort_manifest_of_studies(orthanc, study, credentials, private_tmp, tmp_path, capsys):
+    folder, study_uid = study
+    series_uid = str(first_source_header(folder).SeriesInstanceUID)
+    missing = f"2.25.{uuid.uuid4().int}"
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"case,study_uid,series_uid\nchild,{study_uid},{series_uid}\nlost,{missing},\n",
+                        encoding="utf-8")
+    out = tmp_path / "out"
+    args = ("--manifest", str(manifest), "--dicomweb", orthanc.dicomweb, "--push", "-o", str(out))
+    before = set(orthanc.series_uids(study_uid))
+    assert _segment(*args) == 1  # one case failed, the other went on
+    table = (out / "cohort_summary.csv").read_text(encoding="utf-8").splitlines()
+    assert table[1].startswith("child,ok,") and table[2].startswith("lost,failed,")
+    assert f"study {missing} is not on this server" in table[2]
+    assert listing(out) == ["child", "cohort_summary.csv"] and _downloads(private_tmp) == []
+    summary = json.loads((out / "child" / "summary.json").read_text(encoding="utf-8"))
+    seg = pydicom.dcmread(out / "child" / "segmentation.dcm")
+    assert summary["dicomweb"]["pushed"] == [seg.SOPInstanceUID]
+    added = set(orthanc.series_uids(study_uid)) - before
+    assert added == {seg.SeriesInstanceUID}
+    # A re-run skips the finished case without downloading or pushing it again.
+    assert _segment(*args) == 1
+    assert "skipped" in (out / "cohort_summary.csv").read_text(encoding="utf-8").splitlines()[1]
+    assert set(orthanc.series_uids(study_uid)) - before == added

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", type=Path,
                         help="image file (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM series folder")
-    parser.add_argument("--manifest", type=Path, help="cohort CSV with columns case,image[,modality] (instead of IMAGE)")
+    parser.add_argument("--manifest", type=Path, help="cohort CSV with columns case,image[,modality] (instead of IMAGE); "
+                                                      "with --dicomweb: case,study_uid[,series_uid][,modality]")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--dicomweb", metavar="URL",
                         help="segment a series of a PACS instead of IMAGE: the server's DICOMweb root (e.g. "
@@ -120,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.predictor import PredictorOptions
     from ..infer.runner import segment_cohort, segment_one
 
-    sources = [args.image is not None, args.manifest is not None, args.dicomweb is not None]
-    if sum(sources) != 1:
-        raise ConfigError("give either an IMAGE, --manifest CSV or --dicomweb URL (exactly one of them)")
+    if (args.image is None) == (args.manifest is None and args.dicomweb is None):
+        raise ConfigError("give either an IMAGE, --manifest CSV or --dicomweb URL (with --study, or with a --manifest "
+                          "of study_uid columns)")
     if args.dicomweb is None and (args.study or args.push):
         raise ConfigError("--study and --push go with --dicomweb URL")
-    if args.dicomweb is not None and not args.study:
-        raise ConfigError("--dicomweb needs --study STUDY_UID")
+    if args.dicomweb is not None and (args.study is None) == (args.manifest is None):
+        raise ConfigError("--dicomweb needs either --study STUDY_UID or a --manifest with study_uid columns")
     if args.series and (args.manifest is not None or (args.image is not None and not args.image.is_dir())):
         raise ConfigError("--series picks a series in a DICOM folder or on a --dicomweb server")
     fmt = args.format or ("dicom-seg" if args.dicomweb else "nifti")
@@ -143,6 +144,15 @@ def run(args: argparse.Namespace) -> int:
                                crop_to_body=args.crop_to_body)
     progress = make_progress(args.progress)
     try:
+        if args.dicomweb is not None and args.manifest is not None:
+            from ..infer.dicomweb_run import segment_cohort_from_dicomweb
+
+            result = segment_cohort_from_dicomweb(args.manifest, args.dicomweb, args.output, options, fmt=fmt,
+                                                  entropy_fmt=args.entropy_format, push=args.push,
+                                                  progress=progress)
+            _finish(progress, f"{len(result.rows)} case(s), {result.n_failed} failed; table: {result.summary_path}",
+                    args.progress)
+            return 1 if result.n_failed else 0
         if args.dicomweb is not None:
             from ..infer.dicomweb_run import segment_from_dicomweb
 
