@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.runner import segment_cohort, segment_one
 
     if (args.image is None) == (args.manifest is None and args.dicomweb is None):
-        raise ConfigError("give either an IMAGE, --manifest CSV or --dicomweb URL (with --study, or with a --manifest "
-                          "of study_uid columns)")
+        raise ConfigError("give exactly one of IMAGE, --manifest CSV or --dicomweb URL (with --study, or with a "
+                          "--manifest of study_uid columns)")
     if args.dicomweb is None and (args.study or args.push):
         raise ConfigError("--study and --push go with --dicomweb URL")
     if args.dicomweb is not None and (args.study is None) == (args.manifest is None):
