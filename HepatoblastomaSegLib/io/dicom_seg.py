@@ -86,22 +86,35 @@ def require_dicom_input(image: str | Path, fmt: str, entropy_fmt: str | None = N
                           f"--format nifti or nrrd for image files)")
 
 
-def read_source_headers(folder: str | Path, series_uid: str) -> list:
-    """The pydicom headers (no pixel data) of every instance of ``series_uid`` directly in ``folder``."""
+def read_source_headers(source: str | Path | Sequence[str | Path], series_uid: str | None = None) -> list:
+    """The pydicom headers (no pixel data) of every instance of ``series_uid`` in ``source``: a folder (the files
+    directly inside it) or a list of files (e.g. from Slicer's DICOM database). Without ``series_uid`` the files
+    must hold exactly one series with image positions."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    folder = Path(folder)
+    if isinstance(source, (str, Path)):
+        where = Path(source)
+        files = sorted(p for p in where.iterdir() if p.is_file())
+    else:
+        files = [Path(p) for p in source]
+        where = files[0].parent if files else Path(".")
     found: dict[str, object] = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    series_seen = set()
+    for path in files:
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, EOFError, ValueError):
             continue  # not DICOM (or not readable as such): the series reader skipped it too
-        if getattr(dataset, "SeriesInstanceUID", None) == series_uid and "ImagePositionPatient" in dataset:
+        if "ImagePositionPatient" not in dataset or "SeriesInstanceUID" not in dataset:
+            continue
+        series_seen.add(str(dataset.SeriesInstanceUID))
+        if series_uid is None or dataset.SeriesInstanceUID == series_uid:
             found.setdefault(str(dataset.SOPInstanceUID), dataset)
+    if series_uid is None and len(series_seen) > 1:
+        raise InputError(f"the source files hold {len(series_seen)} image series; name the one segmented", where)
     if not found:
-        raise InputError(f"no DICOM instances of series {series_uid} found", folder)
+        raise InputError(f"no DICOM image instances{f' of series {series_uid}' if series_uid else ''} found", where)
     return list(found.values())
 
 
@@ -151,8 +164,9 @@ def _coded(code: Code):
     return CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
-def segment_description(spec: SegmentSpec, algorithm: AlgorithmInfo):
-    """The highdicom description of the tumour segment: terminology, colour, AUTOMATIC algorithm identification."""
+def segment_description(spec: SegmentSpec, algorithm: AlgorithmInfo, algorithm_type: str = "AUTOMATIC"):
+    """The highdicom description of the tumour segment: terminology, colour, algorithm type and identification
+    (``algorithm_type`` "AUTOMATIC" for the model's mask, "SEMIAUTOMATIC" for a reviewer's edit of it)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -162,31 +176,33 @@ def segment_description(spec: SegmentSpec, algorithm: AlgorithmInfo):
     return hd.seg.SegmentDescription(
         segment_number=1, segment_label=spec.name,
         segmented_property_category=_coded(spec.category), segmented_property_type=_coded(spec.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=identification,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues(algorithm_type), algorithm_identification=identification,
         anatomic_regions=[_coded(spec.anatomic_region)] if spec.anatomic_region else None,
         display_color=hd.color.CIELabColor.from_rgb(*(round(255 * c) for c in spec.color_rgb)))
 
 
-def _sorted_sources(volume: Volume, folder: Path, series_uid: str) -> tuple[list, np.ndarray]:
-    datasets = read_source_headers(folder, series_uid)
+def _sorted_sources(volume: Volume, source, series_uid: str | None) -> tuple[list, np.ndarray]:
+    datasets = read_source_headers(source, series_uid)
+    folder = source if isinstance(source, (str, Path)) else Path(datasets[0].filename).parent
     indices = slice_indices(volume.geometry, datasets, folder)
     order = np.argsort(indices)
     return [datasets[i] for i in order], indices[order]
 
 
-def write_dicom_seg(mask: Volume, path: str | Path, source_folder: str | Path, series_uid: str,
-                    algorithm: AlgorithmInfo, *, spec: SegmentSpec = HEPATOBLASTOMA) -> Path:
-    """Write ``mask`` (0/1 on the grid read from ``source_folder``'s series ``series_uid``) as a BINARY DICOM SEG."""
+def write_dicom_seg(mask: Volume, path: str | Path, source: str | Path | Sequence[str | Path], series_uid: str | None,
+                    algorithm: AlgorithmInfo, *, spec: SegmentSpec = HEPATOBLASTOMA,
+                    algorithm_type: str = "AUTOMATIC") -> Path:
+    """Write ``mask`` (0/1 on the grid of the series ``series_uid`` in ``source``, a folder or a list of files) as a
+    BINARY DICOM SEG."""
     import highdicom as hd
 
     path = Path(path)
-    source_folder = Path(source_folder)
-    sources, indices = _sorted_sources(mask, source_folder, series_uid)
+    sources, indices = _sorted_sources(mask, source, series_uid)
     frames = (np.asarray(mask.array)[indices] > 0).astype(np.uint8)
     with _source_name_warnings_quiet():
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment_description(spec, algorithm)],
+            segment_descriptions=[segment_description(spec, algorithm, algorithm_type)],
             series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer=MANUFACTURER, manufacturer_model_name=algorithm.model_name,
             software_versions=algorithm.software_version, device_serial_number="none",
@@ -203,8 +219,7 @@ def write_entropy_parametric_map(entropy: Volume, path: str | Path, source_folde
     import highdicom as hd
 
     path = Path(path)
-    source_folder = Path(source_folder)
-    sources, indices = _sorted_sources(entropy, source_folder, series_uid)
+    sources, indices = _sorted_sources(entropy, Path(source_folder), series_uid)
     frames = np.asarray(entropy.array, dtype=np.float32)[indices]
     nats = hd.sr.CodedConcept(value="{nat}", scheme_designator="UCUM", meaning="nat")
     mapping = hd.pm.RealWorldValueMapping(
