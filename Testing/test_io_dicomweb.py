@@ -3,6 +3,7 @@ one clear line, exit 2 and nothing written for every way a server or a study can
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -14,7 +15,7 @@ import pytest
 from HepatoblastomaSegLib.cli import main
 from HepatoblastomaSegLib.io import read_volume
 from HepatoblastomaSegLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg
-from HepatoblastomaSegLib.io.dicomweb import ENV_PASSWORD, ENV_USER, DicomwebClient
+from HepatoblastomaSegLib.io.dicomweb import ENV_PASSWORD, ENV_USER, DicomwebClient, download_series
 
 from helpers_dicom import decode_pm_pydicom, decode_seg_pydicom, first_source_header, listing, phantom_series
 from helpers_orthanc import PASSWORD, USER, Orthanc, free_port, orthanc_missing, truncating_proxy
@@ -95,6 +96,14 @@ def test_round_trip_pull_segment_push_read_back(orthanc, study, credentials, pri
     assert _segment(str(folder), "-o", str(tmp_path / "local")) == 0
     local = read_volume(tmp_path / "local" / "segmentation.nii.gz")
     assert np.array_equal(local.array, mask)
+
+
+def test_download_gives_the_stored_files_byte_for_byte(orthanc, study, credentials, tmp_path):
+    folder, study_uid = study
+    download = download_series(DicomwebClient(orthanc.dicomweb), study_uid, None, tmp_path)
+    assert download.series.modality == "CT" and download.n_instances == len(listing(folder))
+    digests = [sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in f.iterdir()) for f in (folder, tmp_path)]
+    assert digests[0] == digests[1]
 
 
 def test_credentials_from_netrc(orthanc, study, monkeypatch, tmp_path):
