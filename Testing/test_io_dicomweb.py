@@ -136,6 +136,11 @@ def test_unreachable_server(capsys, tmp_path, credentials):
     assert "cannot reach the DICOMweb server" in err
 
 
+def test_url_that_is_not_a_dicomweb_root(orthanc, study, capsys, tmp_path, credentials):
+    err = _fails_cleanly(capsys, tmp_path, "--dicomweb", orthanc.url + "/not-dicomweb", "--study", study[1])
+    assert "no DICOMweb service answers" in err and "HTTP 404" in err
+
+
 def test_wrong_password(orthanc, study, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_USER, USER)
     monkeypatch.setenv(ENV_PASSWORD, "not-the-password")

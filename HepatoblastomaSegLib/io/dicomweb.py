@@ -124,6 +124,9 @@ class DicomwebClient:
         response = self._request("GET", path, what, params=params, headers={"Accept": "application/dicom+json"})
         if response.status_code == 204 or (response.status_code == 404 and "/studies/" in path):
             return []  # QIDO-RS: no match (some servers answer 404 for an unknown study in the path)
+        if response.status_code == 404:
+            raise InputError(f"no DICOMweb service answers at {self.url}{path} (HTTP 404); is the URL the server's "
+                             f"DICOMweb root (e.g. http://pacs:8042/dicom-web)?", self.url)
         if response.status_code != 200:
             raise InputError(f"{what} failed: HTTP {response.status_code} {response.reason}", self.url)
         try:
