@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Orthanc + DICOMweb plugin for the PACS round trip (Debian packages; a no-op where present).
+# Debian packages the DICOM tests use: Orthanc + DICOMweb plugin, dicom3tools (a no-op where present).
 pacs:
-	bash .ci/install_orthanc.sh
+	bash .ci/install_test_packages.sh
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/hbseg demo -o $(DEMO_OUT)

@@ -102,3 +102,11 @@ def first_source_header(folder: Path) -> pydicom.Dataset:
 
 def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines of David Clunie's DICOM validator (dicom3tools' dciodvfy) for ``path``."""
+    import subprocess
+
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]

@@ -1,6 +1,6 @@
 """A real Orthanc PACS for tests: its DICOMweb plugin, a free loopback port, a temporary storage folder and a test
 user (basic auth). ``make test`` installs the Debian packages ``orthanc`` and ``orthanc-dicomweb`` where missing
-(``.ci/install_orthanc.sh``); where they are not installed the tests that need Orthanc skip and say why.
+(``.ci/install_test_packages.sh``); where they are not installed the tests that need Orthanc skip and say why.
 
 Also a small HTTP proxy in front of it that cuts one WADO-RS answer short, for the partial-download test: real
 Orthanc never sends half an instance, a flaky network does.

@@ -4,6 +4,7 @@ and entropy map voxel for voxel, in the source study, on axial and oblique serie
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pydicom
@@ -18,10 +19,11 @@ from HepatoblastomaSegLib.infer.outputs import is_finished
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 from HepatoblastomaSegLib.infer.runner import segment_cohort
 from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_volume
-from HepatoblastomaSegLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg
+from HepatoblastomaSegLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg, write_entropy_parametric_map
 from HepatoblastomaSegLib.terminology import HEPATOBLASTOMA
 
 from helpers_dicom import (
+    dciodvfy_errors,
     decode_pm_pydicom,
     decode_seg_highdicom,
     decode_seg_pydicom,
@@ -82,6 +84,21 @@ def test_seg_sits_in_the_source_study_and_names_its_segment_and_algorithm(series
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("ct-test", "9.8.7")
     assert seg.ManufacturerModelName == "ct-test"
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy not installed (Debian package dicom3tools; make test installs it as root)")
+def test_seg_and_parametric_map_pass_the_dicom3tools_validator(series, tmp_path):
+    folder, volume = series
+    uid = volume.metadata["dicom"]["series_uid"]
+    seg = write_dicom_seg(_blobs(volume), tmp_path / "seg.dcm", folder, uid, ALGORITHM)
+    assert dciodvfy_errors(seg) == []
+    entropy = volume.with_array(np.linspace(0, np.log(2), volume.array.size, dtype=np.float32).reshape(
+        volume.array.shape))
+    pm = write_entropy_parametric_map(entropy, tmp_path / "pm.dcm", folder, uid, ALGORITHM)
+    # Laterality (General Series, 2C) is required only for paired body parts; dciodvfy cannot tell, the liver is not.
+    assert [e for e in dciodvfy_errors(pm) if "<Laterality>" not in e] == []
+    assert np.array_equal(decode_pm_pydicom(pm, folder), entropy.array)
 
 
 def test_empty_mask_gives_a_valid_seg_with_every_frame_empty(series, tmp_path):

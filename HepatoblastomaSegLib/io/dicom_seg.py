@@ -232,8 +232,10 @@ def write_entropy_parametric_map(entropy: Volume, path: str | Path, source_folde
             manufacturer=MANUFACTURER, manufacturer_model_name=algorithm.model_name,
             software_versions=algorithm.software_version, device_serial_number="none",
             contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
-            voi_lut_transformations=[hd.VOILUTTransformation(window_center=float(np.log(2.0)) / 2,
-                                                             window_width=float(np.log(2.0)))],
+            # A window narrower than 1 is only valid with LINEAR_EXACT (PS3.3 C.11.2.1.3); it maps 0..ln 2 exactly.
+            voi_lut_transformations=[hd.VOILUTTransformation(
+                window_center=float(np.log(2.0)) / 2, window_width=float(np.log(2.0)),
+                window_explanation="entropy 0 to ln 2 nats", voi_lut_function="LINEAR_EXACT")],
             series_description=f"Tumour model entropy ({algorithm.model_name} {algorithm.model_version})"[:64],
             content_label="ENTROPY", content_description="Voxelwise softmax entropy in nats, research use only")
     with atomic_path(path) as tmp:
