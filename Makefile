@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_VERSION := 2.13.0
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test test-fast install clean help
+.PHONY: demo test test-fast install pacs clean help
 
 help:
 	@echo "make demo   - create .venv, install, run the main job on the bundled demo case"
@@ -22,13 +22,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Debian packages the DICOM tests use: Orthanc + DICOMweb plugin, dicom3tools (a no-op where present).
+pacs:
+	bash .ci/install_test_packages.sh
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/hbseg demo -o $(DEMO_OUT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed pacs
 	$(PY) -m pytest -q
 
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed pacs
 	$(PY) -m pytest -q -m "not slow"
 
 clean:

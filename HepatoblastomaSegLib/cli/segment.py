@@ -13,7 +13,8 @@ from ..progress import JsonLinesProgress, NullProgress, Progress, TqdmProgress
 EPILOG = textwrap.dedent("""\
     outputs (in OUT/, or OUT/<case>/ for a cohort):
       segmentation.nii.gz   tumour mask, uint8 0/1, exactly the input's grid  (--format nrrd: segmentation.seg.nrrd,
-                            a 3D Slicer segmentation with one segment "Hepatoblastoma")
+                            a 3D Slicer segmentation with one segment "Hepatoblastoma"; --format dicom-seg:
+                            segmentation.dcm, a DICOM Segmentation in the source study, DICOM input only)
       entropy.nii.gz        voxelwise softmax entropy in nats, float32, 0 (certain) .. ln 2 = 0.693 (--format nrrd: entropy.nrrd)
       summary.json          volume (mL), largest diameter (mm), mean/core/boundary entropy, model, device, seconds per stage
       cohort_summary.csv    (cohort only) one row per case, with the error of any case that failed
@@ -21,7 +22,9 @@ EPILOG = textwrap.dedent("""\
     examples:
       hbseg segment scan.nii.gz -o result/                   CT, bundled demo model, 8-flip TTA
       hbseg segment dicom_folder/ --no-tta -o result/        a DICOM series (the one with the most slices)
+      hbseg segment dicom_folder/ --format dicom-seg --entropy-format dicom-pm -o result/   DICOM SEG + Parametric Map
       hbseg segment t2.nrrd --modality mri -o result/        MRI: N4 + liver mask + Nyul, then the MRI model
+      hbseg segment --dicomweb http://pacs:8042/dicom-web --study 1.2.3 --push -o result/   from a PACS and back
       hbseg segment --manifest cohort.csv -o results/        a cohort (CSV: case,image[,modality]); re-run to resume
       hbseg segment --manifest cohort.csv --compile -o results/   a long cohort on a GPU: compiled once, then faster
       torchrun --nproc_per_node 4 -m HepatoblastomaSegLib.cli segment --manifest cohort.csv -o results/
@@ -38,11 +41,21 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", nargs="?", type=Path,
                         help="image file (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM series folder")
-    parser.add_argument("--manifest", type=Path, help="cohort CSV with columns case,image[,modality] (instead of IMAGE)")
-    parser.add_argument("--series", metavar="UID", help="DICOM folder holding several series: read the one with this "
-                                                        "SeriesInstanceUID (default: the CT/MR series with the most "
-                                                        "slices; the log says which was taken and what was skipped)")
+    parser.add_argument("--manifest", type=Path, help="cohort CSV with columns case,image[,modality] (instead of IMAGE); "
+                                                      "with --dicomweb: case,study_uid[,series_uid][,modality]")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--dicomweb", metavar="URL",
+                        help="segment a series of a PACS instead of IMAGE: the server's DICOMweb root (e.g. "
+                             "http://pacs:8042/dicom-web), with --study; basic auth from HBSEG_DICOMWEB_USER/"
+                             "HBSEG_DICOMWEB_PASSWORD or ~/.netrc, never the command line (--format defaults to "
+                             "dicom-seg)")
+    parser.add_argument("--study", metavar="UID", help="with --dicomweb: the StudyInstanceUID to segment")
+    parser.add_argument("--series", metavar="UID",
+                        help="the SeriesInstanceUID to segment (in a DICOM folder, or on the --dicomweb server); "
+                             "default: the CT/MR series with the most slices")
+    parser.add_argument("--push", action="store_true",
+                        help="with --dicomweb: store the DICOM SEG (and a dicom-pm entropy map) back in the study "
+                             "with STOW-RS")
     parser.add_argument("--model", help="model bundle folder or bundled model name (default: the bundled demo model "
                                         "of the modality: ct-demo or mri-demo)")
     parser.add_argument("--liver-model", help="MRI only: liver model bundle for the Nyul mask (default: mri-liver-demo "
@@ -83,8 +96,13 @@ def register(subparsers) -> None:
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,
                         help="drop tumour components smaller than this many mL (default: keep all)")
-    parser.add_argument("--format", choices=("nifti", "nrrd"), default="nifti",
-                        help="nifti: .nii.gz files; nrrd: Slicer .seg.nrrd + .nrrd (default: %(default)s)")
+    parser.add_argument("--format", choices=("nifti", "nrrd", "dicom-seg"),
+                        help="nifti: .nii.gz files; nrrd: Slicer .seg.nrrd + .nrrd; dicom-seg: a DICOM Segmentation "
+                             "segmentation.dcm in the source study (DICOM input only) (default: nifti; dicom-seg "
+                             "with --dicomweb)")
+    parser.add_argument("--entropy-format", choices=("nifti", "nrrd", "dicom-pm"),
+                        help="the entropy map's format when it should differ from --format's (nifti for dicom-seg); "
+                             "dicom-pm: a DICOM Parametric Map entropy.dcm in the source study (DICOM input only)")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="bar: progress bars on stderr; json: one JSON object per line on stdout for programs "
                              "(stage, fraction, eta_s); none: quiet (default: %(default)s)")
@@ -103,10 +121,16 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.predictor import PredictorOptions
     from ..infer.runner import segment_cohort, segment_one
 
-    if (args.image is None) == (args.manifest is None):
-        raise ConfigError("give either an IMAGE or --manifest CSV (exactly one of them)")
-    if args.series is not None and args.manifest is not None:
-        raise ConfigError("--series names the DICOM series of one IMAGE folder; it does not apply to --manifest")
+    if (args.image is None) == (args.manifest is None and args.dicomweb is None):
+        raise ConfigError("give exactly one of IMAGE, --manifest CSV or --dicomweb URL (with --study, or with a "
+                          "--manifest of study_uid columns)")
+    if args.dicomweb is None and (args.study or args.push):
+        raise ConfigError("--study and --push go with --dicomweb URL")
+    if args.dicomweb is not None and (args.study is None) == (args.manifest is None):
+        raise ConfigError("--dicomweb needs either --study STUDY_UID or a --manifest with study_uid columns")
+    if args.series and (args.manifest is not None or (args.image is not None and not args.image.is_dir())):
+        raise ConfigError("--series picks a series in a DICOM folder or on a --dicomweb server")
+    fmt = args.format or ("dicom-seg" if args.dicomweb else "nifti")
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:
@@ -120,15 +144,33 @@ def run(args: argparse.Namespace) -> int:
                                crop_to_body=args.crop_to_body)
     progress = make_progress(args.progress)
     try:
+        if args.dicomweb is not None and args.manifest is not None:
+            from ..infer.dicomweb_run import segment_cohort_from_dicomweb
+
+            result = segment_cohort_from_dicomweb(args.manifest, args.dicomweb, args.output, options, fmt=fmt,
+                                                  entropy_fmt=args.entropy_format, push=args.push,
+                                                  progress=progress)
+            _finish(progress, f"{len(result.rows)} case(s), {result.n_failed} failed; table: {result.summary_path}",
+                    args.progress)
+            return 1 if result.n_failed else 0
+        if args.dicomweb is not None:
+            from ..infer.dicomweb_run import segment_from_dicomweb
+
+            summary_path = segment_from_dicomweb(args.dicomweb, args.study, args.series, args.output, options,
+                                                 fmt=fmt, entropy_fmt=args.entropy_format, push=args.push,
+                                                 progress=progress)
+            _finish(progress, str(summary_path), args.progress)
+            return 0
         if args.manifest is not None:
-            result = segment_cohort(args.manifest, args.output, options, fmt=args.format, progress=progress)
+            result = segment_cohort(args.manifest, args.output, options, fmt=fmt, progress=progress,
+                                    entropy_fmt=args.entropy_format)
             failed = result.n_failed
             message = (f"{len(result.rows)} case(s), {failed} failed; table: {result.summary_path}" if result.rows
                        else f"nothing to do; table: {result.summary_path}")
             _finish(progress, message, args.progress)
             return 1 if failed else 0
-        summary_path = segment_one(args.image, args.output, options, fmt=args.format, progress=progress,
-                                   series_uid=args.series)
+        summary_path = segment_one(args.image, args.output, options, fmt=fmt, progress=progress,
+                                   entropy_fmt=args.entropy_format, series_uid=args.series)
         _finish(progress, str(summary_path), args.progress)
         return 0
     except Exception as exc:

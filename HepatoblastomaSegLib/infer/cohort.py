@@ -107,7 +107,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 
 def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[CohortCase, Progress], Prediction],
                *, fmt: str = "nifti", progress: Progress | None = None, rank: int = 0, world_size: int = 1,
-               on_case_done: Callable[[dict], None] | None = None) -> CohortResult:
+               on_case_done: Callable[[dict], None] | None = None, entropy_fmt: str | None = None) -> CohortResult:
     """Segment ``cases`` (this rank's share of them) into ``out_dir``.
 
     ``predict(case, progress)`` returns the case's :class:`Prediction`; it may raise for a bad case, which is then
@@ -128,7 +128,7 @@ def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[
         else:
             try:
                 prediction = predict(case, progress)
-                write_prediction(prediction, case_dir, fmt=fmt)
+                write_prediction(prediction, case_dir, fmt=fmt, entropy_fmt=entropy_fmt)
                 row = _row(case, "ok", prediction.summary, output=str(case_dir))
             except HepatoblastomaSegError as exc:
                 row = _row(case, "failed", error=str(exc))

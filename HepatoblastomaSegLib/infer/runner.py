@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..io import read_volume
+from ..io.dicom_seg import require_dicom_input
 from ..progress import NullProgress, Progress
 from .cohort import CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, run_cohort
 from .outputs import write_prediction
@@ -13,12 +14,12 @@ from .predictor import Predictor, PredictorOptions, guess_modality
 
 
 def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                progress: Progress | None = None, series_uid: str | None = None) -> Path:
-    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path.
-
-    ``series_uid`` picks the DICOM series of a folder that holds several.
-    """
+                progress: Progress | None = None, entropy_fmt: str | None = None,
+                series_uid: str | None = None) -> Path:
+    """Read ``image`` (the DICOM series ``series_uid`` when it is a folder), segment it, write the outputs into
+    ``out_dir``; returns the summary's path."""
     progress = progress or NullProgress()
+    require_dicom_input(image, fmt, entropy_fmt)
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
     volume = read_volume(image, series_uid=series_uid)
@@ -34,16 +35,19 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
     prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),
                                      **prediction.summary["seconds"]}
     progress("write", 0.0, str(out_dir))
-    summary_path = write_prediction(prediction, out_dir, fmt=fmt)  # the summary cannot time its own writing
+    # the summary cannot time its own writing
+    summary_path = write_prediction(prediction, out_dir, fmt=fmt, entropy_fmt=entropy_fmt)
     progress("write", 1.0, str(summary_path))
     return summary_path
 
 
 def segment_cohort(manifest: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                   progress: Progress | None = None) -> CohortResult:
+                   progress: Progress | None = None, entropy_fmt: str | None = None) -> CohortResult:
     """Segment every case of ``manifest``; models are loaded once per modality. Under torchrun, shard by rank."""
     progress = progress or NullProgress()
     cases = read_manifest(manifest)
+    for case in cases:
+        require_dicom_input(case.image, fmt, entropy_fmt, case=case.case)
     rank, world_size, local_rank = distributed_context()
     if world_size > 1:
         import torch
@@ -62,7 +66,8 @@ def segment_cohort(manifest: str | Path, out_dir: str | Path, options: Predictor
             predictors[modality] = Predictor.from_options(options, modality=modality)
         return predictors[modality].predict(volume, case_progress)
 
-    result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size)
+    result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size,
+                        entropy_fmt=entropy_fmt)
     if world_size > 1:
         import torch.distributed as dist
 
