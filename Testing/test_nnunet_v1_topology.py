@@ -1,0 +1,57 @@
+"""Our topology planner against the real nnU-Net 1.7.1 functions (``pip install nnunet==1.7.1``, a test extra)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from HepatoblastomaSegLib.preprocess.topology import plan_topology, pool_and_kernel_sizes
+
+from helpers_nnunet_v1 import nnunet_env, random_spacings_and_shapes, v21_planner_self
+
+
+@pytest.fixture(scope="module")
+def nnunet_v1():
+    nnunet_env()  # nnunet.paths reads its folders once, at import
+    from nnunet.experiment_planning import common_utils
+    from nnunet.experiment_planning.experiment_planner_baseline_3DUNet_v21 import ExperimentPlanner3D_v21
+
+    return common_utils, ExperimentPlanner3D_v21
+
+
+def test_odd_edges_pool_like_nnunet(nnunet_v1):
+    """An edge of 15 voxels pools to 8 (ceil), which still pools once more; 15 / 2 = 7.5 would not."""
+    common_utils, _ = nnunet_v1
+    _, pools, kernels, padded, _ = common_utils.get_pool_and_conv_props([1.0, 1.0, 1.0], [15, 64, 64], 4, 999)
+    ours = pool_and_kernel_sizes([1.0, 1.0, 1.0], [15, 64, 64])
+    assert [p[0] for p in ours[0]] == [2, 2, 1]
+    assert (pools, kernels, [int(v) for v in padded]) == ours
+
+
+def test_pooling_and_kernels_equal_nnunet_on_random_inputs(nnunet_v1):
+    common_utils, _ = nnunet_v1
+    disagree = []
+    for spacing, shape in random_spacings_and_shapes(seed=18, count=305):
+        _, pools, kernels, padded, _ = common_utils.get_pool_and_conv_props(spacing, shape, 4, 999)
+        ours = pool_and_kernel_sizes(spacing, shape)
+        if (pools, kernels, [int(v) for v in padded]) != ours:
+            disagree.append((spacing, shape))
+    assert not disagree, f"{len(disagree)} of 305 differ, e.g. {disagree[:3]}"
+
+
+def test_stage_plan_equals_v21_planner_on_random_datasets(nnunet_v1):
+    """Patch, strides, kernels, batch size and dummy-2D flag of ``ExperimentPlanner3D_v21.get_properties_for_stage``."""
+    _, planner = nnunet_v1
+    rng = np.random.default_rng(2018)
+    for _ in range(60):
+        xy = float(rng.uniform(0.3, 2.0))
+        spacing = np.array([max(float(rng.uniform(0.5, 6.0)), xy), xy, xy])  # coarsest first (transpose_forward)
+        median = np.array([rng.uniform(10, 300), rng.uniform(40, 512), rng.uniform(40, 512)])
+        cases = int(rng.integers(2, 60))
+        ref = planner.get_properties_for_stage(v21_planner_self(), spacing, spacing, median, cases, 1, 2)
+        ours = plan_topology(spacing, median, num_cases=cases, num_classes=2)
+        assert ours.patch_size_zyx == tuple(int(v) for v in ref["patch_size"]), (spacing, median)
+        assert [list(s) for s in ours.strides_zyx[1:]] == ref["pool_op_kernel_sizes"]
+        assert [list(k) for k in ours.kernel_sizes_zyx] == ref["conv_kernel_sizes"]
+        assert ours.batch_size == ref["batch_size"]
+        assert ours.dummy_2d_augmentation == bool(ref["do_dummy_2D_data_aug"])
