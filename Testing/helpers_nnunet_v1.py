@@ -97,3 +97,28 @@ def run_nnunet_v1_planner(raw_base: Path, task: str, workdir: Path) -> dict:
         raise RuntimeError(f"nnU-Net planner failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     line = [ln for ln in done.stdout.splitlines() if ln.startswith("PLANS_JSON ")][-1]
     return json.loads(line[len("PLANS_JSON "):])
+
+
+def write_nnunet_v1_task(phantom_dir: Path, raw_base: Path, task: str, modality: str) -> Path:
+    """Copy a phantom dataset into nnU-Net v1's raw layout as the paper would have fed it: CT windowed to 0-350 HU
+    (int16), MRI as generated; ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz`` (the tumour mask)."""
+    import SimpleITK as sitk
+
+    from HepatoblastomaSegLib.preprocess import read_manifest
+
+    folder = raw_base / "nnUNet_raw_data" / task
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    training = []
+    for entry in read_manifest(phantom_dir):
+        image = sitk.ReadImage(str(entry.image))
+        if modality == "ct":
+            image = sitk.Cast(sitk.Clamp(image, sitk.sitkInt16, 0, 350), sitk.sitkInt16)
+        sitk.WriteImage(image, str(folder / "imagesTr" / f"{entry.case}_0000.nii.gz"))
+        sitk.WriteImage(sitk.ReadImage(str(entry.tumor)), str(folder / "labelsTr" / f"{entry.case}.nii.gz"))
+        training.append({"image": f"./imagesTr/{entry.case}.nii.gz", "label": f"./labelsTr/{entry.case}.nii.gz"})
+    dataset = {"name": task, "tensorImageSize": "3D", "modality": {"0": "CT" if modality == "ct" else "MRI"},
+               "labels": {"0": "background", "1": "tumor"}, "numTraining": len(training), "numTest": 0,
+               "training": training, "test": []}
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1), encoding="utf-8")
+    return folder
