@@ -122,3 +122,25 @@ def write_nnunet_v1_task(phantom_dir: Path, raw_base: Path, task: str, modality:
                "training": training, "test": []}
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1), encoding="utf-8")
     return folder
+
+
+def v21_plan_experiment(spacings_zyx, sizes_zyx, modality: str = "CT") -> dict:
+    """``ExperimentPlanner3D_v21.plan_experiment`` on given per-case spacings and cropped sizes (z, y, x), without
+    files: the planner object gets the dataset properties its analysis would have written."""
+    from nnunet.experiment_planning.experiment_planner_baseline_3DUNet_v21 import ExperimentPlanner3D_v21
+
+    planner = ExperimentPlanner3D_v21.__new__(ExperimentPlanner3D_v21)
+    for key, value in vars(v21_planner_self()).items():
+        setattr(planner, key, value)
+    planner.target_spacing_percentile = 50
+    planner.how_much_of_a_patient_must_the_network_see_at_stage0 = 4
+    planner.data_identifier, planner.preprocessed_output_folder = "x", "x"
+    planner.preprocessor_name = "GenericPreprocessor"
+    planner.list_of_cropped_npz_files = [f"case{i}.npz" for i in range(len(spacings_zyx))]
+    planner.dataset_properties = {"all_spacings": [np.asarray(s, float) for s in spacings_zyx],
+                                  "all_sizes": [tuple(int(v) for v in s) for s in sizes_zyx],
+                                  "all_classes": [1], "modalities": {0: modality}, "intensityproperties": None}
+    planner.determine_whether_to_use_mask_for_norm = lambda: {0: False}
+    planner.save_my_plans = lambda: None
+    planner.plan_experiment()
+    return planner.plans

@@ -90,6 +90,15 @@ def choose_target_spacing(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, ru
 LIKE_CHOICES = ("nnunet-v1",)
 
 
+def target_grid(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, rule: str
+                ) -> tuple[SpacingPlan, np.ndarray, np.ndarray]:
+    """Target spacing (and its zyx array) and the median case shape resampled onto it (zyx, not rounded)."""
+    spacing = choose_target_spacing(spacings_mm_xyz, sizes_xyz, rule)
+    target_xyz = np.asarray(spacing.target_spacing_mm_xyz)
+    shapes_zyx = (np.asarray(spacings_mm_xyz, float) / target_xyz * np.asarray(sizes_xyz, float))[:, ::-1]
+    return spacing, target_xyz[::-1].copy(), np.median(shapes_zyx, axis=0)
+
+
 def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float = 8.0,
                  z_spacing_rule: str = "median", label_source: str = "tumor", n4: N4Settings | None = None,
                  progress: Progress | None = None, like: str | None = None, label_map=None) -> Plans:
@@ -132,10 +141,7 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
     spacings = np.array([fp.spacing_mm_xyz for fp in prints])
     sizes = np.array([fp.cropped_size_xyz for fp in prints])
     crop = crop_record(prints, modality)
-    spacing = choose_target_spacing(spacings, sizes, z_spacing_rule)
-    target_zyx = np.asarray(spacing.target_spacing_mm_xyz[::-1])
-    shapes_zyx = (spacings / np.asarray(spacing.target_spacing_mm_xyz) * sizes)[:, ::-1]
-    median_shape = np.median(shapes_zyx, axis=0)
+    spacing, target_zyx, median_shape = target_grid(spacings, sizes, z_spacing_rule)
     labels = {"background": 0, label_source: 1}
     nnunet_v1 = None
     if like == "nnunet-v1":
