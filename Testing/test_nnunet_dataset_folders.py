@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers_nnunet_folders import LAYOUTS, phantom_nnunet_folder
 
 from HepatoblastomaSegLib.bundle import load_bundle
 from HepatoblastomaSegLib.cli import main
@@ -15,8 +16,6 @@ from HepatoblastomaSegLib.io import read_volume
 from HepatoblastomaSegLib.preprocess import read_manifest
 from HepatoblastomaSegLib.preprocess.dataset import read_case
 from HepatoblastomaSegLib.preprocess.nnunet_dataset import LabelChoice, parse_label_options
-
-from helpers_nnunet_folders import LAYOUTS, phantom_nnunet_folder
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_train_one_iteration_on_an_msd_folder(folders, tmp_path):
                  "--epochs", "1", "--iters-per-epoch", "1", "--width", "0.125", "--patch-size", "8,32,32",
                  "--workers", "0", "--val-fraction", "0", "--progress", "none"]) == 0
     bundle = load_bundle(out, modality="ct")
-    assert bundle.plans.dataset.num_cases == 3
+    assert bundle.plans.dataset.num_cases == 3 and bundle.plans.dataset.crop.rule == "nonzero_after_window"
     with open(out / "training" / "train_set" / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["tumor_values"] for r in rows} == {"2"} and {r["liver_values"] for r in rows} == {"1"}

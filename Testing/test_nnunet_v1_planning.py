@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers_nnunet_v1 import run_nnunet_v1_planner, write_nnunet_v1_task
 
 from HepatoblastomaSegLib.phantom import write_dataset
 from HepatoblastomaSegLib.preprocess import Plans
 from HepatoblastomaSegLib.preprocess.nonzero_crop import nonzero_box
 from HepatoblastomaSegLib.preprocess.planning import plan_dataset
-
-from helpers_nnunet_v1 import run_nnunet_v1_planner, write_nnunet_v1_task
 
 N_CASES = 4
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers_nnunet_v1 import nnunet_env, random_spacings_and_shapes, v21_planner_self
 
 from HepatoblastomaSegLib.preprocess.topology import plan_topology, pool_and_kernel_sizes
-
-from helpers_nnunet_v1 import nnunet_env, random_spacings_and_shapes, v21_planner_self
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +60,10 @@ def test_stage_plan_equals_v21_planner_on_random_datasets(nnunet_v1):
 def test_whole_plan_equals_v21_plan_experiment_on_random_datasets(nnunet_v1):
     """Target spacing (10th-percentile rule), axis order, 3d_fullres stage and whether a 3d_lowres stage exists,
     on random datasets of mixed thick/thin slices and in-plane-coarse volumes (which nnU-Net transposes)."""
+    from helpers_nnunet_v1 import v21_plan_experiment
+
     from HepatoblastomaSegLib.preprocess.nnunet_v1_planning import plan_topology_transposed, plans_num_stages
     from HepatoblastomaSegLib.preprocess.planning import target_grid
-
-    from helpers_nnunet_v1 import v21_plan_experiment
 
     rng = np.random.default_rng(1871)
     lowres_seen = transposed_seen = 0
@@ -77,7 +76,7 @@ def test_whole_plan_equals_v21_plan_experiment_on_random_datasets(nnunet_v1):
         if trial % 5 == 0:  # a volume whose in-plane axis is the coarsest: nnU-Net moves it first
             spacings = spacings[:, [1, 0, 2]] * [1.0, 3.0, 1.0]
         theirs = v21_plan_experiment(spacings, sizes)
-        spacing, target_zyx, median = target_grid(spacings[:, ::-1], sizes[:, ::-1], "percentile10")
+        _spacing, target_zyx, median = target_grid(spacings[:, ::-1], sizes[:, ::-1], "percentile10")
         np.testing.assert_allclose(target_zyx, theirs["plans_per_stage"][theirs["num_stages"] - 1]
                                    ["current_spacing"][np.argsort(theirs["transpose_forward"])], rtol=1e-5)
         ours = plan_topology_transposed(target_zyx, median, num_cases=n)
@@ -85,7 +84,8 @@ def test_whole_plan_equals_v21_plan_experiment_on_random_datasets(nnunet_v1):
         fullres = theirs["plans_per_stage"][theirs["num_stages"] - 1]
         back = np.argsort(order)
         assert list(ours.patch_size_zyx) == [int(fullres["patch_size"][i]) for i in back], trial
-        assert [list(s) for s in ours.strides_zyx[1:]] == [[p[i] for i in back] for p in fullres["pool_op_kernel_sizes"]]
+        pools = fullres["pool_op_kernel_sizes"]
+        assert [list(s) for s in ours.strides_zyx[1:]] == [[p[i] for i in back] for p in pools]
         assert [list(k) for k in ours.kernel_sizes_zyx] == [[k[i] for i in back] for k in fullres["conv_kernel_sizes"]]
         assert ours.batch_size == fullres["batch_size"]
         assert plans_num_stages(target_zyx, median, ours, num_cases=n) == theirs["num_stages"], trial

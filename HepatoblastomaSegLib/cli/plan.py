@@ -119,7 +119,8 @@ def _crop_lines(plans) -> list[str]:
     crop = plans.dataset.crop
     lines = []
     if crop is not None:
-        lines.append(f"  cropped          {crop.cases_cropped} of {plans.dataset.num_cases} cases to the non-zero region"
+        lines.append(f"  cropped          {crop.cases_cropped} of {plans.dataset.num_cases} cases to the non-zero "
+                     "region"
                      f"{' after the window' if crop.rule == 'nonzero_after_window' else ''}: median "
                      f"{_fmt(crop.median_size_xyz)} -> {_fmt(crop.median_cropped_size_xyz)} voxels (x, y, z)")
     if plans.nnunet_v1 is not None:

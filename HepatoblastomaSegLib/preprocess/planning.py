@@ -37,11 +37,10 @@ from .dataset import fingerprint_case, read_manifest
 from .intensity import CT_WINDOW_HU, ct_foreground_statistics
 from .nyul import fit_landmarks
 from .plans import (
-    CropRecord,
     LABEL_SOURCES,
-    NnunetV1Record,
     MODALITIES,
     SPACING_RULES,
+    CropRecord,
     DatasetInfo,
     MRIIntensity,
     N4Settings,

@@ -16,19 +16,19 @@ from typing import Any
 
 from ..errors import ConfigError
 from .plans import (
+    CROP_RULES,
     FORMAT_VERSION,
     LABEL_SOURCES,
     MAX_SPACING_MM,
     MIN_SPACING_MM,
     MODALITIES,
     SPACING_RULES,
-    CROP_RULES,
     CropRecord,
     CTIntensity,
     DatasetInfo,
-    NnunetV1Record,
     MRIIntensity,
     N4Settings,
+    NnunetV1Record,
     NyulLandmarks,
     Plans,
     ResamplingPlan,

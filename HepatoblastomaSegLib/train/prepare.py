@@ -92,7 +92,7 @@ def make_plans(cfg: TrainConfig, split: Split, progress: Progress) -> Plans:
             # The planner saw our copy of the training manifest; name the user's dataset instead.
             raise type(exc)(f"{exc.problem} (training cases: {len(split.train)})", cfg.dataset_dir) from exc
         plans = plans.replace(dataset=DatasetInfo(len(split.train), str(cfg.dataset_dir),
-                                                  tuple(e.case for e in split.train)))
+                                                  tuple(e.case for e in split.train), plans.dataset.crop))
     return apply_overrides(plans, cfg)
 
 
