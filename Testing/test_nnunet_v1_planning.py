@@ -103,3 +103,19 @@ def test_nonzero_box_fills_holes_and_spans_the_nonzero_voxels():
     box = nonzero_box(array)
     assert box.start_zyx == (1, 2, 3) and box.stop_zyx == (5, 8, 9) and box.size_zyx == (4, 6, 6)
     assert nonzero_box(np.zeros((3, 4, 5))).size_zyx == (3, 4, 5)
+
+
+def test_plan_like_nnunet_v1_from_the_command_line(tmp_path, capsys):
+    from HepatoblastomaSegLib.cli import main
+
+    write_dataset(tmp_path / "ds", "ct", 2, seed=18, size="small")
+    out = tmp_path / "plans_v1.json"
+    assert main(["plan", str(tmp_path / "ds"), "--modality", "ct", "--like", "nnunet-v1", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ExperimentPlanner3D_v21" in text and "cropped          2 of 2 cases" in text
+    plans = Plans.load(out)
+    assert plans.spacing.rule == "percentile10" and plans.nnunet_v1.normalization_scheme == "CT"
+    assert plans.ct.mean_hu == pytest.approx(plans.nnunet_v1.intensity_properties["mean"])
+    assert main(["plan", str(tmp_path / "ds"), "--modality", "ct", "--like", "nnunet-v1", "--gpu-memory-gb", "11",
+                 "-o", str(tmp_path / "other.json")]) == 2
+    assert "--like nnunet-v1" in capsys.readouterr().err and not (tmp_path / "other.json").exists()

@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"--n4-shrink must be at least 1, got {args.n4_shrink}")
+    if args.like and (args.gpu_memory_gb != 8.0 or args.z_spacing_rule != "median"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--like {args.like} plans with nnU-Net's own spacing rule and 8 GB budget; leave out "
+                          "--gpu-memory-gb and --z-spacing-rule")
     try:
         plans = plan_dataset(args.dataset_dir, args.modality, gpu_memory_gb=args.gpu_memory_gb,
                              z_spacing_rule=args.z_spacing_rule, label_source=args.target,
