@@ -39,12 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the paper's tumour model (MPCT/MPMRI recipe), or a liver model, on a dataset: plans, "
                     "cached preprocessing, DynUNet, augmentation, validation, checkpoints, model bundle.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="training dataset folder with manifest.csv")
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR",
+                        help="training dataset folder with manifest.csv, or an nnU-Net/MSD folder (dataset.json, "
+                             "imagesTr/, labelsTr/)")
     parser.add_argument("--modality", required=True, choices=("ct", "mri"), help="imaging modality of the dataset")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR",
                         help="folder for the model bundle (training files go to MODEL_DIR/training)")
     parser.add_argument("--target", choices=("tumor", "liver"), default="tumor",
                         help="what to segment: the tumour (default) or the liver incl. tumour (the MRI liver model)")
+    parser.add_argument("--label", action="append", metavar="ROLE=VALUE", dest="labels",
+                        help="which value of multi-label masks (nnU-Net/MSD folders) is the tumour, e.g. tumor=2 "
+                             "(Task03_Liver); liver=1 names the liver; other values are background. Default: the "
+                             "label dataset.json names tumour/cancer/lesion")
     parser.add_argument("--epochs", type=int, metavar="E",
                         help="epochs to train (default: the paper's, 5000 for CT and 1000 for MRI)")
     parser.add_argument("--iters-per-epoch", type=int, default=250, metavar="N",
@@ -130,6 +136,9 @@ def command_line(args: argparse.Namespace) -> str:
         flag = max(action.option_strings, key=len)
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             words.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                words += [flag, str(item)]
         else:
             words += [flag, str(value)]
     return " ".join(shlex.quote(str(w)) for w in words)
@@ -156,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     command = command_line(args)
     config = TrainConfig(
         dataset_dir=args.dataset_dir, modality=args.modality, output_dir=args.output, epochs=args.epochs,
-        iters_per_epoch=args.iters_per_epoch, width=args.width, target=args.target, val_manifest=args.val_manifest,
+        iters_per_epoch=args.iters_per_epoch, width=args.width, target=args.target,
+        labels=tuple(args.labels or ()), val_manifest=args.val_manifest,
         val_fraction=args.val_fraction, resume=args.resume, seed=args.seed, plans_file=args.plans,
         init_weights=args.init_weights,
         gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule, patch_size_zyx=_patch(args.patch_size),

@@ -82,6 +82,8 @@ class PreprocessedCache:
     def key(self, entry: CaseEntry) -> str:
         parts = [self.plans_hash] + [_file_fingerprint(p, self.hash_contents)
                                      for p in (entry.image, entry.tumor, entry.liver)]
+        if entry.tumor_values:  # which values of a label map are tumour and liver changes the label
+            parts.append([list(entry.tumor_values), list(entry.liver_values)])
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def _paths(self, case: str) -> tuple[Path, Path, Path]:

@@ -3,6 +3,11 @@
 A dataset is a folder with a ``manifest.csv`` whose header names at least ``case,image,tumor`` and optionally
 ``liver`` (other columns, e.g. annotators ``R1,R2,R3``, are ignored). Paths are relative to the folder (absolute
 paths are allowed). This is what ``hbseg phantom`` writes. Every problem names the manifest line or the file.
+
+A ``tumor`` file may also be a multi-label map: the optional columns ``tumor_values`` and ``liver_values`` (e.g.
+``2`` and ``1``; several values joined by ``+``) say which of its values are the tumour and the liver. Without a
+manifest, an nnU-Net (v1 ``TaskXXX_``, v2 ``DatasetXXX_``) or Medical Segmentation Decathlon folder
+(``dataset.json``, ``imagesTr/``, ``labelsTr/``) is read as such entries (:mod:`.nnunet_dataset`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import Volume, read_mask, read_volume
 from .checks import check_modality, check_spacing
-from .intensity import foreground_sample
+from .intensity import foreground_sample, window_ct
 from .plans import N4Settings
 
 MANIFEST = "manifest.csv"
@@ -31,17 +36,27 @@ class CaseEntry:
     image: Path
     tumor: Path
     liver: Path | None = None
+    #: When set, ``tumor`` is a label map and these of its values are the tumour (``liver_values`` the liver).
+    tumor_values: tuple[int, ...] | None = None
+    liver_values: tuple[int, ...] = ()
 
 
-def read_manifest(dataset_dir: str | Path) -> list[CaseEntry]:
-    """Parse and check ``DATASET_DIR/manifest.csv`` (header, required columns, unique names, existing files)."""
+def read_manifest(dataset_dir: str | Path, *, label_map=None) -> list[CaseEntry]:
+    """Parse and check ``DATASET_DIR/manifest.csv`` (header, required columns, unique names, existing files), or
+    read an nnU-Net/MSD folder; ``label_map`` (a :class:`~.nnunet_dataset.LabelChoice`) says which label values are
+    the tumour and the liver in multi-label masks."""
+    from .nnunet_dataset import is_nnunet_folder, read_nnunet_dataset
+
     folder = Path(dataset_dir)
     if not folder.is_dir():
         raise InputError("dataset folder not found", folder)
     manifest = folder / MANIFEST
+    if not manifest.is_file() and is_nnunet_folder(folder):
+        return read_nnunet_dataset(folder, label_map)
     if not manifest.is_file():
         raise InputError(f"no {MANIFEST} in the dataset folder (it must list case,image,tumor[,liver] with paths "
-                         "relative to the folder)", folder)
+                         "relative to the folder), and it is not an nnU-Net/MSD folder (dataset.json, imagesTr/, "
+                         "labelsTr/)", folder)
     try:
         with open(manifest, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -79,8 +94,24 @@ def read_manifest(dataset_dir: str | Path) -> list[CaseEntry]:
             if not path.exists():
                 raise InputError(f"line {line} (case {case}): {column} file not found: {path}", manifest)
             paths[column] = path
-        entries.append(CaseEntry(case, paths["image"], paths["tumor"], paths["liver"]))
+        tumor_values = _values(row.get("tumor_values", ""), line, "tumor_values", manifest)
+        liver_values = _values(row.get("liver_values", ""), line, "liver_values", manifest)
+        if label_map is not None and label_map.tumor is not None:
+            tumor_values = label_map.tumor
+            liver_values = label_map.liver if label_map.liver is not None else liver_values
+        entries.append(CaseEntry(case, paths["image"], paths["tumor"], paths["liver"], tumor_values or None,
+                                 liver_values or ()))
     return entries
+
+
+def _values(text: str, line: int, column: str, manifest: Path) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(v) for v in text.replace(" ", "+").split("+") if v)
+    except ValueError:
+        raise InputError(f"line {line}: {column} must be label values joined by '+', e.g. 2 or 1+3 (got {text!r})",
+                         manifest) from None
 
 
 @dataclasses.dataclass
@@ -113,35 +144,67 @@ def read_case(entry: CaseEntry, modality: str) -> CaseData:
     image = read_volume(entry.image)
     check_spacing(image, what=f"training image of case {entry.case}")
     check_modality(image, modality)
+    if entry.tumor_values:
+        return _read_label_map_case(entry, image)
     tumor = read_mask(entry.tumor, reference=image, what=f"tumour mask of case {entry.case}")
     liver = read_mask(entry.liver, reference=image, what=f"liver mask of case {entry.case}") if entry.liver else None
     return CaseData(entry, image, tumor, liver)
+
+
+def _read_label_map_case(entry: CaseEntry, image: Volume) -> CaseData:
+    """Tumour and liver masks from one multi-label file (nnU-Net/MSD): other values become background."""
+    from ..io import require_same_geometry
+
+    labels = read_volume(entry.tumor)
+    require_same_geometry(image, labels, what_b=f"label map of case {entry.case}")
+    array = labels.array
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+        raise InputError(f"label map of case {entry.case} holds non-integer values", entry.tumor)
+    tumor = np.isin(array, entry.tumor_values).astype(np.uint8)
+    liver = None
+    if entry.liver_values:
+        liver = labels.with_array((np.isin(array, entry.liver_values) | (tumor > 0)).astype(np.uint8))
+    return CaseData(entry, image, labels.with_array(tumor), liver)
 
 
 @dataclasses.dataclass
 class CaseFingerprint:
     """What planning needs from one case.
 
-    ``spacing_mm_xyz``/``size_xyz`` in SimpleITK order; ``foreground`` (CT) the windowed intensities of the label
-    voxels; ``landmarks`` (MRI) its Nyul landmarks after N4 inside ``mask_source`` ("liver" or "body").
+    ``spacing_mm_xyz``/``size_xyz`` in SimpleITK order; ``cropped_size_xyz`` the size of nnU-Net's crop to the
+    non-zero region (CT: after the window; :mod:`.nonzero_crop`); ``foreground`` (CT) the windowed intensities of
+    the label voxels; ``landmarks`` (MRI) its Nyul landmarks after N4 inside ``mask_source`` ("liver" or "body");
+    ``nnunet_foreground`` (only when asked for) every 10th label voxel of the cropped image as nnU-Net v1's dataset
+    analysis samples them (CT windowed, MRI as on disk).
     """
 
     case: str
     spacing_mm_xyz: tuple[float, float, float]
     size_xyz: tuple[int, int, int]
     label_voxels: int
+    cropped_size_xyz: tuple[int, int, int] | None = None
     foreground: np.ndarray | None = None
     landmarks: np.ndarray | None = None
     mask_source: str | None = None
+    nnunet_foreground: np.ndarray | None = None
 
 
 def fingerprint_case(entry: CaseEntry, modality: str, *, label_source: str = "tumor",
                      window_hu: tuple[float, float] = (0.0, 350.0), n4: N4Settings | None = None,
-                     nyul: bool = True) -> CaseFingerprint:
+                     nyul: bool = True, nnunet_sample: bool = False) -> CaseFingerprint:
     """Read one case and extract its :class:`CaseFingerprint`."""
+    from .nonzero_crop import nonzero_box
+
     data = read_case(entry, modality)
     label = data.label(label_source)
     fp = CaseFingerprint(entry.case, data.image.spacing_mm, data.image.geometry.size, int(np.count_nonzero(label)))
+    seen = window_ct(data.image.array, window_hu) if modality == "ct" else data.image.array
+    box = nonzero_box(seen)
+    fp.cropped_size_xyz = box.size_zyx[::-1]
+    if nnunet_sample:
+        cropped = np.asarray(seen[box.slices], dtype=np.float32)
+        fp.nnunet_foreground = cropped[label[box.slices] > 0][::10]
+    del seen
     if modality == "ct":
         fp.foreground = foreground_sample(data.image.array, label, window_hu)
     elif nyul:

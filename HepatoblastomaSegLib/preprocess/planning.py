@@ -8,8 +8,14 @@ Decisions where the paper and nnU-Net v1.7.1 differ (each recorded in the plans 
   when its condition holds, as nnU-Net does). ``spacing.percentile10_coarse_axis_mm`` and
   ``spacing.nnunet_rule_applies`` are written either way.
 - **Median shape** for the patch planner: the median over cases of each case's shape resampled to the target spacing
-  (nnU-Net v2.1 plans). No cropping to the non-zero region first: CT has no zero background, and abdominal MRI's
-  noisy air is not zero either, so nnU-Net's crop would not shrink them.
+  (nnU-Net v2.1 plans), measured, as nnU-Net does, on each image cropped to its non-zero region
+  (:mod:`.nonzero_crop`). For CT that crop follows the 0-350 HU window, which sets air and fat to 0, so the box is
+  the trunk's soft tissue (full-size phantoms: 512x512 slices -> about 250x300); abdominal MRI's noisy air is not
+  zero, so MRI is not cropped. ``dataset.crop`` in the plans records the median sizes before and after.
+- ``like="nnunet-v1"`` (``hbseg plan --like nnunet-v1``) reproduces nnU-Net 1.7.1's ``3d_fullres`` plans
+  (``ExperimentPlanner3D_v21``) for the images as nnU-Net would get them (CT windowed to 0-350 HU, MRI as on disk):
+  its target spacing rule (10th percentile for thick slices), its axis order (coarsest axis first), its CT intensity
+  properties (every 10th foreground voxel), and the ``nnunet_v1`` record (lowres stage, scheme, nonzero-mask flag).
 - **Topology**: :func:`~.topology.plan_topology` (nnU-Net v1 3d_fullres rules, 8 GB default budget).
 - **Intensity**: CT window + foreground statistics (:mod:`.intensity`); MRI N4 + Nyul fitted on the training
   livers (:mod:`.n4`, :mod:`.nyul`). A liver model (``label_source="liver"``) on MRI gets no Nyul step, since it
@@ -34,6 +40,7 @@ from .plans import (
     LABEL_SOURCES,
     MODALITIES,
     SPACING_RULES,
+    CropRecord,
     DatasetInfo,
     MRIIntensity,
     N4Settings,
@@ -79,9 +86,21 @@ def choose_target_spacing(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, ru
                        percentile10_coarse_axis_mm=round(p10, 6), nnunet_rule_applies=applies)
 
 
+LIKE_CHOICES = ("nnunet-v1",)
+
+
+def target_grid(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, rule: str
+                ) -> tuple[SpacingPlan, np.ndarray, np.ndarray]:
+    """Target spacing (and its zyx array) and the median case shape resampled onto it (zyx, not rounded)."""
+    spacing = choose_target_spacing(spacings_mm_xyz, sizes_xyz, rule)
+    target_xyz = np.asarray(spacing.target_spacing_mm_xyz)
+    shapes_zyx = (np.asarray(spacings_mm_xyz, float) / target_xyz * np.asarray(sizes_xyz, float))[:, ::-1]
+    return spacing, target_xyz[::-1].copy(), np.median(shapes_zyx, axis=0)
+
+
 def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float = 8.0,
                  z_spacing_rule: str = "median", label_source: str = "tumor", n4: N4Settings | None = None,
-                 progress: Progress | None = None) -> Plans:
+                 progress: Progress | None = None, like: str | None = None, label_map=None) -> Plans:
     """Read every case of ``dataset_dir`` and derive the plans (spacing, topology, intensity, labels, versions).
 
     Args:
@@ -90,7 +109,14 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
         z_spacing_rule: "median" (paper) or "percentile10" (nnU-Net's thick-slice rule).
         label_source: "tumor" (the tumour model) or "liver" (a liver model for MRI Nyul masks; label = liver + tumour).
         n4: MRI N4 settings (default :class:`N4Settings`).
+        like: "nnunet-v1" to plan exactly as nnU-Net 1.7.1's 3d_fullres (see the module docstring); implies
+            ``z_spacing_rule="percentile10"`` and an 8 GB budget.
+        label_map: for nnU-Net/MSD dataset folders, which label value is the tumour (see :mod:`.dataset`).
     """
+    if like is not None and like not in LIKE_CHOICES:
+        raise ConfigError(f"--like must be one of {', '.join(LIKE_CHOICES)}, got {like!r}")
+    if like == "nnunet-v1":
+        z_spacing_rule, gpu_memory_gb = "percentile10", 8.0
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     if label_source not in LABEL_SOURCES:
@@ -98,31 +124,42 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
     if not gpu_memory_gb > 0:
         raise ConfigError(f"GPU memory budget must be positive, got {gpu_memory_gb} GB")
     progress = progress or NullProgress()
-    entries = read_manifest(dataset_dir)
+    entries = read_manifest(dataset_dir, label_map=label_map)
     n4 = n4 or N4Settings()
     use_nyul = modality == "mri" and label_source == "tumor"
     prints = []
     for i, entry in enumerate(entries):
         progress("plan", i / len(entries), f"case {entry.case}")
         prints.append(fingerprint_case(entry, modality, label_source=label_source, window_hu=CT_WINDOW_HU, n4=n4,
-                                       nyul=use_nyul))
+                                       nyul=use_nyul, nnunet_sample=like == "nnunet-v1"))
     progress("plan", 1.0, f"{len(entries)} cases read")
     if sum(fp.label_voxels for fp in prints) == 0:
         raise InputError(f"every {label_source} mask in the dataset is empty: nothing to learn or normalise from",
                          Path(dataset_dir))
 
     spacings = np.array([fp.spacing_mm_xyz for fp in prints])
-    sizes = np.array([fp.size_xyz for fp in prints])
-    spacing = choose_target_spacing(spacings, sizes, z_spacing_rule)
-    target_zyx = np.asarray(spacing.target_spacing_mm_xyz[::-1])
-    shapes_zyx = (spacings / np.asarray(spacing.target_spacing_mm_xyz) * sizes)[:, ::-1]
-    median_shape = np.median(shapes_zyx, axis=0)
+    sizes = np.array([fp.cropped_size_xyz for fp in prints])
+    crop = crop_record(prints, modality)
+    spacing, target_zyx, median_shape = target_grid(spacings, sizes, z_spacing_rule)
     labels = {"background": 0, label_source: 1}
-    topology = plan_topology(target_zyx, median_shape, num_cases=len(prints), num_classes=len(labels),
-                             gpu_memory_gb=gpu_memory_gb)
+    nnunet_v1 = None
+    if like == "nnunet-v1":
+        from .nnunet_v1_planning import nnunet_v1_record, plan_topology_transposed
+
+        topology = plan_topology_transposed(target_zyx, median_shape, num_cases=len(prints),
+                                            num_classes=len(labels))
+        nnunet_v1 = nnunet_v1_record(prints, modality, target_zyx, median_shape, topology, num_classes=len(labels))
+    else:
+        topology = plan_topology(target_zyx, median_shape, num_cases=len(prints), num_classes=len(labels),
+                                 gpu_memory_gb=gpu_memory_gb)
 
     ct = mri = None
-    if modality == "ct":
+    if modality == "ct" and nnunet_v1 is not None:
+        from .nnunet_v1_planning import ct_intensity_from
+
+        ct = ct_intensity_from(nnunet_v1, window_hu=CT_WINDOW_HU, foreground=label_source,
+                               voxels=sum(fp.nnunet_foreground.size for fp in prints))
+    elif modality == "ct":
         ct = ct_foreground_statistics([fp.foreground for fp in prints if fp.foreground is not None],
                                       window_hu=CT_WINDOW_HU, foreground=label_source)
     else:
@@ -137,6 +174,18 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
         mri = MRIIntensity(n4=n4, nyul=nyul)
     return Plans(modality=modality, labels=labels, label_source=label_source, spacing=spacing, topology=topology,
                  ct=ct, mri=mri,
-                 dataset=DatasetInfo(len(prints), str(dataset_dir), tuple(fp.case for fp in prints)),
-                 versions=library_versions(),
+                 dataset=DatasetInfo(len(prints), str(dataset_dir), tuple(fp.case for fp in prints), crop),
+                 versions=library_versions(), nnunet_v1=nnunet_v1,
                  created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def crop_record(prints, modality: str) -> CropRecord:
+    """Summarise the per-case non-zero crops (see :class:`~.plans.CropRecord`)."""
+    before = np.array([fp.size_xyz for fp in prints], dtype=float)
+    after = np.array([fp.cropped_size_xyz for fp in prints], dtype=float)
+    kept = np.prod(after, axis=1) / np.prod(before, axis=1)
+    return CropRecord(rule="nonzero_after_window" if modality == "ct" else "nonzero",
+                      median_size_xyz=tuple(float(v) for v in np.median(before, axis=0)),
+                      median_cropped_size_xyz=tuple(float(v) for v in np.median(after, axis=0)),
+                      median_fraction_kept=round(float(np.median(kept)), 6),
+                      cases_cropped=int(np.sum(kept < 1)))

@@ -122,14 +122,51 @@ class MRIIntensity:
     zscore: str = "per_image"
 
 
+CROP_RULES = ("nonzero_after_window", "nonzero")
+
+
+@dataclasses.dataclass(frozen=True)
+class CropRecord:
+    """The image extent the patch was planned on: nnU-Net's crop to the non-zero region (:mod:`.nonzero_crop`).
+
+    ``rule`` "nonzero_after_window" (CT: air and fat are 0 after the 0-350 HU window) or "nonzero" (MRI, as on
+    disk). Sizes are the medians over cases in voxels (x, y, z) of the original grid; ``median_fraction_kept`` the
+    median of cropped/original voxel counts; ``cases_cropped`` how many cases the box made smaller. Informative: the
+    network still runs on the image (CT: on the child's trunk, :mod:`.body_crop`).
+    """
+
+    rule: str = "nonzero"
+    median_size_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    median_cropped_size_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    median_fraction_kept: float = 1.0
+    cases_cropped: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class NnunetV1Record:
+    """What nnU-Net 1.7.1's ``ExperimentPlanner3D_v21`` adds to its plans beyond ours (``hbseg plan --like
+    nnunet-v1``): its axis order, whether it would also plan a ``3d_lowres`` stage (``plans_num_stages`` 2), its
+    normalisation scheme and nonzero-mask flag, and its intensity properties (every 10th foreground voxel of the
+    cropped images pooled: ``median, mean, sd, mn, mx, percentile_99_5, percentile_00_5``)."""
+
+    planner: str = "ExperimentPlanner3D_v21"
+    transpose_forward: tuple[int, int, int] = (0, 1, 2)
+    plans_num_stages: int = 1
+    normalization_scheme: str = "CT"
+    use_mask_for_norm: bool = False
+    intensity_properties: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """Where the plans came from (informative only). ``source`` is the dataset folder as the user gave it: a relative
-    path stays relative, so plans shipped with a model do not carry one machine's folders."""
+    path stays relative, so plans shipped with a model do not carry one machine's folders. ``crop`` says what the
+    planner cropped before measuring the shapes."""
 
     num_cases: int = 0
     source: str = ""
     cases: tuple[str, ...] = ()
+    crop: CropRecord | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +185,7 @@ class Plans:
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     created_utc: str = ""
     format_version: int = FORMAT_VERSION
+    nnunet_v1: NnunetV1Record | None = None
 
     # ----- convenience views -----
     @property
@@ -184,6 +222,7 @@ class Plans:
             "dataset": _plain(dataclasses.asdict(self.dataset)),
             "versions": dict(self.versions),
             "created_utc": self.created_utc,
+            **({} if self.nnunet_v1 is None else {"nnunet_v1": _plain(dataclasses.asdict(self.nnunet_v1))}),
         }
 
     def to_json(self) -> str:

@@ -16,16 +16,19 @@ from typing import Any
 
 from ..errors import ConfigError
 from .plans import (
+    CROP_RULES,
     FORMAT_VERSION,
     LABEL_SOURCES,
     MAX_SPACING_MM,
     MIN_SPACING_MM,
     MODALITIES,
     SPACING_RULES,
+    CropRecord,
     CTIntensity,
     DatasetInfo,
     MRIIntensity,
     N4Settings,
+    NnunetV1Record,
     NyulLandmarks,
     Plans,
     ResamplingPlan,
@@ -138,7 +141,8 @@ def _opt(data: dict, key: str, default: Any) -> Any:
 def parse_plans(data: Any, source: str | Path | None) -> Plans:
     c = _Checker()
     top = c.section(data, "", ("modality", "labels", "spacing", "topology", "intensity"),
-                    ("format_version", "label_source", "resampling", "dataset", "versions", "created_utc"))
+                    ("format_version", "label_source", "resampling", "dataset", "versions", "created_utc",
+                     "nnunet_v1"))
     if top is None:
         _raise(c, source)
     version = top.get("format_version", FORMAT_VERSION)
@@ -161,11 +165,12 @@ def parse_plans(data: Any, source: str | Path | None) -> Plans:
     dataset = _dataset(c, _opt(top, "dataset", {}))
     versions = _versions(c, _opt(top, "versions", {}))
     created = c.string(_opt(top, "created_utc", ""), "created_utc")
+    nnunet_v1 = _nnunet_v1(c, top["nnunet_v1"]) if "nnunet_v1" in top else None
     if c.errors:
         _raise(c, source)
     return Plans(modality=modality, labels=labels, spacing=spacing, topology=topology, resampling=resampling,
                  ct=ct, mri=mri, label_source=label_source, dataset=dataset, versions=versions,
-                 created_utc=created or "", format_version=FORMAT_VERSION)
+                 created_utc=created or "", format_version=FORMAT_VERSION, nnunet_v1=nnunet_v1)
 
 
 def _raise(c: _Checker, source: str | Path | None) -> None:
@@ -394,16 +399,59 @@ def _nyul(c: _Checker, value: Any) -> NyulLandmarks | None:
 
 
 def _dataset(c: _Checker, value: Any) -> DatasetInfo:
-    d = c.section(value, "dataset", (), ("num_cases", "source", "cases"))
+    d = c.section(value, "dataset", (), ("num_cases", "source", "cases", "crop"))
     if d is None:
         return DatasetInfo()
+    crop = _crop(c, d["crop"]) if d.get("crop") is not None else None
     n = c.number(d.get("num_cases", 0), "dataset.num_cases", lo=0, integer=True)
     source = c.string(d.get("source", ""), "dataset.source")
     cases = d.get("cases", [])
     if not isinstance(cases, (list, tuple)) or any(not isinstance(x, str) for x in cases):
         c.fail("dataset.cases", "a list of case names", cases)
         cases = []
-    return DatasetInfo(n or 0, source or "", tuple(cases))
+    return DatasetInfo(n or 0, source or "", tuple(cases), crop)
+
+
+def _crop(c: _Checker, value: Any) -> CropRecord | None:
+    d = c.section(value, "dataset.crop", ("rule",),
+                  ("median_size_xyz", "median_cropped_size_xyz", "median_fraction_kept", "cases_cropped"))
+    if d is None:
+        return None
+    default = CropRecord()
+    rule = c.choice(d["rule"], "dataset.crop.rule", CROP_RULES) if "rule" in d else None
+    size = c.numbers(d.get("median_size_xyz", default.median_size_xyz), "dataset.crop.median_size_xyz", 3, lo=0)
+    cropped = c.numbers(d.get("median_cropped_size_xyz", default.median_cropped_size_xyz),
+                        "dataset.crop.median_cropped_size_xyz", 3, lo=0)
+    kept = c.number(d.get("median_fraction_kept", 1.0), "dataset.crop.median_fraction_kept", lo=0, hi=1)
+    n = c.number(d.get("cases_cropped", 0), "dataset.crop.cases_cropped", lo=0, integer=True)
+    if None in (rule, size, cropped, kept, n):
+        return None
+    return CropRecord(rule, size, cropped, kept, n)
+
+
+def _nnunet_v1(c: _Checker, value: Any) -> NnunetV1Record | None:
+    d = c.section(value, "nnunet_v1", (), ("planner", "transpose_forward", "plans_num_stages", "normalization_scheme",
+                                           "use_mask_for_norm", "intensity_properties"))
+    if d is None:
+        return None
+    default = NnunetV1Record()
+    planner = c.string(d.get("planner", default.planner), "nnunet_v1.planner")
+    order = c.numbers(d.get("transpose_forward", default.transpose_forward), "nnunet_v1.transpose_forward", 3,
+                      lo=0, hi=2, integer=True)
+    if order is not None and sorted(order) != [0, 1, 2]:
+        c.fail("nnunet_v1.transpose_forward", "a permutation of 0, 1, 2", order)
+    stages = c.number(d.get("plans_num_stages", 1), "nnunet_v1.plans_num_stages", lo=1, hi=2, integer=True)
+    scheme = c.choice(d.get("normalization_scheme", default.normalization_scheme), "nnunet_v1.normalization_scheme",
+                      ("CT", "nonCT"))
+    use_mask = c.boolean(d.get("use_mask_for_norm", False), "nnunet_v1.use_mask_for_norm")
+    props = d.get("intensity_properties", {})
+    if not isinstance(props, Mapping) or any(
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in props.values()):
+        c.fail("nnunet_v1.intensity_properties", "an object of name -> number", props)
+        props = {}
+    if None in (planner, order, stages, scheme, use_mask):
+        return None
+    return NnunetV1Record(planner, order, stages, scheme, use_mask, {str(k): float(v) for k, v in props.items()})
 
 
 def _versions(c: _Checker, value: Any) -> dict[str, str]:

@@ -11,9 +11,10 @@ Rules (PIPELINE_NOTES 1.2):
    the target grid.
 2. Per stage (:func:`pool_and_kernel_sizes`): an axis is pooled (stride 2) only when its current spacing is less than
    twice the smallest current spacing and its feature map is still at least 8 voxels (so the bottleneck keeps at least
-   4); the convolution kernel is 3 along the largest group of axes whose spacings are within a factor 2 of each other,
-   1 along the others (e.g. 1x3x3 at full resolution for 2.5x0.7x0.7 mm); the bottleneck kernel is always 3x3x3. The
-   patch is padded up to a multiple of 2^(poolings along that axis).
+   4; a pooled edge of odd length rounds up, ``ceil(size / 2)``, as nnU-Net's does); the convolution kernel is 3
+   along the largest group of axes whose spacings are within a factor 2 of each other, 1 along the others (e.g.
+   1x3x3 at full resolution for 2.5x0.7x0.7 mm); the bottleneck kernel is always 3x3x3. The patch is padded up to a
+   multiple of 2^(poolings along that axis).
 3. The patch is shrunk, one axis at a time (the axis with the largest patch/median-shape ratio first), until nnU-Net's
    VRAM estimate (:func:`vram_estimate`) fits the reference. The reference is v1's
    ``use_this_for_batch_size_computation_3D`` (520e6) x 32/30 for the 32 base filters of v2.1 plans, which nnU-Net says
@@ -127,7 +128,7 @@ def pool_and_kernel_sizes(spacing_zyx: Sequence[float], patch_size_zyx: Sequence
             stride[a] = 2
             n_pool[a] += 1
             spacing[a] *= 2
-            size[a] /= 2
+            size[a] = math.ceil(size[a] / 2)  # an odd edge keeps its extra voxel (nnU-Net: np.ceil(size / 2))
         pools.append(stride)
         kernels.append(kernel)
     kernels.append([3] * dims)

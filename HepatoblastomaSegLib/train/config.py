@@ -95,7 +95,10 @@ class TrainConfig:
     """One training run. Paths may be strings; :meth:`validated` returns a checked copy.
 
     Attributes (units in the names; None means "from the plans" or "the paper's value"):
-        dataset_dir: folder with manifest.csv (case,image,tumor[,liver]).
+        dataset_dir: folder with manifest.csv (case,image,tumor[,liver]), or an nnU-Net/MSD folder (dataset.json,
+            imagesTr/, labelsTr/).
+        labels: ``--label`` options, e.g. ``("tumor=2",)``: which values of multi-label masks are the tumour (and
+            liver); see :mod:`~HepatoblastomaSegLib.preprocess.nnunet_dataset`.
         output_dir: the model bundle is written here; checkpoints, log and cache under ``output_dir/training``.
         epochs: None = the paper's (5000 CT, 1000 MRI).
         val_manifest: a dataset folder or CSV (case,image,tumor[,liver]) of validation cases, or a CSV with only a
@@ -131,6 +134,7 @@ class TrainConfig:
     iters_per_epoch: int = 250
     width: float | None = None  # None: the --init-weights bundle's width, else 1.0 (the paper's)
     target: str = "tumor"
+    labels: tuple[str, ...] = ()
     val_manifest: str | Path | None = None
     val_fraction: float | None = None
     resume: bool = False
@@ -232,6 +236,14 @@ class TrainConfig:
                                     f"{width:g}; leave --width out or give --width {init_width:g}")
         if self.val_manifest is not None and self.val_fraction is not None:
             problems.append("give either a validation manifest or a validation fraction, not both")
+        if self.labels:
+            from ..errors import ConfigError as _ConfigError
+            from ..preprocess.nnunet_dataset import parse_label_options
+
+            try:
+                parse_label_options(self.labels)
+            except _ConfigError as err:
+                problems.append(err.problem)
         if self.val_fraction is not None and not 0.0 <= float(self.val_fraction) < 1.0:
             problems.append(f"validation fraction must be in [0, 1) (got {self.val_fraction})")
         if not 0.0 <= float(self.foreground_fraction) <= 1.0:

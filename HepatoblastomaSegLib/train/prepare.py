@@ -92,7 +92,7 @@ def make_plans(cfg: TrainConfig, split: Split, progress: Progress) -> Plans:
             # The planner saw our copy of the training manifest; name the user's dataset instead.
             raise type(exc)(f"{exc.problem} (training cases: {len(split.train)})", cfg.dataset_dir) from exc
         plans = plans.replace(dataset=DatasetInfo(len(split.train), str(cfg.dataset_dir),
-                                                  tuple(e.case for e in split.train)))
+                                                  tuple(e.case for e in split.train), plans.dataset.crop))
     return apply_overrides(plans, cfg)
 
 
@@ -119,8 +119,11 @@ def prepare_on_main(cfg: TrainConfig, *, device, progress: Progress | None = Non
     else:
         if checkpoint is not None:
             raise ConfigError("the checkpoint's split or plans are missing; cannot resume exactly", training_dir)
+        from ..preprocess.nnunet_dataset import parse_label_options
+
         split = make_split(cfg.dataset_dir, training_dir, val_manifest=cfg.val_manifest,
-                           val_fraction=cfg.val_fraction, seed=cfg.seed)
+                           val_fraction=cfg.val_fraction, seed=cfg.seed,
+                           label_map=parse_label_options(cfg.labels))
         plans = make_plans(cfg, split, progress)
         plans.save(plans_path)
     train_cache = PreprocessedCache(cfg.resolved_cache_dir / "train", plans)

@@ -41,13 +41,18 @@ class Split:
 def _manifest_text(entries: list[CaseEntry]) -> str:
     buffer = io.StringIO()
     with_liver = any(e.liver is not None for e in entries)
-    fields = ["case", "image", "tumor"] + (["liver"] if with_liver else [])
+    with_values = any(e.tumor_values for e in entries)
+    fields = ["case", "image", "tumor"] + (["liver"] if with_liver else []) + \
+        (["tumor_values", "liver_values"] if with_values else [])
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for e in entries:
         row = {"case": e.case, "image": str(Path(e.image).resolve()), "tumor": str(Path(e.tumor).resolve())}
         if with_liver:
             row["liver"] = "" if e.liver is None else str(Path(e.liver).resolve())
+        if with_values:
+            row["tumor_values"] = "+".join(map(str, e.tumor_values or ()))
+            row["liver_values"] = "+".join(map(str, e.liver_values))
         writer.writerow(row)
     return buffer.getvalue()
 
@@ -62,11 +67,12 @@ def _read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise InputError(f"unreadable validation CSV ({exc})", path) from exc
 
 
-def _val_from_manifest(val_manifest: Path, entries: list[CaseEntry], staging: Path
+def _val_from_manifest(val_manifest: Path, entries: list[CaseEntry], staging: Path, label_map=None
                        ) -> tuple[list[CaseEntry], list[CaseEntry], str]:
     """(train, val, source) for ``--val-manifest``; ``staging`` receives a rewritten manifest when needed."""
     if val_manifest.is_dir():
-        return entries, read_manifest(val_manifest), f"separate validation dataset {val_manifest.resolve()}"
+        return (entries, read_manifest(val_manifest, label_map=label_map),
+                f"separate validation dataset {val_manifest.resolve()}")
     if not val_manifest.is_file():
         raise InputError("validation manifest not found (give a dataset folder or a CSV file)", val_manifest)
     columns, rows = _read_csv_rows(val_manifest)
@@ -105,12 +111,14 @@ def _val_from_manifest(val_manifest: Path, entries: list[CaseEntry], staging: Pa
 
 
 def make_split(dataset_dir: str | Path, training_dir: str | Path, *, val_manifest: str | Path | None = None,
-               val_fraction: float | None = None, seed: int = 0) -> Split:
-    """Decide the split and write both manifests under ``training_dir`` (see module docstring)."""
+               val_fraction: float | None = None, seed: int = 0, label_map=None) -> Split:
+    """Decide the split and write both manifests under ``training_dir`` (see module docstring); ``label_map``
+    reads multi-label masks (nnU-Net/MSD folders, ``--label``)."""
     training_dir = Path(training_dir)
-    entries = read_manifest(dataset_dir)
+    entries = read_manifest(dataset_dir, label_map=label_map)
     if val_manifest is not None:
-        train, val, source = _val_from_manifest(Path(val_manifest), entries, training_dir / VAL_SET)
+        train, val, source = _val_from_manifest(Path(val_manifest), entries, training_dir / VAL_SET,
+                                                label_map)
     else:
         fraction = float(val_fraction or 0.0)
         n_val = int(round(fraction * len(entries)))
