@@ -126,3 +126,229 @@ def test_voxel_limit_is_overridable(tmp_path, ct_like_volume, monkeypatch):
         read_volume(path)
     monkeypatch.setenv(MAX_VOXELS_ENV, "2880")
     assert read_volume(path).array.shape == (6, 20, 24)
+
+
+# ------------------------------------------------------------------------------------------------ not a scan
+def _ct(**kwargs):
+    from test_preprocess_synthetic import synthetic_case
+
+    return synthetic_case("ct", **kwargs)[0]
+
+
+def test_ct_stored_as_hu_plus_1024_is_not_guessed_mri_and_is_refused_with_the_reason():
+    from HepatoblastomaSegLib.infer.predictor import guess_modality
+    from HepatoblastomaSegLib.preprocess.checks import check_modality
+
+    ct = _ct()
+    offset = ct.with_array((ct.array.astype(np.int32) + 1024).clip(0).astype(np.uint16))
+    assert guess_modality(ct) == "ct" and guess_modality(offset) == "ct"
+    for modality in ("ct", "mri"):
+        with pytest.raises(InputError, match="CT stored as HU\\+1024"):
+            check_modality(offset, modality)
+    from test_preprocess_synthetic import synthetic_case
+
+    mri = synthetic_case("mri")[0]
+    for array in (mri.array, (mri.array * 4).astype(np.uint16), (mri.array * 5 + 400).astype(np.uint16)):
+        assert guess_modality(mri.with_array(array)) == "mri"  # T2 magnitudes, even as unsigned integers
+        check_modality(mri.with_array(array), "mri")
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("blank", "shows no body: only 0.00 % of its voxels are above -500 HU"),
+    ("mask", "only 2 distinct value\\(s\\) \\(0, 1\\).*mask or label map"),
+    ("plus30000", "median of its body is 29\\d\\d\\d HU"),
+    ("tiny", "only 3x3x3 voxels"),
+])
+def test_nonsense_images_are_refused_in_one_line(tmp_path, case, problem, capsys):
+    from HepatoblastomaSegLib.cli import main
+    from HepatoblastomaSegLib.io import Geometry, Volume
+
+    ct = _ct()
+    rng = np.random.default_rng(0)
+    if case == "blank":
+        volume = ct.with_array((-1000 + rng.normal(0, 12, ct.array.shape)).astype(np.int16))
+    elif case == "mask":
+        volume = ct.with_array((ct.array > 0).astype(np.uint8))
+    elif case == "plus30000":
+        volume = ct.with_array(np.where(ct.array > -500, ct.array.astype(np.float32) + 30000, ct.array))
+    else:
+        volume = Volume(rng.normal(0, 100, (3, 3, 3)).astype(np.float32), Geometry((3, 3, 3), (1, 1, 1), (0, 0, 0)))
+    path = write_volume(volume, tmp_path / f"{case}.nii.gz")
+    assert main(["segment", str(path), "-o", str(tmp_path / "out"), "--no-tta", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
+    assert __import__("re").search(problem, err), err
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ cohorts
+def _manifest(tmp_path, volume, cases=("a", "b"), text=None):
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    for case in cases:
+        write_volume(volume, data / f"{case}.nii.gz")
+    (data / "cohort.csv").write_text(text or "case,image\n" + "".join(f"{c},{c}.nii.gz\n" for c in cases))
+    return data / "cohort.csv"
+
+
+class _Log:
+    def __init__(self):
+        from HepatoblastomaSegLib.progress import NullProgress
+
+        self.progress, self.lines = NullProgress(), []
+        self.progress.log = self.lines.append
+
+
+def test_cohort_resume_keys_on_the_image_checksum_and_the_options_and_says_why(tmp_path, ct_like_volume):
+    from HepatoblastomaSegLib.infer.cohort import read_manifest, result_options, run_cohort
+    from HepatoblastomaSegLib.infer.predictor import PredictorOptions
+    from helpers_hostile import fake_predict
+
+    manifest = _manifest(tmp_path, ct_like_volume)
+    out, calls, log = tmp_path / "out", [], _Log()
+    options = result_options(PredictorOptions(tta=False), "nifti")
+
+    def run(opts=options, fmt="nifti"):
+        return {r["case"]: r["status"] for r in run_cohort(read_manifest(manifest), out, fake_predict(calls),
+                                                           fmt=fmt, options=opts, progress=log.progress).rows}
+
+    assert run() == {"a": "ok", "b": "ok"} and calls == ["a", "b"]
+    assert run() == {"a": "skipped (finished earlier)", "b": "skipped (finished earlier)"}
+    write_volume(ct_like_volume.with_array(ct_like_volume.array // 2), tmp_path / "data" / "a.nii.gz")  # replaced
+    assert run() == {"a": "ok", "b": "skipped (finished earlier)"} and calls == ["a", "b", "a"]
+    assert "a: recomputing: the image changed since the earlier result" in log.lines
+    other = result_options(PredictorOptions(tta=True), "nrrd")
+    assert run(other, "nrrd") == {"a": "ok", "b": "ok"}
+    assert any(line.startswith("b: recomputing: the options changed (format 'nifti' -> 'nrrd'; tta False -> True)")
+               for line in log.lines), log.lines
+    assert (out / "b" / "segmentation.seg.nrrd").is_file()
+
+
+def test_cohort_table_is_not_rewritten_after_every_case_and_progress_is_logged(tmp_path, monkeypatch):
+    from HepatoblastomaSegLib.infer import cohort
+    from helpers_hostile import fake_predict
+
+    (tmp_path / "cohort.csv").write_text("case,image\n" + "".join(f"c{i},missing{i}.nii.gz\n" for i in range(400)))
+    writes = []
+    real = cohort.write_text_atomic
+    monkeypatch.setattr(cohort, "write_text_atomic", lambda path, text: (writes.append(path), real(path, text)))
+    log = _Log()
+    result = cohort.run_cohort(cohort.read_manifest(tmp_path / "cohort.csv"), tmp_path / "out", fake_predict(),
+                               progress=log.progress)
+    assert result.n_failed == 400 and "missing399.nii.gz: file or folder not found" in result.rows[-1]["error"]
+    assert 1 <= len(writes) <= 10  # the old code rewrote the whole table 400 times: quadratic in the cohort
+    monkeypatch.setattr(cohort, "TABLE_EVERY_S", 0.0)
+    cohort.run_cohort(cohort.read_manifest(tmp_path / "cohort.csv"), tmp_path / "out2", fake_predict(),
+                      progress=log.progress)
+    assert "cohort: 1/400 case(s) done, 1 failed, 0 s" in log.lines
+
+
+def test_reserved_case_ids_and_a_folder_as_manifest_are_refused(tmp_path):
+    from HepatoblastomaSegLib.infer.cohort import read_manifest
+
+    for case in ("cohort_summary.csv", ".hidden"):
+        (tmp_path / "m.csv").write_text(f"case,image\n{case},x.nii.gz\n")
+        with pytest.raises(InputError, match="is reserved"):
+            read_manifest(tmp_path / "m.csv")
+    with pytest.raises(InputError, match="this is a folder, not a manifest CSV file"):
+        read_manifest(tmp_path)
+
+
+def test_formula_case_ids_are_neutralised_in_cohort_summary_and_per_case_csv(tmp_path, ct_like_volume):
+    import csv
+
+    from HepatoblastomaSegLib.evaluate.report import csv_text
+    from HepatoblastomaSegLib.infer.cohort import read_manifest, run_cohort
+    from helpers_hostile import fake_predict
+
+    manifest = _manifest(tmp_path, ct_like_volume, cases=(), text="case,image\n=1+SUM(9),nope.nii.gz\n@cmd,x.nii\n")
+    result = run_cohort(read_manifest(manifest), tmp_path / "out", fake_predict())
+    with open(result.summary_path, newline="") as handle:
+        assert [row["case"] for row in csv.DictReader(handle)] == ["'=1+SUM(9)", "'@cmd"]
+    text = csv_text([{"case": "+HYPERLINK(x)", "rater": "-R1", "vpe_pct": -3.5}], ["case", "rater", "vpe_pct"])
+    assert text.splitlines()[1] == "'+HYPERLINK(x),'-R1,-3.5"
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def test_consensus_never_writes_over_an_input(tmp_path, binary_mask, capsys):
+    from HepatoblastomaSegLib.cli import main
+
+    paths = [write_volume(binary_mask, tmp_path / f"R{i}.nii.gz") for i in (1, 2, 3)]
+    before = paths[0].read_bytes()
+    for output in (str(paths[0]), str(tmp_path / "." / "R1.nii.gz")):
+        assert main(["consensus", *map(str, paths), "-o", output]) == 2
+        assert "is one of the input masks" in capsys.readouterr().err
+    assert paths[0].read_bytes() == before
+
+
+def test_segment_refuses_before_any_work_to_write_over_its_input_or_into_a_file(tmp_path, ct_like_volume, capsys,
+                                                                                monkeypatch):
+    from HepatoblastomaSegLib.cli import main
+    from HepatoblastomaSegLib.infer import runner
+
+    monkeypatch.setattr(runner, "read_volume", lambda *a, **k: pytest.fail("read the input before refusing"))
+    image = write_volume(ct_like_volume, tmp_path / "segmentation.nii.gz")
+    before = image.read_bytes()
+    assert main(["segment", str(image), "-o", str(tmp_path), "--progress", "none"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and image.read_bytes() == before
+    (tmp_path / "taken.txt").write_text("mine")
+    assert main(["segment", str(image), "-o", str(tmp_path / "taken.txt"), "--progress", "none"]) == 2
+    assert "this is an existing file" in capsys.readouterr().err
+
+
+def test_two_writers_of_one_folder_do_not_interleave(tmp_path, ct_like_volume):
+    import threading
+
+    from HepatoblastomaSegLib.infer.outputs import is_finished, write_prediction
+    from HepatoblastomaSegLib.infer.result import Prediction
+    from HepatoblastomaSegLib.io.atomic import folder_lock
+
+    out = tmp_path / "out"
+    mask = ct_like_volume.with_array((ct_like_volume.array > 0).astype(np.uint8))
+    prediction = Prediction(mask, mask.with_array(np.zeros(mask.array.shape, np.float32)), {"run": "B"})
+    with folder_lock(out):  # run A is writing
+        writer = threading.Thread(target=write_prediction, args=(prediction, out))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not any(out.iterdir())  # B waits for A's lock, writes nothing meanwhile
+        with pytest.raises(InputError, match="another hbseg run is writing into this output folder"):
+            with folder_lock(out, wait=False):
+                pass
+    writer.join(10)
+    assert is_finished(out)
+
+
+def test_a_second_cohort_run_on_the_same_folder_is_refused(tmp_path, ct_like_volume):
+    from HepatoblastomaSegLib.infer.cohort import read_manifest, run_cohort
+    from HepatoblastomaSegLib.io.atomic import folder_lock
+    from helpers_hostile import fake_predict
+
+    manifest = _manifest(tmp_path, ct_like_volume)
+    with folder_lock(tmp_path / "out"):
+        with pytest.raises(InputError, match="another hbseg run"):
+            run_cohort(read_manifest(manifest), tmp_path / "out", fake_predict())
+
+
+def test_partial_files_of_a_killed_run_are_removed_by_the_next(tmp_path, ct_like_volume):
+    from HepatoblastomaSegLib.infer.cohort import read_manifest, run_cohort
+    from helpers_hostile import fake_predict
+
+    manifest = _manifest(tmp_path, ct_like_volume)
+    out = tmp_path / "out"
+    run_cohort(read_manifest(manifest), out, fake_predict())
+    stale = [out / ".cohort_summary.x1y2.partial.csv", out / "a" / ".segmentation.k9j.partial.nii.gz",
+             out / "b" / ".entropy.abc.partial.nii"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)
+    run_cohort(read_manifest(manifest), out, fake_predict())  # both cases finished: skipped, still cleaned
+    assert not any(path.exists() for path in stale)
+    assert not list(out.rglob("*.partial*"))
+
+
+def test_debug_keeps_exit_code_2(tmp_path, capsys):
+    from HepatoblastomaSegLib.cli import main
+
+    assert main(["--debug", "consensus", str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz"),
+                 "-o", str(tmp_path / "c.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("hbseg: error:")

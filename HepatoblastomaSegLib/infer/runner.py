@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..io import read_volume
 from ..progress import NullProgress, Progress
-from .cohort import CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, run_cohort
-from .outputs import write_prediction
+from .cohort import (CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, result_options,
+                     run_cohort)
+from .outputs import check_output_folder, write_prediction
 from .predictor import Predictor, PredictorOptions, guess_modality
 
 
@@ -16,6 +17,7 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
                 progress: Progress | None = None) -> Path:
     """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path."""
     progress = progress or NullProgress()
+    check_output_folder(out_dir, fmt, (image,))  # before any work: never write over the input, nor into a file
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
     volume = read_volume(image)
@@ -59,7 +61,8 @@ def segment_cohort(manifest: str | Path, out_dir: str | Path, options: Predictor
             predictors[modality] = Predictor.from_options(options, modality=modality)
         return predictors[modality].predict(volume, case_progress)
 
-    result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size)
+    result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size,
+                        options=result_options(options, fmt))
     if world_size > 1:
         import torch.distributed as dist
 
