@@ -352,3 +352,21 @@ def test_debug_keeps_exit_code_2(tmp_path, capsys):
                  "-o", str(tmp_path / "c.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("hbseg: error:")
+
+
+def test_a_header_bomb_is_refused_by_the_cli_before_torch_is_imported(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bomb = nifti_header_bomb(tmp_path / "bomb.nii.gz", (1024, 1024, 1024))
+    code = ("import sys; from HepatoblastomaSegLib.cli import main; "
+            f"rc = main(['segment', {str(bomb)!r}, '-o', {str(tmp_path / 'out')!r}]); "
+            "print('torch' in sys.modules); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 2 and done.stdout.strip() == "False", (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == [f"hbseg: error: {bomb}: image declares 1073741824 voxels "
+                                                f"(1024x1024x1024), more than the limit of {DEFAULT_MAX_VOXELS}; no "
+                                                f"clinical scan is that large (set {MAX_VOXELS_ENV} to raise the limit)"]
+    assert not (tmp_path / "out").exists()

@@ -97,11 +97,14 @@ def make_progress(kind: str) -> Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..infer.predictor import PredictorOptions
-    from ..infer.runner import segment_cohort, segment_one
-
     if (args.image is None) == (args.manifest is None):
         raise ConfigError("give either an IMAGE or --manifest CSV (exactly one of them)")
+    if args.image is not None:
+        from ..io.headers import check_header
+
+        check_header(args.image)  # a header bomb or broken header is refused in milliseconds, before torch loads
+    from ..infer.predictor import PredictorOptions
+    from ..infer.runner import segment_cohort, segment_one
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from ..io import read_volume
+from ..preprocess.checks import check_plausible_scan
 from ..progress import NullProgress, Progress
 from .cohort import (CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, result_options,
                      run_cohort)
@@ -26,8 +27,10 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
         progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")
     read_s = time.perf_counter() - t0
     progress("read", 1.0, str(image))
+    modality = options.modality or guess_modality(volume)
+    check_plausible_scan(volume, modality)  # what cannot be a scan is refused before the model is loaded
     t0 = time.perf_counter()
-    predictor = Predictor.from_options(options, modality=options.modality or guess_modality(volume))
+    predictor = Predictor.from_options(options, modality=modality)
     load_s = time.perf_counter() - t0
     prediction = predictor.predict(volume, progress)
     prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),
@@ -57,6 +60,7 @@ def segment_cohort(manifest: str | Path, out_dir: str | Path, options: Predictor
     def predict(case: CohortCase, case_progress: Progress):
         volume = read_volume(case.image)
         modality = options.modality or case.modality or guess_modality(volume)
+        check_plausible_scan(volume, modality)
         if modality not in predictors:
             predictors[modality] = Predictor.from_options(options, modality=modality)
         return predictors[modality].predict(volume, case_progress)

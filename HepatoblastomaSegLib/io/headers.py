@@ -100,6 +100,18 @@ def read_declared_image(path: Path) -> DeclaredImage | None:
     return None
 
 
+def check_header(path: str | Path) -> None:
+    """:func:`check_declared_image` of a file's header, if it is a NIfTI, NRRD or MetaImage file; nothing else.
+
+    Cheap (a few hundred bytes), so a command can refuse a header bomb before it imports torch.
+    """
+    path = Path(path)
+    if path.is_file():
+        declared = read_declared_image(path)
+        if declared is not None:
+            check_declared_image(path, declared)
+
+
 def check_declared_image(path: Path, declared: DeclaredImage) -> None:
     """Refuse what the header alone shows to be unusable (see the module docstring)."""
     spacing = np.asarray(declared.spacing_mm, dtype=float)
