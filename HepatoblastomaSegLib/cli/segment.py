@@ -27,7 +27,9 @@ EPILOG = textwrap.dedent("""\
       torchrun --nproc_per_node 4 -m HepatoblastomaSegLib.cli segment --manifest cohort.csv -o results/
 
     A cohort run skips cases whose outputs are complete and verified, logs a failing case and goes on, and exits 1
-    if any case failed. Nothing half-written is ever left behind: kill it at any moment and run it again.""")
+    if any case failed. Nothing half-written is ever left behind: kill it at any moment and run it again.
+    A case is redone when its image or the options changed. Images of more than 2^29 voxels are refused; set the
+    environment variable HBSEG_MAX_VOXELS to raise the limit.""")
 
 
 def register(subparsers) -> None:

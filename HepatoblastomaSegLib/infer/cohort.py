@@ -188,7 +188,7 @@ def _run_cases(mine: list[CohortCase], out_dir: Path, predict: Callable[[CohortC
         rows.append(row)
         n_failed += row["status"] == "failed"
         now = time.monotonic()
-        if now - last_table >= TABLE_EVERY_S or done == len(mine) - 1:
+        if done in (0, len(mine) - 1) or now - last_table >= TABLE_EVERY_S:
             _write_table(table, rows)  # a killed run still tells what it did (up to TABLE_EVERY_S ago)
             if done < len(mine) - 1:
                 progress.log(f"cohort: {done + 1}/{len(mine)} case(s) done, {n_failed} failed, "

@@ -204,7 +204,7 @@ class Predictor:
         """Segment ``volume``; the mask and entropy map come back on exactly its grid."""
         progress = progress or NullProgress()
         seconds: dict[str, float] = {}
-        warnings: list[str] = []
+        warnings: list[str] = list(volume.metadata.get("warnings", []))  # e.g. qform and sform disagree
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
