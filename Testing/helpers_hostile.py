@@ -70,7 +70,7 @@ def fake_predict(calls: list[str] | None = None):
         if calls is not None:
             calls.append(case.case)
         mask = volume.with_array((volume.array > 0).astype(np.uint8))
-        return Prediction(mask, volume.with_array(np.zeros(volume.array.shape, np.float32)),
-                          {"input": str(case.image), "tumor_volume_ml": float(mask.array.sum()) * volume.voxel_volume_ml})
+        summary = {"input": str(case.image), "tumor_volume_ml": float(mask.array.sum()) * volume.voxel_volume_ml}
+        return Prediction(mask, volume.with_array(np.zeros(volume.array.shape, np.float32)), summary)
 
     return predict

@@ -365,9 +365,9 @@ def test_a_header_bomb_is_refused_by_the_cli_before_torch_is_imported(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 2 and done.stdout.strip() == "False", (done.stdout, done.stderr)
-    assert done.stderr.strip().splitlines() == [f"hbseg: error: {bomb}: image declares 1073741824 voxels "
-                                                f"(1024x1024x1024), more than the limit of {DEFAULT_MAX_VOXELS}; no "
-                                                f"clinical scan is that large (set {MAX_VOXELS_ENV} to raise the limit)"]
+    assert done.stderr.strip().splitlines() == [
+        f"hbseg: error: {bomb}: image declares 1073741824 voxels (1024x1024x1024), more than the limit of "
+        f"{DEFAULT_MAX_VOXELS}; no clinical scan is that large (set {MAX_VOXELS_ENV} to raise the limit)"]
     assert not (tmp_path / "out").exists()
 
 

@@ -201,7 +201,8 @@ def _nifti(path: Path, suffix: str) -> DeclaredImage:
     offset = int(vox_offset) if np.isfinite(vox_offset) and vox_offset >= 0 else 352
     qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
     return DeclaredImage(
-        size=size, bytes_per_voxel=max(bitpix, 8) // 8, spacing_mm=tuple(float(p) for p in pixdim[1:min(n_dims, 3) + 1]),
+        size=size, bytes_per_voxel=max(bitpix, 8) // 8,
+        spacing_mm=tuple(float(p) for p in pixdim[1:min(n_dims, 3) + 1]),
         data_file=None if gzipped else path, data_offset=offset, numpy_dtype=numpy_dtype, gzipped=gzipped,
         qform=_nifti_qform(header, endian, pixdim) if qform_code > 0 else None,
         sform=np.array(struct.unpack(endian + "12f", header[280:328]), dtype=float).reshape(3, 4)
