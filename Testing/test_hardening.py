@@ -395,3 +395,15 @@ def test_a_single_segment_write_removes_partials_of_a_killed_run(tmp_path, ct_li
     write_prediction(Prediction(mask, mask.with_array(np.zeros(mask.array.shape, np.float32)), {}), out)
     assert not stale.exists() and sorted(p.name for p in out.iterdir()) == [
         "entropy.nii.gz", "segmentation.nii.gz", "summary.json"]
+
+
+def test_a_rerun_in_the_other_format_leaves_no_stale_outputs(tmp_path, ct_like_volume):
+    from HepatoblastomaSegLib.infer.outputs import write_prediction
+    from HepatoblastomaSegLib.infer.result import Prediction
+
+    mask = ct_like_volume.with_array((ct_like_volume.array > 0).astype(np.uint8))
+    prediction = Prediction(mask, mask.with_array(np.zeros(mask.array.shape, np.float32)), {})
+    write_prediction(prediction, tmp_path / "out")
+    write_prediction(prediction, tmp_path / "out", fmt="nrrd")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "entropy.nrrd", "segmentation.seg.nrrd", "summary.json"]

@@ -90,6 +90,10 @@ def _write_prediction(prediction: Prediction, out_dir: Path, fmt: str, resume_ke
     summary_path = out_dir / SUMMARY_NAME
     if summary_path.exists():
         summary_path.unlink()  # the folder stops counting as finished before any file in it changes
+    for other_fmt, other_names in OUTPUT_NAMES.items():
+        if other_fmt != fmt:  # an earlier run's outputs in the other format would no longer match the summary
+            for name in other_names.values():
+                (out_dir / name).unlink(missing_ok=True)
     mask = prediction.mask.with_array(prediction.mask.array.astype(np.uint8, copy=False))
     if fmt == "nrrd":
         write_segmentation_nrrd(mask, out_dir / names["segmentation"], [HEPATOBLASTOMA])
