@@ -290,6 +290,8 @@ def test_segment_refuses_before_any_work_to_write_over_its_input_or_into_a_file(
     before = image.read_bytes()
     assert main(["segment", str(image), "-o", str(tmp_path), "--progress", "none"]) == 2
     assert "would overwrite the input" in capsys.readouterr().err and image.read_bytes() == before
+    assert main(["segment", str(image), "-o", str(tmp_path), "--format", "nrrd", "--progress", "none"]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and image.read_bytes() == before
     (tmp_path / "taken.txt").write_text("mine")
     assert main(["segment", str(image), "-o", str(tmp_path / "taken.txt"), "--progress", "none"]) == 2
     assert "this is an existing file" in capsys.readouterr().err

@@ -55,7 +55,9 @@ def check_output_folder(out_dir: str | Path, fmt: str = "nifti", inputs: tuple[s
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError("the output must be a folder, but this is an existing file; choose a folder (it is created "
                          "when missing)", out_dir)
-    for target in output_paths(out_dir, fmt):
+    output_paths(out_dir, fmt)  # checks fmt
+    # Every format's names: writing one format removes the other's earlier outputs.
+    for target in {path for each in OUTPUT_NAMES for path in output_paths(out_dir, each)}:
         for source in inputs:
             if _same_file(target, Path(source)):
                 raise InputError(f"writing the output {target.name} here would overwrite the input {source}; "
