@@ -6,7 +6,10 @@ A bundle folder holds four files:
 - ``plans.json``: the :class:`~HepatoblastomaSegLib.preprocess.plans.Plans` the model was trained with;
 - ``model_card.md``: what it was trained on, intended use, validation figures, limits (for people);
 - ``bundle.json``: name, semantic version, modality, labels (value, name, colour), the SHA256 of the weights, the
-  network width, and the minimum library version that can run it.
+  network width, the minimum library version that can run it, and ``files``: the SHA256 of every other file of the
+  bundle (:func:`bundle_checksums`), so that an edited ``plans.json`` or model card is refused like corrupt weights.
+  Whoever writes or changes a bundle's files (``save_bundle``, the nnU-Net import) records them with
+  :func:`refresh_bundle_checksums`. A bundle written before ``files`` existed still loads, its weights checked.
 
 :func:`load_bundle` reads and checks all of it and says exactly what is wrong: a missing file, corrupt weights
 (checksum), a bundle newer than the library, plans and bundle that disagree, or (with ``modality=``) a CT model
@@ -44,6 +47,8 @@ from .preprocess.plans import Plans
 BUNDLE_FORMAT_VERSION = 1
 BUNDLE_JSON, PLANS_JSON, WEIGHTS_FILE, CARD_FILE = "bundle.json", "plans.json", "model.safetensors", "model_card.md"
 BUNDLE_FILES = (BUNDLE_JSON, PLANS_JSON, WEIGHTS_FILE, CARD_FILE)
+#: bundle.json key of the {file: SHA256} manifest of every other file of the bundle.
+CHECKSUMS_KEY = "files"
 MODELS_ENV = "HBSEG_MODELS_DIR"
 #: The repository's bundled models: <repo root>/Resources/Models, the repo root being the package's parent.
 RESOURCES_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
@@ -229,8 +234,9 @@ def load_bundle(name_or_dir: str | Path, *, modality: str | None = None, verify_
     """Find, read and check a bundle. With ``modality`` ("ct"/"mri"), refuse a model for the other one.
 
     Checks: all four files present; bundle.json fields (name, semantic version, modality, labels, SHA256, width);
-    minimum library version; plans.json valid and consistent with bundle.json (modality, labels); the weights'
-    SHA256 (unless ``verify_weights=False``, e.g. for listing).
+    minimum library version; plans.json valid and consistent with bundle.json (modality, labels); the SHA256 of
+    every file bundle.json lists under ``files`` (of the weights alone for an older bundle without that list); the
+    weights' are skipped with ``verify_weights=False``, e.g. for listing.
     """
     folder = find_bundle(name_or_dir)
     meta = _read_json(folder / BUNDLE_JSON, folder)
@@ -284,12 +290,71 @@ def load_bundle(name_or_dir: str | Path, *, modality: str | None = None, verify_
                          created_utc=str(meta.get("created_utc", "")))
     if modality is not None:
         bundle.require_modality(modality)
-    if verify_weights:
+    if CHECKSUMS_KEY in meta:
+        listed = meta[CHECKSUMS_KEY]
+        if isinstance(listed, dict) and listed.get(WEIGHTS_FILE, bundle.sha256) != bundle.sha256:
+            raise ModelError(f"bundle.json lists two different SHA256 for {WEIGHTS_FILE}", folder)
+        _verify_checksums(folder, listed, skip=() if verify_weights else (WEIGHTS_FILE,))
+    elif verify_weights:
         digest = _sha256_file(bundle.weights_path)
         if digest != bundle.sha256:
             raise ModelError(f"{WEIGHTS_FILE} is corrupt or was replaced: its SHA256 is {digest[:16]}..., "
                              f"bundle.json says {bundle.sha256[:16]}...", folder)
     return bundle
+
+
+def bundle_checksums(folder: str | Path, names: Sequence[str] | None = None) -> dict[str, str]:
+    """``{file name: SHA256}`` of a bundle's files: ``names`` (relative paths), or every regular, non-hidden file at
+    the top of ``folder`` except ``bundle.json`` (the manifest that holds this list)."""
+    folder = Path(folder)
+    if names is None:
+        names = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                 and p.name != BUNDLE_JSON]
+    return {name: _sha256_file(folder / name) for name in sorted(names)}
+
+
+def refresh_bundle_checksums(folder: str | Path, names: Sequence[str] | None = None) -> Path:
+    """Record :func:`bundle_checksums` in ``bundle.json`` (atomically); returns its path.
+
+    For a deliberate change of a bundle's files (a new model card, added training logs). The weights are not
+    re-blessed: when they no longer match the ``weights.sha256`` they were saved with, this refuses.
+    """
+    from .io.atomic import write_text_atomic
+
+    folder = Path(folder)
+    meta = _read_json(folder / BUNDLE_JSON, folder)
+    checksums = bundle_checksums(folder, names)
+    weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
+    if WEIGHTS_FILE in checksums and weights.get("sha256") not in (None, checksums[WEIGHTS_FILE]):
+        raise ModelError(f"{WEIGHTS_FILE} no longer has the SHA256 it was saved with; refusing to record a checksum "
+                         "for replaced weights", folder)
+    meta[CHECKSUMS_KEY] = checksums
+    return write_text_atomic(folder / BUNDLE_JSON, json.dumps(meta, indent=2) + "\n")
+
+
+def _verify_checksums(folder: Path, listed: Any, *, skip: Sequence[str] = ()) -> None:
+    """Refuse a bundle whose files differ from the SHA256 that ``bundle.json`` lists for them."""
+    rule = f'bundle.json {CHECKSUMS_KEY} must map file names inside the bundle to SHA256 hex digests'
+    if not isinstance(listed, dict):
+        raise ModelError(rule, folder)
+    for name, expected in listed.items():
+        if (not isinstance(name, str) or not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected)
+                or Path(name).is_absolute() or ".." in Path(name).parts or name == BUNDLE_JSON):
+            raise ModelError(f"{rule} (bad entry {name!r})", folder)
+    unlisted = [name for name in (PLANS_JSON, WEIGHTS_FILE, CARD_FILE) if name not in listed]
+    if unlisted:
+        raise ModelError(f"bundle.json {CHECKSUMS_KEY} lacks {', '.join(unlisted)}", folder)
+    for name, expected in sorted(listed.items()):
+        if name in skip:
+            continue
+        try:
+            digest = _sha256_file(folder / name)
+        except FileNotFoundError as exc:
+            raise ModelError(f"missing file {name} (listed in bundle.json)", folder) from exc
+        if digest != expected:
+            raise ModelError(f"{name} is corrupt or was replaced: its SHA256 is {digest[:16]}..., bundle.json says "
+                             f"{expected[:16]}... (if the change was deliberate, record it with "
+                             "HepatoblastomaSegLib.bundle.refresh_bundle_checksums)", folder)
 
 
 def _sha256_file(path: Path) -> str:
@@ -386,8 +451,9 @@ def save_bundle(folder: str | Path, state_dict: Mapping[str, torch.Tensor] | tor
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     contents = {WEIGHTS_FILE: weights, PLANS_JSON: plans.to_json().encode(),
-                CARD_FILE: card_markdown.rstrip("\n").encode() + b"\n",
-                BUNDLE_JSON: (json.dumps(meta, indent=2) + "\n").encode()}
+                CARD_FILE: card_markdown.rstrip("\n").encode() + b"\n"}
+    meta[CHECKSUMS_KEY] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
+    contents[BUNDLE_JSON] = (json.dumps(meta, indent=2) + "\n").encode()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:

@@ -192,3 +192,63 @@ def test_model_card_has_the_required_sections(tmp_path, net, plans):
     path = save_bundle(tmp_path / "m", net, plans, name="m", version="0.1.0", modality="ct", card_markdown=card,
                        width=0.25)
     assert "not for clinical use" in load_bundle(path).card and "patch 8 x 32 x 32" in card
+
+
+# ------------------------------------------------------------------------------------------------ checksums
+def test_an_edited_plans_json_or_model_card_is_refused(bundle_dir):
+    data = json.loads((bundle_dir / "plans.json").read_text())
+    data["spacing"]["target_spacing_mm_xyz"][2] *= 1.18  # valid plans, other volumes (the issue's 459 vs 389 mL)
+    (bundle_dir / "plans.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="plans.json is corrupt or was replaced: its SHA256"):
+        load_bundle(bundle_dir)
+    with pytest.raises(ModelError, match="plans.json is corrupt or was replaced"):
+        load_bundle(bundle_dir, verify_weights=False)  # listing skips only the weights' hash
+
+
+def test_checksums_cover_every_file_and_can_be_refreshed_deliberately(bundle_dir):
+    from HepatoblastomaSegLib.bundle import bundle_checksums, refresh_bundle_checksums
+
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    assert set(meta["files"]) == {"plans.json", "model.safetensors", "model_card.md"} == set(
+        bundle_checksums(bundle_dir))
+    (bundle_dir / "training_log.csv").write_text("epoch,loss\n1,0.5\n")
+    with open(bundle_dir / "model_card.md", "a") as handle:
+        handle.write("\nA deliberate note.\n")
+    with pytest.raises(ModelError, match="model_card.md is corrupt or was replaced"):
+        load_bundle(bundle_dir)
+    refresh_bundle_checksums(bundle_dir)
+    assert "A deliberate note." in load_bundle(bundle_dir).card
+    assert "training_log.csv" in json.loads((bundle_dir / "bundle.json").read_text())["files"]
+    (bundle_dir / "training_log.csv").write_text("epoch,loss\n1,0.1\n")
+    with pytest.raises(ModelError, match="training_log.csv is corrupt or was replaced"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(ModelError, match="refusing to record a checksum for replaced weights"):
+        refresh_bundle_checksums(bundle_dir)
+
+
+def test_a_bundle_from_before_the_checksum_list_still_loads(bundle_dir):
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    del meta["files"]
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    assert load_bundle(bundle_dir).name == "ct-tiny"
+    (bundle_dir / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ModelError, match="model.safetensors is corrupt or was replaced"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("entry", [{"../etc/passwd": "0" * 64}, {"plans.json": "nothex"}, []])
+def test_a_malformed_checksum_list_is_refused(bundle_dir, entry):
+    _edit_meta(bundle_dir, files=entry)
+    with pytest.raises(ModelError, match="files must map file names|files lacks"):
+        load_bundle(bundle_dir)
+
+
+def test_bundled_models_checksum_every_file():
+    from HepatoblastomaSegLib.bundle import bundle_checksums
+
+    for name in list_bundles():
+        folder = RESOURCES_MODELS_DIR / name
+        if folder.parent != RESOURCES_MODELS_DIR or not folder.is_dir():
+            continue
+        assert json.loads((folder / "bundle.json").read_text())["files"] == bundle_checksums(folder), name

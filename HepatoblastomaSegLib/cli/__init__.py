@@ -3,7 +3,7 @@
 Each subcommand lives in its own module of this package, which defines ``register(subparsers)``; the parser it adds
 sets ``func`` (called with the parsed arguments, returns the exit code). Library errors
 (:class:`~HepatoblastomaSegLib.errors.HepatoblastomaSegError`) print as one line ``hbseg: error: <file>: <problem>``
-and exit 2; ``--debug`` shows the traceback instead.
+and exit 2; ``--debug`` shows the traceback too.
 
 Run as ``hbseg ...`` or ``python -m HepatoblastomaSegLib.cli ...`` (the form ``torchrun`` needs).
 """
@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 import textwrap
+import traceback
 
 from .. import __version__
 from ..errors import HepatoblastomaSegError
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HepatoblastomaSegError as exc:
         if args.debug:
-            raise
+            traceback.print_exc()  # the traceback for the developer; the exit code stays that of a refusal
         print(f"hbseg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

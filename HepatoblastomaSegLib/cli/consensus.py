@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"a consensus needs at least 2 masks, got {len(args.masks)}")
     if args.method == "staple" and args.min_votes is not None:
         raise ConfigError("--min-votes applies to --method majority only")
+    _refuse_overwriting_an_input(args.output, args.masks)
     volumes = [read_mask(path, what="rater mask") for path in args.masks]
     result = consensus_volume(volumes, method=args.method, min_votes=args.min_votes,
                               staple_threshold=args.staple_threshold)
@@ -62,3 +63,21 @@ def run(args: argparse.Namespace) -> int:
             else f">= {args.min_votes or default_min_votes(len(volumes))} of {len(volumes)} votes")
     print(f"{args.output}: {n_voxels} voxels, {n_voxels * result.voxel_volume_ml:.2f} mL ({rule})")
     return 0
+
+
+def _refuse_overwriting_an_input(output: str, inputs: list[str]) -> None:
+    """Never write the consensus over one of the raters' masks (``-o R1.nii.gz``), nor into a folder."""
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    target = Path(output)
+    if target.is_dir():
+        raise ConfigError("-o must name the consensus mask file to write, but this is a folder", target)
+    for source in map(Path, inputs):
+        same = target.resolve() == source.resolve()
+        if not same and target.exists() and source.exists():
+            same = target.samefile(source)
+        if same:
+            raise ConfigError(f"-o {output} is one of the input masks; writing there would overwrite a rater's "
+                              "mask. Choose another output file", target)

@@ -30,7 +30,9 @@ EPILOG = textwrap.dedent("""\
       torchrun --nproc_per_node 4 -m HepatoblastomaSegLib.cli segment --manifest cohort.csv -o results/
 
     A cohort run skips cases whose outputs are complete and verified, logs a failing case and goes on, and exits 1
-    if any case failed. Nothing half-written is ever left behind: kill it at any moment and run it again.""")
+    if any case failed. Nothing half-written is ever left behind: kill it at any moment and run it again.
+    A case is redone when its image or the options changed. Images of more than 2^29 voxels are refused; set the
+    environment variable HBSEG_MAX_VOXELS to raise the limit.""")
 
 
 def register(subparsers) -> None:
@@ -118,9 +120,6 @@ def make_progress(kind: str) -> Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..infer.predictor import PredictorOptions
-    from ..infer.runner import segment_cohort, segment_one
-
     if (args.image is None) == (args.manifest is None and args.dicomweb is None):
         raise ConfigError("give exactly one of IMAGE, --manifest CSV or --dicomweb URL (with --study, or with a "
                           "--manifest of study_uid columns)")
@@ -131,6 +130,13 @@ def run(args: argparse.Namespace) -> int:
     if args.series and (args.manifest is not None or (args.image is not None and not args.image.is_dir())):
         raise ConfigError("--series picks a series in a DICOM folder or on a --dicomweb server")
     fmt = args.format or ("dicom-seg" if args.dicomweb else "nifti")
+    if args.image is not None:
+        from ..io.headers import check_header
+
+        check_header(args.image)  # a header bomb or broken header is refused in milliseconds, before torch loads
+    from ..infer.predictor import PredictorOptions
+    from ..infer.runner import segment_cohort, segment_one
+
     if not 0.0 <= args.overlap < 1.0:
         raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
     if args.batch_size is not None and args.batch_size < 1:

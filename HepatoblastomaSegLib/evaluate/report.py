@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..io import write_bytes_atomic, write_text_atomic
+from ..io.tables import neutralise_formula
 from . import statistics as st
 from .cohort import CONSENSUS, CohortResult
 
@@ -134,7 +135,7 @@ def _csv_value(value) -> str:
         return str(bool(value)).lower()
     if isinstance(value, float | np.floating):
         return "nan" if math.isnan(value) else repr(float(value))
-    return str(value)
+    return neutralise_formula(str(value))  # a case id like =1+SUM(9) must not run in a spreadsheet
 
 
 def csv_text(rows: list[dict], columns: list[str] | tuple[str, ...] | None = None) -> str:

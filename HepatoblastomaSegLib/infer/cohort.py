@@ -2,7 +2,11 @@
 
 Manifest: a CSV with columns ``case,image`` and optionally ``modality`` (``ct``/``mri``); image paths are relative to
 the CSV's folder (absolute paths work too). Outputs go to ``OUT/<case>/`` (see :mod:`.outputs`) and a table of every
-case to ``OUT/cohort_summary.csv``. A case whose folder is already finished (verified checksums) is skipped.
+case to ``OUT/cohort_summary.csv``. A case whose folder is already finished (verified checksums) from the same input
+bytes (SHA256) and the same result-shaping options is skipped; otherwise it is recomputed and the log says why.
+One run at a time may use an output folder (a lock; a second run is refused), and what a killed run left half-written
+is removed. The table is rewritten at most every :data:`TABLE_EVERY_S` seconds (and at the end), so a cohort of
+10 000 cases costs linear time; a progress line goes to the log as often.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the cases are dealt out round-robin to the ranks; each rank writes its own
 cases and its part of the table, and rank 0 merges the parts after all ranks are done.
@@ -10,6 +14,7 @@ cases and its part of the table, and rank 0 merges the parts after all ranks are
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,12 +28,20 @@ from pathlib import Path
 
 from ..errors import HepatoblastomaSegError, InputError
 from ..io import write_text_atomic
-from ..io.tables import read_csv_rows
+from ..io.atomic import folder_lock, remove_stale_partials
+from ..io.tables import neutralise_formula, read_csv_rows
 from ..progress import NullProgress, Progress
-from .outputs import SUMMARY_NAME, is_finished, write_prediction
+from .outputs import SUMMARY_NAME, check_output_folder, resume_key, why_recompute, write_prediction
 from .result import Prediction
 
 log = logging.getLogger(__name__)
+
+TABLE_NAME = "cohort_summary.csv"
+#: The cohort table and the progress line are refreshed at most this often (seconds), and after the last case.
+TABLE_EVERY_S = 2.0
+#: The options that change a case's result; a rerun with any of them changed recomputes the case.
+RESULT_OPTIONS = ("model", "liver_model", "modality", "tta", "overlap", "keep_largest", "min_component_ml",
+                  "crop_to_body")
 
 SUMMARY_COLUMNS = ("case", "status", "modality", "tumor_volume_ml", "largest_diameter_mm", "mean_entropy_nats",
                    "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error")
@@ -59,6 +72,9 @@ def read_manifest(path: str | Path) -> list[CohortCase]:
             raise InputError(f"row {row_number}: case id {case!r} appears twice", path)
         if "/" in case or "\\" in case or case in (".", ".."):
             raise InputError(f"row {row_number}: case id {case!r} must not contain path separators", path)
+        if case.startswith(".") or case.lower() == TABLE_NAME:
+            raise InputError(f"row {row_number}: case id {case!r} is reserved (the cohort table, or a hidden name); "
+                             "rename the case", path)
         seen.add(case)
         modality = row.get("modality", "").lower() or None
         if modality not in (None, "ct", "mri"):
@@ -101,50 +117,91 @@ def _write_table(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
+        writer.writerow({k: neutralise_formula("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
     write_text_atomic(path, buffer.getvalue())
+
+
+def result_options(options: object, fmt: str, entropy_fmt: str | None = None) -> dict:
+    """The resume key's options: :data:`RESULT_OPTIONS` of a ``PredictorOptions`` (or a dict) and the formats."""
+    values = options if isinstance(options, dict) else dataclasses.asdict(options)
+    return {**{name: values.get(name) for name in RESULT_OPTIONS}, "format": fmt, "entropy_format": entropy_fmt}
 
 
 def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[CohortCase, Progress], Prediction],
                *, fmt: str = "nifti", progress: Progress | None = None, rank: int = 0, world_size: int = 1,
-               on_case_done: Callable[[dict], None] | None = None, entropy_fmt: str | None = None) -> CohortResult:
+               on_case_done: Callable[[dict], None] | None = None, entropy_fmt: str | None = None,
+               options: dict | None = None) -> CohortResult:
     """Segment ``cases`` (this rank's share of them) into ``out_dir``.
 
     ``predict(case, progress)`` returns the case's :class:`Prediction`; it may raise for a bad case, which is then
-    recorded with its error while the run goes on. Returns every row of this rank's table.
+    recorded with its error while the run goes on. ``options`` (see :func:`result_options`) are the result-shaping
+    options of the resume key (with the case's modality and image checksum). Returns every row of this rank's table.
     """
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     progress = progress or NullProgress()
     mine = cases[rank::world_size]
-    rows = []
-    table = out_dir / ("cohort_summary.csv" if world_size == 1 else f".cohort_summary.rank{rank}.csv")
-    start = time.monotonic()
+    table = out_dir / (TABLE_NAME if world_size == 1 else f".cohort_summary.rank{rank}.csv")
+    # Ranks of one torchrun share the folder and deal out its cases; a second, separate run must not join them.
+    lock = folder_lock(out_dir, wait=False) if world_size == 1 else contextlib.nullcontext()
+    with lock:
+        if world_size == 1:
+            remove_stale_partials(out_dir)
+        rows = _run_cases(mine, out_dir, predict, table, fmt=fmt, progress=progress, on_case_done=on_case_done,
+                          entropy_fmt=entropy_fmt, options=options or {"format": fmt, "entropy_format": entropy_fmt},
+                          clean=world_size == 1)
+    return CohortResult(rows, table)
+
+
+def _run_cases(mine: list[CohortCase], out_dir: Path, predict: Callable[[CohortCase, Progress], Prediction],
+               table: Path, *, fmt: str, progress: Progress, on_case_done: Callable[[dict], None] | None,
+               entropy_fmt: str | None, options: dict, clean: bool) -> list[dict]:
+    rows: list[dict] = []
+    start = last_table = time.monotonic()
+    n_failed = 0
     for done, case in enumerate(mine):
         case_dir = out_dir / case.case
         progress("cohort", done / len(mine), f"case {done + 1}/{len(mine)}: {case.case}")
-        if is_finished(case_dir):
-            summary = json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
-            row = _row(case, "skipped (finished earlier)", summary, output=str(case_dir))
-        else:
-            try:
+        if clean and case_dir.is_dir():
+            remove_stale_partials(case_dir)
+        try:
+            key = resume_key(case.image, {**options, "case_modality": case.modality})
+            reason = why_recompute(case_dir, key)
+            if reason is None:
+                summary = json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+                row = _row(case, "skipped (finished earlier)", summary, output=str(case_dir))
+            else:
+                if reason != "no earlier result":
+                    progress.log(f"{case.case}: recomputing: {reason}")
+                check_output_folder(case_dir, fmt, (case.image,))
                 prediction = predict(case, progress)
-                write_prediction(prediction, case_dir, fmt=fmt, entropy_fmt=entropy_fmt)
+                write_prediction(prediction, case_dir, fmt=fmt, entropy_fmt=entropy_fmt, resume_key=key)
                 row = _row(case, "ok", prediction.summary, output=str(case_dir))
-            except HepatoblastomaSegError as exc:
-                row = _row(case, "failed", error=str(exc))
-                progress.log(f"{case.case}: FAILED: {exc}")
-            except Exception as exc:  # noqa: BLE001 - a cohort must survive one broken case; the error is kept
-                row = _row(case, "failed", error=f"{type(exc).__name__}: {exc}")
-                log.debug("case %s failed:\n%s", case.case, traceback.format_exc())
-                progress.log(f"{case.case}: FAILED ({type(exc).__name__}): {exc}")
+        except FileNotFoundError as exc:
+            row = _row(case, "failed", error=str(InputError("file or folder not found", exc.filename or case.image)))
+            progress.log(f"{case.case}: FAILED: {row['error']}")
+        except HepatoblastomaSegError as exc:
+            row = _row(case, "failed", error=str(exc))
+            progress.log(f"{case.case}: FAILED: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a cohort must survive one broken case; the error is kept
+            row = _row(case, "failed", error=f"{type(exc).__name__}: {exc}")
+            log.debug("case %s failed:\n%s", case.case, traceback.format_exc())
+            progress.log(f"{case.case}: FAILED ({type(exc).__name__}): {exc}")
         rows.append(row)
-        _write_table(table, rows)  # after every case: a killed run still tells what it did
+        n_failed += row["status"] == "failed"
+        now = time.monotonic()
+        if done in (0, len(mine) - 1) or now - last_table >= TABLE_EVERY_S:
+            _write_table(table, rows)  # a killed run still tells what it did (up to TABLE_EVERY_S ago)
+            if done < len(mine) - 1:
+                progress.log(f"cohort: {done + 1}/{len(mine)} case(s) done, {n_failed} failed, "
+                             f"{now - start:.0f} s")
+            last_table = now
         if on_case_done is not None:
             on_case_done(row)
     progress("cohort", 1.0, f"{len(mine)} case(s) in {time.monotonic() - start:.1f} s")
     if not mine:
         _write_table(table, rows)
-    return CohortResult(rows, table)
+    return rows
 
 
 def merge_rank_tables(out_dir: str | Path, world_size: int, cases: list[CohortCase]) -> Path:

@@ -43,7 +43,7 @@ from ..errors import ConfigError, HepatoblastomaSegError, ModelError
 from ..io import Volume
 from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
-from ..preprocess.checks import AIR_THRESHOLD_HU, check_modality, check_spacing
+from ..preprocess.checks import check_modality, check_spacing, guess_modality  # noqa: F401 (re-exported)
 from ..progress import NullProgress, Progress
 from .postprocess import keep_largest_component, remove_small_components
 from .result import Prediction
@@ -83,12 +83,6 @@ def resolve_device(requested: str | torch.device) -> torch.device:
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here "
                           f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
     return torch.device(text)
-
-
-def guess_modality(volume: Volume) -> str:
-    """"ct" when the image holds air in Hounsfield units (below -500), else "mri"."""
-    sample = volume.array.ravel()[:: max(1, volume.array.size // 1_000_000)]
-    return "ct" if float(np.mean(sample < AIR_THRESHOLD_HU)) >= 0.005 else "mri"
 
 
 #: A GPU of at least this much memory (GB) gets the larger patch budget per network call (:func:`patch_voxel_budget`).
@@ -210,7 +204,7 @@ class Predictor:
         """Segment ``volume``; the mask and entropy map come back on exactly its grid."""
         progress = progress or NullProgress()
         seconds: dict[str, float] = {}
-        warnings: list[str] = []
+        warnings: list[str] = list(volume.metadata.get("warnings", []))  # e.g. qform and sform disagree
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from ..io import read_volume
 from ..io.dicom_seg import require_dicom_input
+from ..preprocess.checks import check_plausible_scan
 from ..progress import NullProgress, Progress
-from .cohort import CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, run_cohort
-from .outputs import write_prediction
+from .cohort import (CohortCase, CohortResult, distributed_context, merge_rank_tables, read_manifest, result_options,
+                     run_cohort)
+from .outputs import check_output_folder, write_prediction
 from .predictor import Predictor, PredictorOptions, guess_modality
 
 
@@ -20,6 +22,7 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
     ``out_dir``; returns the summary's path."""
     progress = progress or NullProgress()
     require_dicom_input(image, fmt, entropy_fmt)
+    check_output_folder(out_dir, fmt, (image,))  # before any work: never write over the input, nor into a file
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
     volume = read_volume(image, series_uid=series_uid)
@@ -28,8 +31,10 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
         progress.log(f"DICOM series {info['series_uid']} ({info['n_slices']} slices): {info['reason']}")
     read_s = time.perf_counter() - t0
     progress("read", 1.0, str(image))
+    modality = options.modality or guess_modality(volume)
+    check_plausible_scan(volume, modality)  # what cannot be a scan is refused before the model is loaded
     t0 = time.perf_counter()
-    predictor = Predictor.from_options(options, modality=options.modality or guess_modality(volume))
+    predictor = Predictor.from_options(options, modality=modality)
     load_s = time.perf_counter() - t0
     prediction = predictor.predict(volume, progress)
     prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),
@@ -62,12 +67,13 @@ def segment_cohort(manifest: str | Path, out_dir: str | Path, options: Predictor
     def predict(case: CohortCase, case_progress: Progress):
         volume = read_volume(case.image)
         modality = options.modality or case.modality or guess_modality(volume)
+        check_plausible_scan(volume, modality)
         if modality not in predictors:
             predictors[modality] = Predictor.from_options(options, modality=modality)
         return predictors[modality].predict(volume, case_progress)
 
     result = run_cohort(cases, out_dir, predict, fmt=fmt, progress=progress, rank=rank, world_size=world_size,
-                        entropy_fmt=entropy_fmt)
+                        entropy_fmt=entropy_fmt, options=result_options(options, fmt, entropy_fmt))
     if world_size > 1:
         import torch.distributed as dist
 

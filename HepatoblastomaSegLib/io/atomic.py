@@ -78,3 +78,65 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+#: Temporary names :func:`atomic_path` hands out (``.<name>.<random>.partial<suffix>``); a kill -9 leaves them.
+_PARTIAL_PATTERN = ".*.partial*"
+
+
+def remove_stale_partials(folder: str | Path) -> int:
+    """Delete the temporary files a killed writer left in ``folder``; returns how many.
+
+    Call it only while holding :func:`folder_lock` on ``folder``: then no other run of ours is writing there, so
+    every partial file is stale.
+    """
+    removed = 0
+    for path in Path(folder).glob(_PARTIAL_PATTERN):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, *, wait: bool = True) -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``folder`` (created if needed) while writing into it.
+
+    Two runs given the same output folder then cannot interleave their files: with ``wait`` the second waits for
+    the first to finish writing; without, it is refused at once (:class:`InputError`). The lock is the operating
+    system's (``flock`` on the folder itself; on Windows ``msvcrt.locking`` on a hidden ``.hbseg.lock`` file in it),
+    so a killed run never leaves a stale lock behind.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder ({exc.strerror or exc})", folder) from exc
+    busy = InputError("another hbseg run is writing into this output folder; wait for it to finish or choose "
+                      "another output folder", folder)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        with open(folder / ".hbseg.lock", "a+b") as handle:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
+            except OSError as exc:
+                raise busy from exc
+            try:
+                yield folder
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            raise busy from exc
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

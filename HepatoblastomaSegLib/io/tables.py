@@ -15,6 +15,8 @@ def read_csv_rows(path: str | Path, what: str = "table") -> tuple[list[str], lis
     file and say what it is (``what``: "manifest", "cohort table", ...).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"this is a folder, not a {what} CSV file", path)
     if not path.is_file():
         raise InputError(f"{what} not found", path)
     try:
@@ -26,3 +28,22 @@ def read_csv_rows(path: str | Path, what: str = "table") -> tuple[list[str], lis
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read the {what} ({exc})", path) from exc
     return header, rows
+
+
+#: First characters that make a spreadsheet read a cell as a formula (CSV injection; OWASP's list).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(value):
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'`` so that it shows as text.
+
+    Numbers pass unchanged (a negative number is not a formula); so does text that does not start with one of
+    :data:`FORMULA_PREFIXES`, e.g. ``=1+SUM(9)`` becomes ``'=1+SUM(9)``.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value

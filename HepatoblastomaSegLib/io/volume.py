@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import struct
 import zlib
@@ -24,7 +25,11 @@ import SimpleITK as sitk
 
 from ..errors import GeometryError, InputError
 from .atomic import atomic_path, full_suffix
+from .headers import (DeclaredImage, check_declared_image, nifti_non_finite_count, qform_sform_disagreement,
+                      read_declared_image)
 from .parallel_gzip import gzip_file
+
+log = logging.getLogger(__name__)
 
 READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -206,9 +211,13 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, allow_non_fi
         _check_suffix(path, READABLE_SUFFIXES, "read")
         if path.stat().st_size == 0:
             raise InputError("file is empty (0 bytes)", path)
-        _check_header_spacing(path)
+        declared = read_declared_image(path)
+        if declared is not None:
+            check_declared_image(path, declared)
         if full_suffix(path) == ".nii.gz":
             _check_gzip_complete(path)
+        if declared is not None and not allow_non_finite:
+            _check_nifti_finite(path, declared)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -217,6 +226,9 @@ def read_volume(path: str | Path, *, series_uid: str | None = None, allow_non_fi
             raise InputError(f"unreadable or truncated image file ({_itk_reason(exc)})", path) from exc
         image = _as_3d_scalar(image, path)
         volume = Volume.from_sitk(image, path)
+        if declared is not None and (distance := qform_sform_disagreement(declared)):
+            _warn(volume, f"{path}: the NIfTI qform and sform disagree (the image's corners lie up to {distance} "
+                          "apart); ITK's choice was used, as 3D Slicer does. Check the orientation of the result")
     _validate_volume(volume, path, allow_non_finite=allow_non_finite)
     return volume
 
@@ -257,42 +269,11 @@ def _check_gzip_complete(path: Path) -> None:
         raise InputError(f"truncated image file: {total} bytes of data, the header needs {expected}", path)
 
 
-def _check_header_spacing(path: Path) -> None:
-    """Refuse zero or negative spacings written in the header.
-
-    ITK quietly replaces a NIfTI ``pixdim`` of 0 by 1 and takes the absolute value of a negative one, and the NRRD
-    reader does the same with ``spacings``; an image whose header says so is broken, and reading it as 1 mm would
-    make every volume in mL wrong without a word.
-    """
-    suffix = full_suffix(path)
-    values: list[float] = []
-    if suffix in (".nii", ".nii.gz"):
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise InputError(f"unreadable or truncated image file ({_itk_reason(exc)})", path) from exc
-        dims = int(reader.GetMetaData("dim[0]")) if reader.HasMetaDataKey("dim[0]") else 3
-        keys = [f"pixdim[{i}]" for i in range(1, min(dims, 3) + 1)]
-        values = [float(reader.GetMetaData(k)) for k in keys if reader.HasMetaDataKey(k)]
-    elif suffix in (".nrrd", ".nhdr"):
-        with open(path, "rb") as handle:
-            header = handle.read(65536).split(b"\n\n", 1)[0].decode("latin-1", errors="replace")
-        for line in header.splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key == "spacings":
-                values += [float(v) for v in value.split() if v.lower() != "nan"]
-            elif key == "space directions":
-                for vector in value.replace(")", "").split("("):
-                    words = vector.replace(",", " ").split()
-                    if words and words[0].lower() != "none":
-                        values.append(float(np.linalg.norm([float(v) for v in words])))
-    bad = [v for v in values if not v > 0]
-    if bad:
-        raise InputError(f"voxel spacing in the header is zero or negative ({', '.join(f'{v:g}' for v in values)})",
-                         path)
+def _check_nifti_finite(path: Path, declared: DeclaredImage) -> None:
+    """Refuse NaN/Inf voxels of a NIfTI, counted in the raw bytes: ITK's NIfTI reader turns them into 0."""
+    n_nan, n_inf = nifti_non_finite_count(path, declared)
+    if n_nan or n_inf:
+        raise InputError(f"{n_nan + n_inf} voxels are not finite ({n_nan} NaN, {n_inf} Inf)", path)
 
 
 def _itk_reason(exc: RuntimeError) -> str:
@@ -305,7 +286,16 @@ def _itk_reason(exc: RuntimeError) -> str:
     return "ITK could not read it"
 
 
+def _warn(volume: Volume, message: str) -> None:
+    """A problem that does not stop the reading: logged, and kept in ``metadata["warnings"]`` for the summary."""
+    log.warning(message)
+    volume.metadata.setdefault("warnings", []).append(message)
+
+
 def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError("image has complex-valued voxels (e.g. raw MRI k-space or phase data); a real-valued "
+                         "magnitude or CT image is required", path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
                          "(colour or vector image); a single-channel scalar image is required", path)

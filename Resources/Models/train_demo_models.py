@@ -171,6 +171,9 @@ def install(bundle_dir: Path, name: str) -> Path:
         shutil.copy2(bundle_dir / file, staging / file)
     shutil.copy2(bundle_dir / "training" / "log.csv", staging / "training_log.csv")
     shutil.copy2(bundle_dir / "training" / "learning_curve.png", staging / "learning_curve.png")
+    from HepatoblastomaSegLib.bundle import refresh_bundle_checksums
+
+    refresh_bundle_checksums(staging)  # bundle.json lists the SHA256 of every file, the training log too
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
