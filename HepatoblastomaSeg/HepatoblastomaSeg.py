@@ -27,8 +27,12 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
-except ImportError:  # Slicer < 5.4
+    from slicer.i18n import translate
+except ImportError:  # Slicer < 5.4 (unsupported: the panel then says so, see _supportProblem)
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -45,6 +49,21 @@ def _libraryFolder() -> Path:
 if str(_libraryFolder()) not in sys.path:
     sys.path.append(str(_libraryFolder()))
 
+
+def _supportProblem() -> str:
+    """``""`` on a supported 3D Slicer (5.10 or later), else the message the panel shows instead of a traceback.
+
+    ``HepatoblastomaSegMRML/compatibility.py`` is loaded by its path: importing the package would first run its
+    ``__init__``, which imports code that needs Python 3.10."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "HepatoblastomaSegMRML" / "compatibility.py"
+    spec = importlib.util.spec_from_file_location("HepatoblastomaSegCompatibility", path)
+    compatibility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compatibility)
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion)) if hasattr(slicer, "app") else None
+    return compatibility.unsupported_reason(version)
+
 PAPER = ("Modanwal G, Kumar S, Viswanathan V, et al. Pediatric Personalized Deep Learning Models for Segmentation of "
          "Hepatoblastoma at CT and MRI. Radiol Imaging Cancer 2026;8(2):e250041. doi:10.1148/rycan.250041")
 #: GUI choices -> the library's values.
@@ -59,7 +78,8 @@ class HepatoblastomaSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Hepatoblastoma Segmentation")
-        self.parent.categories = [_("Segmentation")]
+        # Slicer translates category names in this context (its module template does the same).
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []  # PyTorchUtils (PyTorch extension) is imported when first needed
         self.parent.contributors = ["HepatoblastomaSeg developers"]
         self.parent.helpText = _(
@@ -67,7 +87,7 @@ class HepatoblastomaSeg(ScriptedLoadableModule):
             "shows the model's voxelwise uncertainty (softmax entropy), finds the most uncertain parts of the tumour "
             "boundary, and scores your edits against the AI mask, an annotator or a consensus of annotators.<br>"
             "Research software: not for clinical use. The bundled demo models were trained on synthetic phantoms "
-            "only.<br>See <a href=\"https://github.com/HepatoblastomaSeg/HepatoblastomaSeg\">the project page</a>.")
+            "only.<br>Needs 3D Slicer 5.10 or later (Python 3.12); on older versions the panel says so.<br>See <a href=\"https://github.com/HepatoblastomaSeg/HepatoblastomaSeg\">the project page</a>.")
         self.parent.acknowledgementText = _(
             f"The method follows {PAPER}. Built on 3D Slicer, PyTorch, MONAI and SimpleITK.")
 
@@ -115,6 +135,13 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        problem = _supportProblem()
+        if problem:  # 3D Slicer < 5.10: say so instead of failing with a traceback
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/HepatoblastomaSeg.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -150,11 +177,15 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.refreshModels()
 
     def cleanup(self):
+        if self.logic is None:  # unsupported 3D Slicer: setup stopped at the message
+            return
         self.cancelRunning()
         self.timer.stop()
         self.removeObservers()
 
     def enter(self):
+        if self.logic is None:
+            return
         self.initializeParameterNode()
         if self._probeInfo is None and self._probe is None:
             self.startProbe()
@@ -786,6 +817,9 @@ class HepatoblastomaSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        problem = _supportProblem()
+        if problem:
+            self.skipTest(problem)
         self.setUp()
         self.test_workflow()
         self.setUp()

@@ -224,3 +224,20 @@ def test_configure_and_install_gives_a_working_module_folder(tmp_path):
     assert len(report["imported"]) > 40
     for file in report["imported"]:
         assert Path(file).resolve().is_relative_to(installed.resolve()), file
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_building_against_slicer_5_8_stops_with_the_supported_versions(tmp_path):
+    """The library needs Python 3.10; 3D Slicer 5.8 ships 3.9, so the extension refuses to build against it."""
+    stub = tmp_path / "slicer-stub"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(STUB_CONFIG + 'set(Slicer_VERSION "5.8.1")\n')
+    (stub / "UseSlicer.cmake").write_text(STUB_USE)
+    (stub / "Empty.cmake").write_text("")
+    env = {**os.environ, "CMAKE_GENERATOR": "Ninja" if shutil.which("ninja") else "Unix Makefiles"}
+    configure = subprocess.run(["cmake", "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={stub}"],
+                               capture_output=True, text=True, timeout=240, env=env)
+    if configure.returncode != 0 and "CMAKE_C_COMPILER" in configure.stderr:
+        pytest.skip("no C compiler for project()")
+    assert configure.returncode != 0
+    assert "needs 3D Slicer 5.10 or later" in configure.stderr and "5.8.1" in configure.stderr
