@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io import read_volume
@@ -13,8 +14,12 @@ from .predictor import Predictor, PredictorOptions, guess_modality
 
 
 def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                progress: Progress | None = None) -> Path:
-    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path."""
+                progress: Progress | None = None,
+                predictor_for: Callable[[PredictorOptions, str], Predictor] | None = None) -> Path:
+    """Read ``image``, segment it, write the outputs into ``out_dir``; returns the summary's path.
+
+    ``predictor_for(options, modality)`` gives the predictor (default: load it, :meth:`Predictor.from_options`);
+    ``hbseg serve`` passes one that keeps models loaded between requests."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
     progress("read", 0.0, str(image))
@@ -25,7 +30,9 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
     read_s = time.perf_counter() - t0
     progress("read", 1.0, str(image))
     t0 = time.perf_counter()
-    predictor = Predictor.from_options(options, modality=options.modality or guess_modality(volume))
+    modality = options.modality or guess_modality(volume)
+    predictor = (predictor_for(options, modality) if predictor_for is not None
+                 else Predictor.from_options(options, modality=modality))
     load_s = time.perf_counter() - t0
     prediction = predictor.predict(volume, progress)
     prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),
