@@ -154,6 +154,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._debouncer = review.Debouncer(RESCORE_DELAY_S)
         self.ui.resultSelector.addAttribute("vtkMRMLSegmentationNode", nodes.ROLE_ATTRIBUTE, "segmentation")
         self.ui.progressBar.setVisible(False)
+        self.ui.reviewFlagLabel.setVisible(False)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -227,6 +228,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.guessModality()
             self.selectModelForModality()
             self.observeResult(self._parameterNode.resultSegmentation)
+            self.updateReviewFlag()
             self.updateModalityWarning()
             self.updateButtons()
         finally:
@@ -486,6 +488,12 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if node is not None:
             for event in self.logic.segmentationEditEvents():
                 self.addObserver(node, event, self.onSegmentationEdited)
+
+    def updateReviewFlag(self):
+        """Show why the result's summary asks for a careful review (nothing for older results)."""
+        text = self.logic.reviewFlagText(self._parameterNode.resultSegmentation)
+        self.ui.reviewFlagLabel.text = text
+        self.ui.reviewFlagLabel.setVisible(bool(text))
 
     def onSegmentationEdited(self, caller=None, event=None):
         self._regionsStale = True
@@ -766,6 +774,13 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
         from HepatoblastomaSegMRML import rescore
 
         return rescore(slicer.mrmlScene, segmentationNode, [referenceNode] if referenceNode is not None else [])
+
+    @staticmethod
+    def reviewFlagText(segmentationNode) -> str:
+        """The review reasons of the result's summary in plain words; "" when there are none."""
+        from HepatoblastomaSegMRML import nodes, review
+
+        return review.review_flag_text(nodes.stored_summary(segmentationNode)) if segmentationNode else ""
 
     def uncertainRegions(self, segmentationNode, **options):
         from HepatoblastomaSegMRML import review
