@@ -2,8 +2,9 @@
 
 Only the Qt-facing parts live here. Behaviour is in Qt-free, tested code: the library ``HepatoblastomaSegLib``
 (shipped inside this module's folder) and the MRML glue ``HepatoblastomaSegMRML`` (background process runner,
-model catalogue, uncertain regions, diagnostics, dependency rules, result nodes). "Segment tumor" runs
-``hbseg segment --progress json`` in a background ``PythonSlicer`` process, so Slicer stays responsive.
+model catalogue, uncertain regions, diagnostics, dependency rules, result nodes). "Segment tumor" sends the
+request to a warm ``hbseg serve --stdio`` worker (a background ``PythonSlicer`` process kept alive between clicks,
+restarted after a crash), so Slicer stays responsive and the model loads once.
 
 Nothing heavy is imported when Slicer loads the module: torch and MONAI are checked for, and installed after
 asking, when the user first segments.
@@ -181,6 +182,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self.logic is None:  # unsupported 3D Slicer: setup stopped at the message
             return
         self.cancelRunning()
+        self.logic.shutdownWorker()
         self.timer.stop()
         self.removeObservers()
 
@@ -602,6 +604,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self._warmWorker = None
 
     def getParameterNode(self):
         return HepatoblastomaSegParameterNode(super().getParameterNode())
@@ -701,8 +704,25 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
                                                    image_spacing_zyx_mm=volumeNode.GetSpacing()[::-1])
 
     # --- segmentation
-    def createJob(self, volumeNode, model, modality, device="auto", tta=True):
-        """A background segmentation of ``volumeNode`` (start it, poll it, then :meth:`loadResults`)."""
+    def warmWorker(self):
+        """The ``hbseg serve --stdio`` worker kept alive between clicks and cases (a fresh one after a crash or an
+        unanswered cancel), so torch, CUDA and the model load once."""
+        from HepatoblastomaSegMRML.process import python_command
+        from HepatoblastomaSegMRML.worker import WarmWorker
+
+        if self._warmWorker is None:
+            self._warmWorker = WarmWorker(
+                lambda: python_command(self.pythonSlicerExecutable(), _libraryFolder(), ["serve", "--stdio"]),
+                env=self.childEnvironment())
+        return self._warmWorker.get()
+
+    def shutdownWorker(self):
+        if self._warmWorker is not None:
+            self._warmWorker.shutdown()
+
+    def createJob(self, volumeNode, model, modality, device="auto", tta=True, warm=True):
+        """A background segmentation of ``volumeNode`` (start it, poll it, then :meth:`loadResults`), sent to the
+        warm worker (``warm=False``: in a new ``hbseg segment`` process)."""
         from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest
 
         request = SegmentRequest(model_path=model.path if model is not None else None, modality=modality,
@@ -713,7 +733,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
             suffix += 1
         return SegmentJob(volumeNode, request, python_executable=self.pythonSlicerExecutable(),
                           work_dir=workDir.with_name(f"{workDir.name}-{suffix}"), env=self.childEnvironment(),
-                          lib_dir=_libraryFolder())
+                          lib_dir=_libraryFolder(), worker=self.warmWorker() if warm else None)
 
     def loadResults(self, job):
         from HepatoblastomaSegMRML import application_environment

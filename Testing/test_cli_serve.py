@@ -78,6 +78,7 @@ def _arrays(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "entropy.nii.gz"))))
 
 
+@pytest.mark.slow
 def test_two_requests_one_model_load_and_the_bytes_of_hbseg_segment(case, tmp_path):
     bundle, image = case
     fresh = subprocess.run([sys.executable, "-m", "HepatoblastomaSegLib.cli", "segment", str(image), "-o",

@@ -58,6 +58,15 @@ class SegmentRequest:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
 
+    def worker_options(self) -> dict[str, Any]:
+        """The same choices as :meth:`cli_args`, as the options of an ``hbseg serve`` request."""
+        options: dict[str, Any] = {"format": "nrrd", "device": self.device, "tta": self.tta}
+        if self.model_path is not None:
+            options["model"] = str(self.model_path)
+        if self.modality is not None:
+            options["modality"] = self.modality
+        return options
+
     def cli_args(self, input_path: str | Path, output_dir: str | Path) -> list[str]:
         """The ``hbseg`` arguments: NRRD outputs (what Slicer reads best) and JSON progress lines on stdout."""
         args = ["segment", str(input_path), "-o", str(output_dir), "--format", "nrrd", "--progress", "json",
@@ -74,12 +83,16 @@ class SegmentJob:
 
     ``python_executable``: 3D Slicer's ``PythonSlicer`` in the application, ``sys.executable`` elsewhere;
     ``env``: the child's environment (in the application: Slicer's *startup* environment, so the launcher sets
-    up its own); ``name`` / ``case``: passed to :func:`~.segment.load_results`.
+    up its own); ``name`` / ``case``: passed to :func:`~.segment.load_results`. ``worker``: a warm
+    :class:`~.worker.WorkerProcess` to send the request to (models stay loaded); without one (or with
+    ``extra_args``) a new ``hbseg segment`` process runs.
     """
 
     def __init__(self, volume_node, request: SegmentRequest, *, python_executable: str | Path | None = None,
                  work_dir: str | Path | None = None, env: Mapping[str, str] | None = None,
-                 lib_dir: str | Path | None = None, name: str | None = None, case: str | None = None):
+                 lib_dir: str | Path | None = None, name: str | None = None, case: str | None = None,
+                 worker=None):
+        self.worker = worker if not request.extra_args else None
         self.volume_node = volume_node
         self.request = request
         self.python_executable = str(python_executable or this_python())
@@ -110,7 +123,8 @@ class SegmentJob:
 
     # ------------------------------------------------------------------------------------------------ run
     def start(self) -> None:
-        """Write the volume's voxels and exact geometry to ``input.nrrd`` and start the process."""
+        """Write the volume's voxels and exact geometry to ``input.nrrd`` and start the process (or send the
+        request to the warm worker)."""
         from HepatoblastomaSegLib.io import write_volume
 
         from .volumes import volume_from_node
@@ -119,6 +133,10 @@ class SegmentJob:
             raise RuntimeError("this job was started already; make a new one for another run")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_volume(volume_from_node(self.volume_node), self.input_path)
+        if self.worker is not None:
+            self.runner = self.worker.submit(self.input_path, self.output_dir, self.request.worker_options(),
+                                             log_path=self.log_path)
+            return
         self.runner = ProcessRunner(self.argv(), env=self.env, log_path=self.log_path, cwd=self.work_dir)
         self.runner.start()
 
