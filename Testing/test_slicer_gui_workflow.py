@@ -56,6 +56,9 @@ def test_request_arguments_are_what_the_hbseg_parser_expects(bundle):
     assert defaults.model is None and defaults.modality is None and defaults.device == "auto" and defaults.tta
     with pytest.raises(ValueError):
         SegmentRequest(device="gpu")
+    more = SegmentRequest(more=(("overlap", 0.6), ("keep_largest", True)))
+    args = build_parser().parse_args(more.cli_args("in.nrrd", "out"))
+    assert args.overlap == 0.6 and args.keep_largest and more.options()["overlap"] == 0.6
 
 
 def test_background_run_gives_the_in_process_result_and_touches_the_scene_only_when_loaded(slicer_env, bundle,
