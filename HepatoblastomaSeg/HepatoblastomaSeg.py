@@ -1,8 +1,10 @@
 """3D Slicer module: segment hepatoblastoma on CT / T2 MRI, show uncertainty, review, re-score, build a consensus.
 
 Only the Qt-facing parts live here. Behaviour is in Qt-free, tested code: the library ``HepatoblastomaSegLib``
-(shipped inside this module's folder) and the MRML glue ``HepatoblastomaSegMRML`` (background process runner,
-model catalogue, uncertain regions, diagnostics, dependency rules, result nodes). "Segment tumor" sends the
+(shipped inside this module's folder), the MRML glue ``HepatoblastomaSegMRML`` (result nodes, re-scoring,
+consensus, uncertain regions, the background job of one click) and ``HepatoblastomaSegRunner``, which needs
+neither Qt nor MRML (background processes and the warm worker, model catalogue, diagnostics, dependency rules,
+failure explanations, supported versions). "Segment tumor" sends the
 request to a warm ``hbseg serve --stdio`` worker (a background ``PythonSlicer`` process kept alive between clicks,
 restarted after a crash), so Slicer stays responsive and the model loads once.
 
@@ -54,11 +56,11 @@ if str(_libraryFolder()) not in sys.path:
 def _supportProblem() -> str:
     """``""`` on a supported 3D Slicer (5.10 or later), else the message the panel shows instead of a traceback.
 
-    ``HepatoblastomaSegMRML/compatibility.py`` is loaded by its path: importing the package would first run its
+    ``HepatoblastomaSegRunner/compatibility.py`` is loaded by its path: importing the package would first run its
     ``__init__``, which imports code that needs Python 3.10."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent / "HepatoblastomaSegMRML" / "compatibility.py"
+    path = Path(__file__).resolve().parent / "HepatoblastomaSegRunner" / "compatibility.py"
     spec = importlib.util.spec_from_file_location("HepatoblastomaSegCompatibility", path)
     compatibility = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compatibility)
@@ -241,7 +243,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         volume = self._parameterNode.inputVolume
         if volume is None or volume.GetID() == self._guessedVolumeID or volume.GetImageData() is None:
             return
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         self._guessedVolumeID = volume.GetID()
         self._guessedModality = models.guess_modality(slicer.util.arrayFromVolume(volume))
@@ -274,7 +276,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Keep the chosen model when it fits the modality; else pick that modality's default."""
         if not self._parameterNode:
             return
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         modality = MODALITY_CHOICES[self._parameterNode.modality]
         current = self.selectedModel()
@@ -330,7 +332,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.setStatus(_("Imported {label}: checksum verified.").format(label=entry.label))
 
     def updateModalityWarning(self):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         chosen = MODALITY_CHOICES[self._parameterNode.modality]
         text = models.modality_mismatch(self._guessedModality, chosen, self.selectedModel())
@@ -362,7 +364,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.startSegmentation()
 
     def startSegmentation(self):
-        from HepatoblastomaSegMRML import diagnostics
+        from HepatoblastomaSegRunner import diagnostics
 
         p = self._parameterNode
         warning = self.ui.modalityWarningLabel.text
@@ -393,7 +395,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.onTimer()
 
     def onTimer(self):
-        from HepatoblastomaSegMRML.process import RunState
+        from HepatoblastomaSegRunner.process import RunState
 
         if self._probe is not None:
             self._probe.poll()
@@ -414,8 +416,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.timer.stop()
 
     def finishSegmentation(self, job):
-        from HepatoblastomaSegMRML import failures
-        from HepatoblastomaSegMRML.process import RunState, format_duration
+        from HepatoblastomaSegRunner import failures
+        from HepatoblastomaSegRunner.process import RunState, format_duration
 
         self._lastLog = job.log_text()
         self.ui.progressBar.setVisible(False)
@@ -576,7 +578,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.timer.start()
 
     def finishProbe(self):
-        from HepatoblastomaSegMRML import diagnostics
+        from HepatoblastomaSegRunner import diagnostics
 
         probe, self._probe = self._probe, None
         try:
@@ -599,8 +601,9 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
-    """A thin layer over the Qt-free ``HepatoblastomaSegMRML`` package, on the application's scene. Usable from the
-    Python console and scripts: ``result = HepatoblastomaSegLogic().segment(volumeNode)``."""
+    """A thin layer over the Qt-free ``HepatoblastomaSegMRML`` and ``HepatoblastomaSegRunner`` packages, on the
+    application's scene. Usable from the Python console and scripts:
+    ``result = HepatoblastomaSegLogic().segment(volumeNode)``."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -628,7 +631,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def childEnvironment():
-        from HepatoblastomaSegMRML.process import child_environment
+        from HepatoblastomaSegRunner.process import child_environment
 
         # The startup environment, not Slicer's own: the PythonSlicer launcher then sets up its paths itself.
         return child_environment(slicer.util.startupEnvironment())
@@ -636,7 +639,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
     # --- dependencies
     def ensureDependencies(self, askConfirmation=True) -> bool:
         """torch through the PyTorch extension, the other packages through pip, after asking; False if declined."""
-        from HepatoblastomaSegMRML import dependencies as deps
+        from HepatoblastomaSegRunner import dependencies as deps
 
         if deps.installed_version("torch") is None:
             try:
@@ -685,17 +688,17 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     # --- models
     def models(self, modality=None):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         return models.list_models(self.userModelsDir(), modality)
 
     def importModel(self, folder, replace=False):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         return models.import_model_folder(folder, self.userModelsDir(), replace=replace)
 
     def estimateMemoryGB(self, model, volumeNode):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         if model is None or volumeNode is None or volumeNode.GetImageData() is None:
             return None
@@ -707,8 +710,8 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
     def warmWorker(self):
         """The ``hbseg serve --stdio`` worker kept alive between clicks and cases (a fresh one after a crash or an
         unanswered cancel), so torch, CUDA and the model load once."""
-        from HepatoblastomaSegMRML.process import python_command
-        from HepatoblastomaSegMRML.worker import WarmWorker
+        from HepatoblastomaSegRunner.process import python_command
+        from HepatoblastomaSegRunner.worker import WarmWorker
 
         if self._warmWorker is None:
             self._warmWorker = WarmWorker(
@@ -743,8 +746,8 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, model=None, modality=None, device="auto", tta=True, timeoutS=None):
         """Segment and wait (scripts and the self-test), keeping the GUI alive; returns the result."""
-        from HepatoblastomaSegMRML import models as catalogue
-        from HepatoblastomaSegMRML.process import RunState
+        from HepatoblastomaSegRunner import models as catalogue
+        from HepatoblastomaSegRunner.process import RunState
 
         modality = modality or catalogue.guess_modality(slicer.util.arrayFromVolume(volumeNode))
         model = model or catalogue.default_model(self.models(), modality)
@@ -825,8 +828,8 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
     def startProbe(self):
         import json
 
-        from HepatoblastomaSegMRML import diagnostics
-        from HepatoblastomaSegMRML.process import ProcessRunner
+        from HepatoblastomaSegRunner import diagnostics
+        from HepatoblastomaSegRunner.process import ProcessRunner
 
         models = json.dumps([diagnostics.model_summary(m) for m in self.models()])
         argv = diagnostics.probe_command(self.pythonSlicerExecutable(), _libraryFolder(), models_json=models,
@@ -834,7 +837,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
         return ProcessRunner(argv, env=self.childEnvironment(), require_done_event=False).start()
 
     def diagnosticsText(self, probeInfo, probeLog=""):
-        from HepatoblastomaSegMRML import diagnostics
+        from HepatoblastomaSegRunner import diagnostics
 
         info = probeInfo or diagnostics.collect(slicer_version=slicer.app.applicationVersion, models=self.models(),
                                                 include_torch=False)
@@ -861,7 +864,7 @@ class HepatoblastomaSegTest(ScriptedLoadableModuleTest):
         self.test_cancel_leaves_scene_unchanged()
 
     def _prepare(self):
-        from HepatoblastomaSegMRML import selftest
+        from HepatoblastomaSegRunner import selftest
 
         logic = HepatoblastomaSegLogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False), "the Python dependencies are missing")
@@ -916,7 +919,7 @@ class HepatoblastomaSegTest(ScriptedLoadableModuleTest):
 
     def test_cancel_leaves_scene_unchanged(self):
         from HepatoblastomaSegMRML.background import scene_node_ids
-        from HepatoblastomaSegMRML.process import RunState
+        from HepatoblastomaSegRunner.process import RunState
 
         logic, data, model, volume = self._prepare()
         before = scene_node_ids(slicer.mrmlScene)

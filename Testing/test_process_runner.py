@@ -1,4 +1,4 @@
-"""The background-process runner of the Slicer module (HepatoblastomaSegMRML/process.py), with real processes:
+"""The background-process runner of the Slicer module (HepatoblastomaSegRunner/process.py), with real processes:
 a small script that prints the library's own JSON progress lines and sleeps, and the real ``hbseg segment
 --progress json`` on a tiny model. Checks the state machine (idle -> running -> done | failed | cancelled), the
 progress it reads, the log, and that cancel kills the whole process tree (a launcher and the child it started)."""
@@ -19,11 +19,9 @@ MODULE_DIR = REPO / "HepatoblastomaSeg"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-pytest.importorskip("slicer")  # HepatoblastomaSegMRML/__init__ imports the MRML classes
-
 from HepatoblastomaSegLib.progress import JsonLinesProgress, parse_json_line  # noqa: E402
-from HepatoblastomaSegMRML.process import (STAGE_WEIGHTS, ProcessRunner, ProgressUpdate, RunState,  # noqa: E402
-                                           child_environment, format_duration, overall_fraction, python_command)
+from HepatoblastomaSegRunner.process import (STAGE_WEIGHTS, ProcessRunner, ProgressUpdate, RunState,  # noqa: E402
+                                             child_environment, format_duration, overall_fraction, python_command)
 
 from test_preprocess_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
@@ -275,11 +273,12 @@ def test_warm_worker_keeps_the_model_between_jobs_and_survives_a_cancel_and_a_cr
     started for the next job."""
     import signal
 
+    pytest.importorskip("slicer")  # the jobs read their volume from a real MRML node
     from slicer_env import add_volume_node
 
     from HepatoblastomaSegMRML import headless_environment
     from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest
-    from HepatoblastomaSegMRML.worker import WarmWorker
+    from HepatoblastomaSegRunner.worker import WarmWorker
 
     env = headless_environment()
     bundle = tiny_bundle(tmp_path / "models")
@@ -338,7 +337,7 @@ DEAF_WORKER = textwrap.dedent("""\
 
 
 def test_a_worker_that_does_not_answer_a_cancel_is_killed_and_replaced(tmp_path):
-    from HepatoblastomaSegMRML.worker import WarmWorker
+    from HepatoblastomaSegRunner.worker import WarmWorker
 
     script = tmp_path / "deaf.py"
     script.write_text(DEAF_WORKER)

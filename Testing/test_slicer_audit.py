@@ -26,11 +26,11 @@ from slicer_env import add_volume_node, make_case, slicer_env  # noqa: E402,F401
 
 import HepatoblastomaSegMRML as mrml  # noqa: E402
 from HepatoblastomaSegLib.infer import MAX_ENTROPY_2CLASS_NATS  # noqa: E402
-from HepatoblastomaSegMRML import dependencies as deps  # noqa: E402
+from HepatoblastomaSegRunner import dependencies as deps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILE = REPO / "HepatoblastomaSeg" / "HepatoblastomaSeg.py"
-COMPATIBILITY_FILE = REPO / "HepatoblastomaSeg" / "HepatoblastomaSegMRML" / "compatibility.py"
+COMPATIBILITY_FILE = REPO / "HepatoblastomaSeg" / "HepatoblastomaSegRunner" / "compatibility.py"
 
 
 def _compatibility():

@@ -21,10 +21,10 @@ from HepatoblastomaSegLib.bundle import load_bundle  # noqa: E402
 from HepatoblastomaSegLib.cli import build_parser  # noqa: E402
 from HepatoblastomaSegLib.infer.predictor import Predictor  # noqa: E402
 from HepatoblastomaSegLib.io import Geometry  # noqa: E402
-from HepatoblastomaSegMRML import models  # noqa: E402
+from HepatoblastomaSegRunner import models  # noqa: E402
 from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest, scene_node_ids  # noqa: E402
-from HepatoblastomaSegMRML.failures import explain_failure  # noqa: E402
-from HepatoblastomaSegMRML.process import RunState  # noqa: E402
+from HepatoblastomaSegRunner.failures import explain_failure  # noqa: E402
+from HepatoblastomaSegRunner.process import RunState  # noqa: E402
 from HepatoblastomaSegMRML.volumes import geometry_of_node, node_grid, segment_mask, volume_from_node  # noqa: E402
 
 from conftest import oblique_direction  # noqa: E402

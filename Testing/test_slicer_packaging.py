@@ -76,12 +76,13 @@ INSTALLED_CHECK = textwrap.dedent("""\
     sys.path[:] = [installed] + [p for p in sys.path[1:] if "site-packages" in p or "lib/python" in p]
     import HepatoblastomaSegLib, HepatoblastomaSegMRML as mrml
     from HepatoblastomaSegLib import bundle
-    from HepatoblastomaSegMRML import models, terminology
+    from HepatoblastomaSegRunner import models
+    from HepatoblastomaSegMRML import terminology
     from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest, library_dir
-    from HepatoblastomaSegMRML.process import RunState
+    from HepatoblastomaSegRunner.process import RunState
     from HepatoblastomaSegMRML.volumes import geometry_of_node
-    import HepatoblastomaSegMRML.review, HepatoblastomaSegMRML.diagnostics, HepatoblastomaSegMRML.selftest
-    import HepatoblastomaSegMRML.failures, HepatoblastomaSegMRML.dependencies
+    import HepatoblastomaSegMRML.review, HepatoblastomaSegRunner.diagnostics, HepatoblastomaSegRunner.selftest
+    import HepatoblastomaSegRunner.failures, HepatoblastomaSegRunner.dependencies
     from HepatoblastomaSegLib.cli import build_parser; build_parser()
     import HepatoblastomaSegLib.infer.runner, HepatoblastomaSegLib.phantom, HepatoblastomaSegLib.preprocess
     env = mrml.headless_environment()
@@ -100,7 +101,8 @@ INSTALLED_CHECK = textwrap.dedent("""\
         "same_grid": bool(result and geometry_of_node(result.entropy_node).matches(geometry_of_node(volume))),
         "bundle_ok": bundle.load_bundle(entry.path).name,
         "imported": sorted(m.__file__ for n, m in sys.modules.items()
-                           if n.split(".")[0] in ("HepatoblastomaSegLib", "HepatoblastomaSegMRML")
+                           if n.split(".")[0] in ("HepatoblastomaSegLib", "HepatoblastomaSegMRML",
+                                                                      "HepatoblastomaSegRunner")
                            and getattr(m, "__file__", None))}))
 """)
 
@@ -199,7 +201,7 @@ def test_configure_and_install_gives_a_working_module_folder(tmp_path):
                      if "__pycache__" not in p.parts)
     for relative in library:
         assert (installed / relative).is_file(), f"not installed: {relative}"
-    for relative in ("HepatoblastomaSeg.py", "HepatoblastomaSegMRML/process.py", "Scripts/segment_cohort.py",
+    for relative in ("HepatoblastomaSeg.py", "HepatoblastomaSegRunner/process.py", "Scripts/segment_cohort.py",
                      "Resources/UI/HepatoblastomaSeg.ui", "Resources/Icons/HepatoblastomaSeg.png",
                      "Resources/HepatoblastomaSeg.term.json", "Resources/Models/ct-demo/model.safetensors",
                      "Resources/Models/ct-demo/bundle.json", "Resources/Models/ct-demo/plans.json",

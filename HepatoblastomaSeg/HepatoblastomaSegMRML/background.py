@@ -26,7 +26,7 @@ from typing import Any
 
 from HepatoblastomaSegLib.errors import InputError
 
-from .process import ProcessRunner, ProgressUpdate, RunState, child_environment, python_command, this_python
+from HepatoblastomaSegRunner.process import ProcessRunner, ProgressUpdate, RunState, child_environment, python_command, this_python
 
 INPUT_NAME = "input.nrrd"
 OUTPUT_FOLDER = "output"
