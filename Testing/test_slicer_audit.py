@@ -236,3 +236,16 @@ def test_the_entropy_overlay_is_transparent_where_the_model_is_confident(slicer_
     assert low.sum() > 0 and high.sum() > 0
     assert np.all(rgba[low, 3] == 0) and np.all(rgba[high, 3] == 255)
     assert rgba[high, :3].max() > 200  # the top of the window is bright
+
+
+def test_the_batch_script_under_python_3_9_says_which_slicer_it_needs(tmp_path):
+    """3D Slicer 5.8's Python running the batch script: exit status 2 and the supported versions, no traceback."""
+    python39 = _python_3_9()
+    if python39 is None:
+        pytest.skip("no Python 3.9 interpreter here")
+    script = REPO / "HepatoblastomaSeg" / "Scripts" / "segment_cohort.py"
+    done = subprocess.run([python39, str(script), "--manifest", "m.csv", "--out", "o"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "needs 3D Slicer 5.10 or later" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()

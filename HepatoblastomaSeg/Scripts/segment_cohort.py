@@ -416,6 +416,10 @@ def run(argv: list[str] | None = None, predict=None) -> int:
     failed or an unexpected error (traceback printed), 2 bad arguments, manifest or model, or a missing Python
     package, 130 interrupted. Never raises, so :func:`finish` always runs."""
     try:
+        unsupported = _unsupported_reason()
+        if unsupported:
+            print(f"segment_cohort: error: {unsupported}", file=sys.stderr)
+            return 2
         if _IMPORT_FAILURE is not None:
             print(f"segment_cohort: error: cannot import the module's code ({_describe(_IMPORT_FAILURE)}); run it "
                   "with 3D Slicer (Slicer --no-main-window --python-script ...) or a Python with slicer-core",
@@ -431,6 +435,22 @@ def run(argv: list[str] | None = None, predict=None) -> int:
         traceback.print_exc(file=sys.stderr)
         print(f"segment_cohort: error: {_describe(exc)}", file=sys.stderr)
         return 1
+
+
+def _unsupported_reason() -> str:
+    """The module's message for a 3D Slicer (or Python) older than it supports; "" otherwise. compatibility.py is
+    loaded by its path: it runs on Python 3.9, where the packages that import it cannot be imported."""
+    import importlib.util
+
+    path = _MODULE_DIR / "HepatoblastomaSegRunner" / "compatibility.py"
+    spec = importlib.util.spec_from_file_location("hbseg_compatibility", path)
+    compatibility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compatibility)
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    version = None
+    if app is not None and hasattr(app, "majorVersion"):
+        version = (int(app.majorVersion), int(app.minorVersion))
+    return compatibility.unsupported_reason(version)
 
 
 def _describe(exc: BaseException) -> str:
