@@ -151,11 +151,9 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HepatoblastomaSegLogic()
 
-        from HepatoblastomaSegMRML import nodes, review
-
-        self._regionCursor = review.RegionCursor()
-        self._debouncer = review.Debouncer(RESCORE_DELAY_S)
-        self.ui.resultSelector.addAttribute("vtkMRMLSegmentationNode", nodes.ROLE_ATTRIBUTE, "segmentation")
+        self._regionCursor = self.logic.regionCursor()
+        self._debouncer = self.logic.debouncer(RESCORE_DELAY_S)
+        self.ui.resultSelector.addAttribute("vtkMRMLSegmentationNode", self.logic.roleAttribute(), "segmentation")
         self.ui.progressBar.setVisible(False)
         self.ui.reviewFlagLabel.setVisible(False)
 
@@ -243,10 +241,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         volume = self._parameterNode.inputVolume
         if volume is None or volume.GetID() == self._guessedVolumeID or volume.GetImageData() is None:
             return
-        from HepatoblastomaSegRunner import models
-
         self._guessedVolumeID = volume.GetID()
-        self._guessedModality = models.guess_modality(slicer.util.arrayFromVolume(volume))
+        self._guessedModality = self.logic.guessModality(volume)
         label = {v: k for k, v in MODALITY_CHOICES.items()}[self._guessedModality]
         self._parameterNode.modality = label
         self.ui.modalityGuessLabel.text = _("guessed from the intensities")
@@ -276,12 +272,10 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Keep the chosen model when it fits the modality; else pick that modality's default."""
         if not self._parameterNode:
             return
-        from HepatoblastomaSegRunner import models
-
         modality = MODALITY_CHOICES[self._parameterNode.modality]
         current = self.selectedModel()
         if current is None or current.modality != modality:
-            default = models.default_model(self._models, modality)
+            default = self.logic.defaultModel(self._models, modality)
             if default is not None and str(default.path) != self._parameterNode.modelPath:
                 self._parameterNode.modelPath = str(default.path)
         self.showSelectedModel()
@@ -332,10 +326,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.setStatus(_("Imported {label}: checksum verified.").format(label=entry.label))
 
     def updateModalityWarning(self):
-        from HepatoblastomaSegRunner import models
-
         chosen = MODALITY_CHOICES[self._parameterNode.modality]
-        text = models.modality_mismatch(self._guessedModality, chosen, self.selectedModel())
+        text = self.logic.modalityMismatch(self._guessedModality, chosen, self.selectedModel())
         self.ui.modalityWarningLabel.text = text
         self.ui.modalityWarningLabel.setVisible(bool(text))
 
@@ -364,8 +356,6 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.startSegmentation()
 
     def startSegmentation(self):
-        from HepatoblastomaSegRunner import diagnostics
-
         p = self._parameterNode
         warning = self.ui.modalityWarningLabel.text
         if warning and not slicer.util.confirmOkCancelDisplay(warning + "\n\n" + _("Segment anyway?")):
@@ -375,7 +365,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         model = self.selectedModel()
         needed = self.logic.estimateMemoryGB(model, p.inputVolume)
-        choice = diagnostics.choose_device(p.device, self._probeInfo, needed)
+        choice = self.logic.chooseDevice(p.device, self._probeInfo, needed)
         if choice.device is None:
             slicer.util.errorDisplay(choice.message)
             return
@@ -395,8 +385,6 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.onTimer()
 
     def onTimer(self):
-        from HepatoblastomaSegRunner.process import RunState
-
         if self._probe is not None:
             self._probe.poll()
             if self._probe.state.finished:
@@ -404,7 +392,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         job = self._job
         if job is not None:
             update = job.poll()
-            if update is not None and job.state is RunState.RUNNING:
+            if update is not None and not job.state.finished:
                 self.ui.progressBar.value = update.percent
                 self.setStatus(update.text())
             if job.state.finished:
@@ -416,18 +404,14 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.timer.stop()
 
     def finishSegmentation(self, job):
-        from HepatoblastomaSegRunner import failures
-        from HepatoblastomaSegRunner.process import RunState, format_duration
-
         self._lastLog = job.log_text()
         self.ui.progressBar.setVisible(False)
-        elapsed = format_duration(job.runner.elapsed_s)
+        elapsed = self.logic.formatDuration(job.runner.elapsed_s)
         try:
-            if job.state is RunState.CANCELLED:
+            if job.state == "cancelled":
                 self.setStatus(_("Cancelled: the process was stopped and nothing was added to the scene."))
-            elif job.state is RunState.FAILED:
-                failure = failures.explain_failure(job.error_message, list(job.runner.log_lines),
-                                                   returncode=job.runner.returncode)
+            elif job.state == "failed":
+                failure = self.logic.explainFailure(job)
                 self.setStatus(failure.cause, "error")
                 slicer.util.errorDisplay(failure.text(), detailedText=job.log_text(last=60))
             else:
@@ -473,13 +457,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         node = self._parameterNode.resultSegmentation if self._parameterNode else None
         if node is None:
             return None
-        from HepatoblastomaSegLib.errors import HepatoblastomaSegError
-        from HepatoblastomaSegMRML import SegmentationResult
-
-        try:
-            return SegmentationResult.from_segmentation_node(node)
-        except HepatoblastomaSegError:
-            return None
+        return self.logic.resultOf(node)
 
     def observeResult(self, node):
         if node is self._observedSegmentation:
@@ -578,12 +556,10 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.timer.start()
 
     def finishProbe(self):
-        from HepatoblastomaSegRunner import diagnostics
-
         probe, self._probe = self._probe, None
         try:
-            self._probeInfo = diagnostics.parse_probe_output(probe.stdout_lines)
-            self.ui.deviceInfoLabel.text = diagnostics.device_summary(self._probeInfo)
+            self._probeInfo = self.logic.probeInfo(probe)
+            self.ui.deviceInfoLabel.text = self.logic.deviceSummary(self._probeInfo)
         except ValueError:
             self.ui.deviceInfoLabel.text = _("Could not detect the GPU (see Diagnostics); Auto lets the segmentation "
                                              "decide.")
@@ -635,6 +611,88 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
         # The startup environment, not Slicer's own: the PythonSlicer launcher then sets up its paths itself.
         return child_environment(slicer.util.startupEnvironment())
+
+    # --- small answers for the widget (it talks only to this Logic)
+    @staticmethod
+    def guessModality(volumeNode) -> str:
+        from HepatoblastomaSegRunner import models
+
+        return models.guess_modality(slicer.util.arrayFromVolume(volumeNode))
+
+    @staticmethod
+    def defaultModel(entries, modality):
+        from HepatoblastomaSegRunner import models
+
+        return models.default_model(entries, modality)
+
+    @staticmethod
+    def modalityMismatch(guessedModality, chosenModality, entry) -> str:
+        from HepatoblastomaSegRunner import models
+
+        return models.modality_mismatch(guessedModality, chosenModality, entry)
+
+    @staticmethod
+    def chooseDevice(requested, probeInfo, neededGB):
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.choose_device(requested, probeInfo, neededGB)
+
+    @staticmethod
+    def formatDuration(seconds) -> str:
+        from HepatoblastomaSegRunner.process import format_duration
+
+        return format_duration(seconds)
+
+    @staticmethod
+    def explainFailure(job):
+        """A failed job in plain words: its cause and the next step (``.cause``, ``.text()``)."""
+        from HepatoblastomaSegRunner import failures
+
+        return failures.explain_failure(job.error_message, list(job.runner.log_lines),
+                                        returncode=job.runner.returncode)
+
+    @staticmethod
+    def resultOf(segmentationNode):
+        """The result a segmentation node belongs to, or None when it is not one of this module's results."""
+        from HepatoblastomaSegLib.errors import HepatoblastomaSegError
+        from HepatoblastomaSegMRML import SegmentationResult
+
+        try:
+            return SegmentationResult.from_segmentation_node(segmentationNode)
+        except HepatoblastomaSegError:
+            return None
+
+    @staticmethod
+    def regionCursor():
+        from HepatoblastomaSegMRML import review
+
+        return review.RegionCursor()
+
+    @staticmethod
+    def debouncer(delayS):
+        from HepatoblastomaSegMRML import review
+
+        return review.Debouncer(delayS)
+
+    @staticmethod
+    def roleAttribute() -> str:
+        """The node attribute that marks this module's result segmentations (for the result selector)."""
+        from HepatoblastomaSegMRML import nodes
+
+        return nodes.ROLE_ATTRIBUTE
+
+    @staticmethod
+    def probeInfo(probe):
+        """What the diagnostics probe found (ValueError when it printed nothing usable)."""
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.parse_probe_output(probe.stdout_lines)
+
+    @staticmethod
+    def deviceSummary(probeInfo) -> str:
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.device_summary(probeInfo)
 
     # --- dependencies
     def ensureDependencies(self, askConfirmation=True) -> bool:

@@ -192,3 +192,17 @@ def test_every_module_file_compiles(tmp_path):
     for index, path in enumerate(files):
         py_compile.compile(str(path), cfile=str(tmp_path / f"{index}.pyc"), doraise=True)
     assert len(files) >= 20
+
+
+def test_the_widget_talks_only_to_its_logic(module_tree):
+    """The widget imports neither the MRML glue nor the runner; every ``self.logic.<name>`` it uses is defined on
+    the Logic (a typo here would only show inside 3D Slicer)."""
+    widget = _class(module_tree, "HepatoblastomaSegWidget")
+    imported = _imported_top_names(widget)
+    assert not imported & {"HepatoblastomaSegMRML", "HepatoblastomaSegRunner"}, imported
+    used = {node.attr for node in ast.walk(widget)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "logic" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    logic = _class(module_tree, "HepatoblastomaSegLogic")
+    defined = {n.name for n in logic.body if isinstance(n, ast.FunctionDef)}
+    assert used and used <= defined, f"the widget uses Logic members that do not exist: {sorted(used - defined)}"
