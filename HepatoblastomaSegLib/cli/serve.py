@@ -71,7 +71,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return Worker(sys.stdin, sys.stdout).serve()
+    # stdout carries the protocol only: anything else that prints there (a third-party library) goes to stderr.
+    protocol, sys.stdout = sys.stdout, sys.stderr
+    try:
+        return Worker(sys.stdin, protocol).serve()
+    finally:
+        sys.stdout = protocol
 
 
 class _RaisingParser(argparse.ArgumentParser):
