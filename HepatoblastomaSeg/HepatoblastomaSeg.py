@@ -1,9 +1,12 @@
 """3D Slicer module: segment hepatoblastoma on CT / T2 MRI, show uncertainty, review, re-score, build a consensus.
 
 Only the Qt-facing parts live here. Behaviour is in Qt-free, tested code: the library ``HepatoblastomaSegLib``
-(shipped inside this module's folder) and the MRML glue ``HepatoblastomaSegMRML`` (background process runner,
-model catalogue, uncertain regions, diagnostics, dependency rules, result nodes). "Segment tumor" runs
-``hbseg segment --progress json`` in a background ``PythonSlicer`` process, so Slicer stays responsive.
+(shipped inside this module's folder), the MRML glue ``HepatoblastomaSegMRML`` (result nodes, re-scoring,
+consensus, uncertain regions, the background job of one click) and ``HepatoblastomaSegRunner``, which needs
+neither Qt nor MRML (background processes and the warm worker, model catalogue, diagnostics, dependency rules,
+failure explanations, supported versions). "Segment tumor" sends the
+request to a warm ``hbseg serve --stdio`` worker (a background ``PythonSlicer`` process kept alive between clicks,
+restarted after a crash), so Slicer stays responsive and the model loads once.
 
 Nothing heavy is imported when Slicer loads the module: torch and MONAI are checked for, and installed after
 asking, when the user first segments.
@@ -27,8 +30,12 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
-except ImportError:  # Slicer < 5.4
+    from slicer.i18n import translate
+except ImportError:  # Slicer < 5.4 (unsupported: the panel then says so, see _supportProblem)
     def _(text):
+        return text
+
+    def translate(context, text):
         return text
 
 
@@ -45,6 +52,21 @@ def _libraryFolder() -> Path:
 if str(_libraryFolder()) not in sys.path:
     sys.path.append(str(_libraryFolder()))
 
+
+def _supportProblem() -> str:
+    """``""`` on a supported 3D Slicer (5.10 or later), else the message the panel shows instead of a traceback.
+
+    ``HepatoblastomaSegRunner/compatibility.py`` is loaded by its path: importing the package would first run its
+    ``__init__``, which imports code that needs Python 3.10."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "HepatoblastomaSegRunner" / "compatibility.py"
+    spec = importlib.util.spec_from_file_location("HepatoblastomaSegCompatibility", path)
+    compatibility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compatibility)
+    version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion)) if hasattr(slicer, "app") else None
+    return compatibility.unsupported_reason(version)
+
 PAPER = ("Modanwal G, Kumar S, Viswanathan V, et al. Pediatric Personalized Deep Learning Models for Segmentation of "
          "Hepatoblastoma at CT and MRI. Radiol Imaging Cancer 2026;8(2):e250041. doi:10.1148/rycan.250041")
 #: GUI choices -> the library's values.
@@ -59,7 +81,8 @@ class HepatoblastomaSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Hepatoblastoma Segmentation")
-        self.parent.categories = [_("Segmentation")]
+        # Slicer translates category names in this context (its module template does the same).
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []  # PyTorchUtils (PyTorch extension) is imported when first needed
         self.parent.contributors = ["HepatoblastomaSeg developers"]
         self.parent.helpText = _(
@@ -67,7 +90,7 @@ class HepatoblastomaSeg(ScriptedLoadableModule):
             "shows the model's voxelwise uncertainty (softmax entropy), finds the most uncertain parts of the tumour "
             "boundary, and scores your edits against the AI mask, an annotator or a consensus of annotators.<br>"
             "Research software: not for clinical use. The bundled demo models were trained on synthetic phantoms "
-            "only.<br>See <a href=\"https://github.com/HepatoblastomaSeg/HepatoblastomaSeg\">the project page</a>.")
+            "only.<br>Needs 3D Slicer 5.10 or later (Python 3.12); on older versions the panel says so.<br>See <a href=\"https://github.com/HepatoblastomaSeg/HepatoblastomaSeg\">the project page</a>.")
         self.parent.acknowledgementText = _(
             f"The method follows {PAPER}. Built on 3D Slicer, PyTorch, MONAI and SimpleITK.")
 
@@ -115,18 +138,24 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        problem = _supportProblem()
+        if problem:  # 3D Slicer < 5.10: say so instead of failing with a traceback
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/HepatoblastomaSeg.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HepatoblastomaSegLogic()
 
-        from HepatoblastomaSegMRML import nodes, review
-
-        self._regionCursor = review.RegionCursor()
-        self._debouncer = review.Debouncer(RESCORE_DELAY_S)
-        self.ui.resultSelector.addAttribute("vtkMRMLSegmentationNode", nodes.ROLE_ATTRIBUTE, "segmentation")
+        self._regionCursor = self.logic.regionCursor()
+        self._debouncer = self.logic.debouncer(RESCORE_DELAY_S)
+        self.ui.resultSelector.addAttribute("vtkMRMLSegmentationNode", self.logic.roleAttribute(), "segmentation")
         self.ui.progressBar.setVisible(False)
+        self.ui.reviewFlagLabel.setVisible(False)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
@@ -150,11 +179,16 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.refreshModels()
 
     def cleanup(self):
+        if self.logic is None:  # unsupported 3D Slicer: setup stopped at the message
+            return
         self.cancelRunning()
+        self.logic.shutdownWorker()
         self.timer.stop()
         self.removeObservers()
 
     def enter(self):
+        if self.logic is None:
+            return
         self.initializeParameterNode()
         if self._probeInfo is None and self._probe is None:
             self.startProbe()
@@ -196,6 +230,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.guessModality()
             self.selectModelForModality()
             self.observeResult(self._parameterNode.resultSegmentation)
+            self.updateReviewFlag()
             self.updateModalityWarning()
             self.updateButtons()
         finally:
@@ -206,10 +241,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         volume = self._parameterNode.inputVolume
         if volume is None or volume.GetID() == self._guessedVolumeID or volume.GetImageData() is None:
             return
-        from HepatoblastomaSegMRML import models
-
         self._guessedVolumeID = volume.GetID()
-        self._guessedModality = models.guess_modality(slicer.util.arrayFromVolume(volume))
+        self._guessedModality = self.logic.guessModality(volume)
         label = {v: k for k, v in MODALITY_CHOICES.items()}[self._guessedModality]
         self._parameterNode.modality = label
         self.ui.modalityGuessLabel.text = _("guessed from the intensities")
@@ -239,12 +272,10 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Keep the chosen model when it fits the modality; else pick that modality's default."""
         if not self._parameterNode:
             return
-        from HepatoblastomaSegMRML import models
-
         modality = MODALITY_CHOICES[self._parameterNode.modality]
         current = self.selectedModel()
         if current is None or current.modality != modality:
-            default = models.default_model(self._models, modality)
+            default = self.logic.defaultModel(self._models, modality)
             if default is not None and str(default.path) != self._parameterNode.modelPath:
                 self._parameterNode.modelPath = str(default.path)
         self.showSelectedModel()
@@ -295,10 +326,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.setStatus(_("Imported {label}: checksum verified.").format(label=entry.label))
 
     def updateModalityWarning(self):
-        from HepatoblastomaSegMRML import models
-
         chosen = MODALITY_CHOICES[self._parameterNode.modality]
-        text = models.modality_mismatch(self._guessedModality, chosen, self.selectedModel())
+        text = self.logic.modalityMismatch(self._guessedModality, chosen, self.selectedModel())
         self.ui.modalityWarningLabel.text = text
         self.ui.modalityWarningLabel.setVisible(bool(text))
 
@@ -327,8 +356,6 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.startSegmentation()
 
     def startSegmentation(self):
-        from HepatoblastomaSegMRML import diagnostics
-
         p = self._parameterNode
         warning = self.ui.modalityWarningLabel.text
         if warning and not slicer.util.confirmOkCancelDisplay(warning + "\n\n" + _("Segment anyway?")):
@@ -338,7 +365,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         model = self.selectedModel()
         needed = self.logic.estimateMemoryGB(model, p.inputVolume)
-        choice = diagnostics.choose_device(p.device, self._probeInfo, needed)
+        choice = self.logic.chooseDevice(p.device, self._probeInfo, needed)
         if choice.device is None:
             slicer.util.errorDisplay(choice.message)
             return
@@ -358,8 +385,6 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.onTimer()
 
     def onTimer(self):
-        from HepatoblastomaSegMRML.process import RunState
-
         if self._probe is not None:
             self._probe.poll()
             if self._probe.state.finished:
@@ -367,7 +392,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         job = self._job
         if job is not None:
             update = job.poll()
-            if update is not None and job.state is RunState.RUNNING:
+            if update is not None and not job.state.finished:
                 self.ui.progressBar.value = update.percent
                 self.setStatus(update.text())
             if job.state.finished:
@@ -379,18 +404,14 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.timer.stop()
 
     def finishSegmentation(self, job):
-        from HepatoblastomaSegMRML import failures
-        from HepatoblastomaSegMRML.process import RunState, format_duration
-
         self._lastLog = job.log_text()
         self.ui.progressBar.setVisible(False)
-        elapsed = format_duration(job.runner.elapsed_s)
+        elapsed = self.logic.formatDuration(job.runner.elapsed_s)
         try:
-            if job.state is RunState.CANCELLED:
+            if job.state == "cancelled":
                 self.setStatus(_("Cancelled: the process was stopped and nothing was added to the scene."))
-            elif job.state is RunState.FAILED:
-                failure = failures.explain_failure(job.error_message, list(job.runner.log_lines),
-                                                   returncode=job.runner.returncode)
+            elif job.state == "failed":
+                failure = self.logic.explainFailure(job)
                 self.setStatus(failure.cause, "error")
                 slicer.util.errorDisplay(failure.text(), detailedText=job.log_text(last=60))
             else:
@@ -436,13 +457,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         node = self._parameterNode.resultSegmentation if self._parameterNode else None
         if node is None:
             return None
-        from HepatoblastomaSegLib.errors import HepatoblastomaSegError
-        from HepatoblastomaSegMRML import SegmentationResult
-
-        try:
-            return SegmentationResult.from_segmentation_node(node)
-        except HepatoblastomaSegError:
-            return None
+        return self.logic.resultOf(node)
 
     def observeResult(self, node):
         if node is self._observedSegmentation:
@@ -455,6 +470,12 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if node is not None:
             for event in self.logic.segmentationEditEvents():
                 self.addObserver(node, event, self.onSegmentationEdited)
+
+    def updateReviewFlag(self):
+        """Show why the result's summary asks for a careful review (nothing for older results)."""
+        text = self.logic.reviewFlagText(self._parameterNode.resultSegmentation)
+        self.ui.reviewFlagLabel.text = text
+        self.ui.reviewFlagLabel.setVisible(bool(text))
 
     def onSegmentationEdited(self, caller=None, event=None):
         self._regionsStale = True
@@ -535,12 +556,10 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.timer.start()
 
     def finishProbe(self):
-        from HepatoblastomaSegMRML import diagnostics
-
         probe, self._probe = self._probe, None
         try:
-            self._probeInfo = diagnostics.parse_probe_output(probe.stdout_lines)
-            self.ui.deviceInfoLabel.text = diagnostics.device_summary(self._probeInfo)
+            self._probeInfo = self.logic.probeInfo(probe)
+            self.ui.deviceInfoLabel.text = self.logic.deviceSummary(self._probeInfo)
         except ValueError:
             self.ui.deviceInfoLabel.text = _("Could not detect the GPU (see Diagnostics); Auto lets the segmentation "
                                              "decide.")
@@ -558,11 +577,13 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
-    """A thin layer over the Qt-free ``HepatoblastomaSegMRML`` package, on the application's scene. Usable from the
-    Python console and scripts: ``result = HepatoblastomaSegLogic().segment(volumeNode)``."""
+    """A thin layer over the Qt-free ``HepatoblastomaSegMRML`` and ``HepatoblastomaSegRunner`` packages, on the
+    application's scene. Usable from the Python console and scripts:
+    ``result = HepatoblastomaSegLogic().segment(volumeNode)``."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
+        self._warmWorker = None
 
     def getParameterNode(self):
         return HepatoblastomaSegParameterNode(super().getParameterNode())
@@ -586,15 +607,97 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def childEnvironment():
-        from HepatoblastomaSegMRML.process import child_environment
+        from HepatoblastomaSegRunner.process import child_environment
 
         # The startup environment, not Slicer's own: the PythonSlicer launcher then sets up its paths itself.
         return child_environment(slicer.util.startupEnvironment())
 
+    # --- small answers for the widget (it talks only to this Logic)
+    @staticmethod
+    def guessModality(volumeNode) -> str:
+        from HepatoblastomaSegRunner import models
+
+        return models.guess_modality(slicer.util.arrayFromVolume(volumeNode))
+
+    @staticmethod
+    def defaultModel(entries, modality):
+        from HepatoblastomaSegRunner import models
+
+        return models.default_model(entries, modality)
+
+    @staticmethod
+    def modalityMismatch(guessedModality, chosenModality, entry) -> str:
+        from HepatoblastomaSegRunner import models
+
+        return models.modality_mismatch(guessedModality, chosenModality, entry)
+
+    @staticmethod
+    def chooseDevice(requested, probeInfo, neededGB):
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.choose_device(requested, probeInfo, neededGB)
+
+    @staticmethod
+    def formatDuration(seconds) -> str:
+        from HepatoblastomaSegRunner.process import format_duration
+
+        return format_duration(seconds)
+
+    @staticmethod
+    def explainFailure(job):
+        """A failed job in plain words: its cause and the next step (``.cause``, ``.text()``)."""
+        from HepatoblastomaSegRunner import failures
+
+        return failures.explain_failure(job.error_message, list(job.runner.log_lines),
+                                        returncode=job.runner.returncode)
+
+    @staticmethod
+    def resultOf(segmentationNode):
+        """The result a segmentation node belongs to, or None when it is not one of this module's results."""
+        from HepatoblastomaSegLib.errors import HepatoblastomaSegError
+        from HepatoblastomaSegMRML import SegmentationResult
+
+        try:
+            return SegmentationResult.from_segmentation_node(segmentationNode)
+        except HepatoblastomaSegError:
+            return None
+
+    @staticmethod
+    def regionCursor():
+        from HepatoblastomaSegMRML import review
+
+        return review.RegionCursor()
+
+    @staticmethod
+    def debouncer(delayS):
+        from HepatoblastomaSegMRML import review
+
+        return review.Debouncer(delayS)
+
+    @staticmethod
+    def roleAttribute() -> str:
+        """The node attribute that marks this module's result segmentations (for the result selector)."""
+        from HepatoblastomaSegMRML import nodes
+
+        return nodes.ROLE_ATTRIBUTE
+
+    @staticmethod
+    def probeInfo(probe):
+        """What the diagnostics probe found (ValueError when it printed nothing usable)."""
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.parse_probe_output(probe.stdout_lines)
+
+    @staticmethod
+    def deviceSummary(probeInfo) -> str:
+        from HepatoblastomaSegRunner import diagnostics
+
+        return diagnostics.device_summary(probeInfo)
+
     # --- dependencies
     def ensureDependencies(self, askConfirmation=True) -> bool:
         """torch through the PyTorch extension, the other packages through pip, after asking; False if declined."""
-        from HepatoblastomaSegMRML import dependencies as deps
+        from HepatoblastomaSegRunner import dependencies as deps
 
         if deps.installed_version("torch") is None:
             try:
@@ -643,17 +746,17 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     # --- models
     def models(self, modality=None):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         return models.list_models(self.userModelsDir(), modality)
 
     def importModel(self, folder, replace=False):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         return models.import_model_folder(folder, self.userModelsDir(), replace=replace)
 
     def estimateMemoryGB(self, model, volumeNode):
-        from HepatoblastomaSegMRML import models
+        from HepatoblastomaSegRunner import models
 
         if model is None or volumeNode is None or volumeNode.GetImageData() is None:
             return None
@@ -662,8 +765,25 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
                                                    image_spacing_zyx_mm=volumeNode.GetSpacing()[::-1])
 
     # --- segmentation
-    def createJob(self, volumeNode, model, modality, device="auto", tta=True):
-        """A background segmentation of ``volumeNode`` (start it, poll it, then :meth:`loadResults`)."""
+    def warmWorker(self):
+        """The ``hbseg serve --stdio`` worker kept alive between clicks and cases (a fresh one after a crash or an
+        unanswered cancel), so torch, CUDA and the model load once."""
+        from HepatoblastomaSegRunner.process import python_command
+        from HepatoblastomaSegRunner.worker import WarmWorker
+
+        if self._warmWorker is None:
+            self._warmWorker = WarmWorker(
+                lambda: python_command(self.pythonSlicerExecutable(), _libraryFolder(), ["serve", "--stdio"]),
+                env=self.childEnvironment())
+        return self._warmWorker.get()
+
+    def shutdownWorker(self):
+        if self._warmWorker is not None:
+            self._warmWorker.shutdown()
+
+    def createJob(self, volumeNode, model, modality, device="auto", tta=True, warm=True):
+        """A background segmentation of ``volumeNode`` (start it, poll it, then :meth:`loadResults`), sent to the
+        warm worker (``warm=False``: in a new ``hbseg segment`` process)."""
         from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest
 
         request = SegmentRequest(model_path=model.path if model is not None else None, modality=modality,
@@ -674,7 +794,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
             suffix += 1
         return SegmentJob(volumeNode, request, python_executable=self.pythonSlicerExecutable(),
                           work_dir=workDir.with_name(f"{workDir.name}-{suffix}"), env=self.childEnvironment(),
-                          lib_dir=_libraryFolder())
+                          lib_dir=_libraryFolder(), worker=self.warmWorker() if warm else None)
 
     def loadResults(self, job):
         from HepatoblastomaSegMRML import application_environment
@@ -684,8 +804,8 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, model=None, modality=None, device="auto", tta=True, timeoutS=None):
         """Segment and wait (scripts and the self-test), keeping the GUI alive; returns the result."""
-        from HepatoblastomaSegMRML import models as catalogue
-        from HepatoblastomaSegMRML.process import RunState
+        from HepatoblastomaSegRunner import models as catalogue
+        from HepatoblastomaSegRunner.process import RunState
 
         modality = modality or catalogue.guess_modality(slicer.util.arrayFromVolume(volumeNode))
         model = model or catalogue.default_model(self.models(), modality)
@@ -736,6 +856,13 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
         return rescore(slicer.mrmlScene, segmentationNode, [referenceNode] if referenceNode is not None else [])
 
+    @staticmethod
+    def reviewFlagText(segmentationNode) -> str:
+        """The review reasons of the result's summary in plain words; "" when there are none."""
+        from HepatoblastomaSegMRML import nodes, review
+
+        return review.review_flag_text(nodes.stored_summary(segmentationNode)) if segmentationNode else ""
+
     def uncertainRegions(self, segmentationNode, **options):
         from HepatoblastomaSegMRML import review
 
@@ -759,8 +886,8 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
     def startProbe(self):
         import json
 
-        from HepatoblastomaSegMRML import diagnostics
-        from HepatoblastomaSegMRML.process import ProcessRunner
+        from HepatoblastomaSegRunner import diagnostics
+        from HepatoblastomaSegRunner.process import ProcessRunner
 
         models = json.dumps([diagnostics.model_summary(m) for m in self.models()])
         argv = diagnostics.probe_command(self.pythonSlicerExecutable(), _libraryFolder(), models_json=models,
@@ -768,7 +895,7 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
         return ProcessRunner(argv, env=self.childEnvironment(), require_done_event=False).start()
 
     def diagnosticsText(self, probeInfo, probeLog=""):
-        from HepatoblastomaSegMRML import diagnostics
+        from HepatoblastomaSegRunner import diagnostics
 
         info = probeInfo or diagnostics.collect(slicer_version=slicer.app.applicationVersion, models=self.models(),
                                                 include_torch=False)
@@ -786,13 +913,16 @@ class HepatoblastomaSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        problem = _supportProblem()
+        if problem:
+            self.skipTest(problem)
         self.setUp()
         self.test_workflow()
         self.setUp()
         self.test_cancel_leaves_scene_unchanged()
 
     def _prepare(self):
-        from HepatoblastomaSegMRML import selftest
+        from HepatoblastomaSegRunner import selftest
 
         logic = HepatoblastomaSegLogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False), "the Python dependencies are missing")
@@ -847,7 +977,7 @@ class HepatoblastomaSegTest(ScriptedLoadableModuleTest):
 
     def test_cancel_leaves_scene_unchanged(self):
         from HepatoblastomaSegMRML.background import scene_node_ids
-        from HepatoblastomaSegMRML.process import RunState
+        from HepatoblastomaSegRunner.process import RunState
 
         logic, data, model, volume = self._prepare()
         before = scene_node_ids(slicer.mrmlScene)

@@ -1,4 +1,4 @@
-"""The background-process runner of the Slicer module (HepatoblastomaSegMRML/process.py), with real processes:
+"""The background-process runner of the Slicer module (HepatoblastomaSegRunner/process.py), with real processes:
 a small script that prints the library's own JSON progress lines and sleeps, and the real ``hbseg segment
 --progress json`` on a tiny model. Checks the state machine (idle -> running -> done | failed | cancelled), the
 progress it reads, the log, and that cancel kills the whole process tree (a launcher and the child it started)."""
@@ -19,11 +19,9 @@ MODULE_DIR = REPO / "HepatoblastomaSeg"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-pytest.importorskip("slicer")  # HepatoblastomaSegMRML/__init__ imports the MRML classes
-
 from HepatoblastomaSegLib.progress import JsonLinesProgress, parse_json_line  # noqa: E402
-from HepatoblastomaSegMRML.process import (STAGE_WEIGHTS, ProcessRunner, ProgressUpdate, RunState,  # noqa: E402
-                                           child_environment, format_duration, overall_fraction, python_command)
+from HepatoblastomaSegRunner.process import (STAGE_WEIGHTS, ProcessRunner, ProgressUpdate, RunState,  # noqa: E402
+                                             child_environment, format_duration, overall_fraction, python_command)
 
 from test_preprocess_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
@@ -260,3 +258,101 @@ def test_real_hbseg_progress_lines_are_what_the_runner_reads(tmp_path):
     assert independent[-1]["event"] == "done"
     assert Path(independent[-1]["message"]) == tmp_path / "out" / "summary.json"
     assert runner.progress.percent == 100
+
+
+# --- the warm worker (hbseg serve --stdio) -------------------------------------------------------------------------
+
+def _serve_argv() -> list[str]:
+    return python_command(sys.executable, REPO, ["serve", "--stdio"])
+
+
+@pytest.mark.slow
+def test_warm_worker_keeps_the_model_between_jobs_and_survives_a_cancel_and_a_crash(tmp_path):
+    """Real workers on a tiny model: two jobs on one worker (the second loads no model), a cancel that the worker
+    answers (it stays warm), a worker killed in the middle of a job (the job fails and says so) and the fresh worker
+    started for the next job."""
+    import signal
+
+    pytest.importorskip("slicer")  # the jobs read their volume from a real MRML node
+    from slicer_env import add_volume_node
+
+    from HepatoblastomaSegMRML import headless_environment
+    from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest
+    from HepatoblastomaSegRunner.worker import WarmWorker
+
+    env = headless_environment()
+    bundle = tiny_bundle(tmp_path / "models")
+    image, _, _ = synthetic_case("ct", shape_zyx=(8, 36, 40))
+    node = add_volume_node(env.scene, image, "ct")
+    warm = WarmWorker(_serve_argv, env=child_environment())
+    try:
+        def job(tta=False, name="job"):
+            request = SegmentRequest(model_path=bundle, modality="ct", device="cpu", tta=tta)
+            return SegmentJob(node, request, work_dir=tmp_path / f"{name}-{time.monotonic_ns()}", worker=warm.get())
+
+        first, second = job(name="first"), job(name="second")
+        first.start()
+        assert first.wait(180) is RunState.DONE, first.log_text()
+        second.start()
+        assert second.wait(180) is RunState.DONE, second.log_text()
+        assert first.runner.pid == second.runner.pid and warm.started == 1
+        seconds = [json.loads((j.output_dir / "summary.json").read_text())["seconds"] for j in (first, second)]
+        assert seconds[1]["load_model"] < 0.05 < seconds[0]["load_model"]
+        result = second.load_results(env.scene)
+        assert result.segmentation_node.GetScene() is env.scene
+        assert second.runner.progress.percent == 100 and second.runner.events  # the worker's progress lines
+
+        cancelled = job(tta=True, name="cancelled")
+        cancelled.start()
+        assert cancelled.cancel() and cancelled.state is RunState.CANCELLED
+        assert warm.current.alive and warm.get().pid == first.runner.pid  # answered the cancel: still warm
+        assert not (cancelled.output_dir / "summary.json").exists()
+
+        crashed = job(name="crashed")
+        crashed.start()
+        os.killpg(crashed.runner.pid, signal.SIGKILL)
+        assert crashed.wait(60) is RunState.FAILED
+        assert "worker ended" in crashed.error_message and "signal 9" in crashed.error_message
+
+        after = job(name="after")
+        assert warm.started == 2 and after.worker.pid != first.runner.pid
+        after.start()
+        assert after.wait(180) is RunState.DONE, after.log_text()
+    finally:
+        warm.shutdown()
+        env.scene.Clear(1)
+
+
+# A stand-in worker that never answers (a request stuck where the library does not look for a cancel).
+DEAF_WORKER = textwrap.dedent("""\
+    import json, sys, time
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "id" in request:
+            print(json.dumps({"event": "progress", "id": request["id"], "stage": "inference", "fraction": 0.1,
+                              "eta_s": None, "message": ""}), flush=True)
+    time.sleep(120)
+    """)
+
+
+def test_a_worker_that_does_not_answer_a_cancel_is_killed_and_replaced(tmp_path):
+    from HepatoblastomaSegRunner.worker import WarmWorker
+
+    script = tmp_path / "deaf.py"
+    script.write_text(DEAF_WORKER)
+    warm = WarmWorker(lambda: [sys.executable, str(script)])
+    try:
+        worker = warm.get()
+        run = worker.submit(tmp_path / "in.nrrd", tmp_path / "out", {"tta": False})
+        deadline = time.monotonic() + 30
+        while run.progress is None and time.monotonic() < deadline:
+            run.poll()
+            time.sleep(0.05)
+        assert run.progress is not None and run.progress.stage == "inference"
+        assert run.cancel(timeout_s=0.5) and run.state is RunState.CANCELLED
+        assert not worker.alive
+        replacement = warm.get()
+        assert replacement.pid != worker.pid and replacement.alive and warm.started == 2
+    finally:
+        warm.shutdown()

@@ -7,8 +7,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +180,122 @@ def test_a_missing_model_is_reported_before_any_case(script, cohort, tmp_path, c
     assert code == 2
     assert "no-such-model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# --- every way out ends the program (and 3D Slicer) with a status ----------------------------------------------
+
+def _run_as_program(monkeypatch, argv, *, in_slicer: bool):
+    """Execute the script as ``__main__`` in this process, as ``Slicer --python-script`` does; returns the status
+    passed to ``slicer.util.exit`` (in_slicer: ``slicer.app`` stands in for the application, the one thing that
+    cannot exist here) or to ``sys.exit``."""
+    import runpy
+
+    exits = []
+    if in_slicer:
+        monkeypatch.setattr(slicer, "app", object(), raising=False)
+        monkeypatch.setattr(slicer.util, "exit", exits.append, raising=False)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *argv])
+    try:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as exc:
+        exits.append(exc.code)
+    assert len(exits) == 1, f"the script ended {len(exits)} times"
+    return exits[0]
+
+
+def test_in_slicer_a_missing_torch_ends_slicer_with_status_2(cohort, tmp_path, monkeypatch, capsys):
+    manifest, _ = cohort
+    # The predictor module (which imports torch) cannot be imported, as before the module installed torch. (torch
+    # itself is loaded in this process; the next test takes it away in a fresh one.)
+    monkeypatch.setitem(sys.modules, "HepatoblastomaSegLib.infer.predictor", None)
+    code = _run_as_program(monkeypatch, ["--manifest", str(manifest), "--out", str(tmp_path / "o")], in_slicer=True)
+    assert code == 2
+    assert "model cannot be loaded" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_in_slicer_an_unexpected_error_ends_slicer_with_status_1(cohort, tmp_path, monkeypatch, capsys):
+    manifest, _ = cohort
+    # Inside the application the script asks for the application's scene; here the stand-in app has none, which is
+    # an error the script does not expect: it must still end Slicer, with a traceback and status 1.
+    code = _run_as_program(monkeypatch, ["--manifest", str(manifest), "--out", str(tmp_path / "o"), "--model",
+                                         "x"], in_slicer=True)
+    assert code == 2  # the model 'x' does not exist: refused before any scene is touched
+    monkeypatch.setattr(mrml_module(), "application_environment", _raise_runtime_error)
+    code = _run_as_program(monkeypatch, ["--manifest", str(manifest), "--out", str(tmp_path / "o")], in_slicer=True)
+    err = capsys.readouterr().err
+    assert code == 1 and "RuntimeError: no scene here" in err and "Traceback" in err
+
+
+def mrml_module():
+    import HepatoblastomaSegMRML
+
+    return HepatoblastomaSegMRML
+
+
+def _raise_runtime_error(*args, **kwargs):
+    raise RuntimeError("no scene here")
+
+
+def test_help_and_bad_arguments_end_slicer_too(monkeypatch, capsys):
+    assert _run_as_program(monkeypatch, ["--help"], in_slicer=True) == 0
+    assert _run_as_program(monkeypatch, ["--no-such-option"], in_slicer=True) == 2
+    assert "the following arguments are required" in capsys.readouterr().err
+
+
+def test_plain_python_without_torch_exits_2_with_a_message(cohort, tmp_path):
+    manifest, _ = cohort
+    # A fresh interpreter in which torch cannot be found (an import hook answers as for a package that is not
+    # installed), running the script as a program.
+    code = textwrap.dedent("""\
+        import runpy, sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, NoTorch())
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        """)
+    done = subprocess.run([sys.executable, "-c", code, str(SCRIPT), "--manifest", str(manifest), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr
+    assert "'torch' is not installed" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_damaged_model_exits_2_with_a_message(cohort, tmp_path):
+    from tiny_models import tiny_bundle
+
+    manifest, _ = cohort
+    bundle = tiny_bundle(tmp_path / "models", name="broken")
+    weights = next(Path(bundle).glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    code = subprocess.run([sys.executable, str(SCRIPT), "--manifest", str(manifest), "--out", str(tmp_path / "o"),
+                           "--model", str(bundle)], capture_output=True, text=True, timeout=180)
+    assert code.returncode == 2, code.stderr
+    assert "broken" in code.stderr and "Traceback" not in code.stderr
+
+
+def test_the_script_uses_the_library_of_its_own_checkout(tmp_path):
+    """From a source checkout, with no PYTHONPATH and run from elsewhere, the library next to the script is used
+    (not another installed copy)."""
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1]); import HepatoblastomaSegLib, HepatoblastomaSegMRML; "
+            "print(HepatoblastomaSegLib.__file__); print(HepatoblastomaSegMRML.__file__)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    library, glue = (Path(line) for line in done.stdout.split())
+    assert library.is_relative_to(MODULE_DIR.parent / "HepatoblastomaSegLib")
+    assert glue.is_relative_to(MODULE_DIR / "HepatoblastomaSegMRML")
+
+
+def test_without_matplotlib_the_report_has_no_figures_and_a_warning(script, cohort, tmp_path, monkeypatch, capsys):
+    manifest, cases = cohort
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "results"
+    assert script.main(["--manifest", str(manifest), "--out", str(out)], predict=Predictor(cases)) == 0
+    captured = capsys.readouterr()
+    assert "matplotlib is not installed" in captured.err
+    assert (out / "report" / "report.html").is_file()
+    assert not list((out / "report").rglob("*.png"))

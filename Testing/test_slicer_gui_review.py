@@ -174,3 +174,50 @@ def test_debouncer_fires_once_after_a_quiet_period():
     debouncer.cancel()
     now[0] = 10.0
     assert not debouncer.ready()
+
+
+# --- the review flag of a result -----------------------------------------------------------------------------------
+
+def test_review_reasons_in_plain_words():
+    from HepatoblastomaSegMRML.review import review_flag_text
+
+    assert review_flag_text({}) == review_flag_text(None) == ""  # a summary from before the flag existed
+    assert review_flag_text({"review": {"needed": False, "reasons": []}}) == ""
+    text = review_flag_text({"review": {"needed": True, "reasons": [
+        {"code": "outside_liver", "message": "12 % of the mask lies outside the liver."},
+        {"code": "high_uncertainty"},
+        {"code": "new_code_from_a_later_library"}]}})
+    assert text.splitlines() == ["Please review this result carefully:",
+                                 "\u2022 12 % of the mask lies outside the liver.",
+                                 "\u2022 The model is unsure about a large part of the tumour.",
+                                 "\u2022 new code from a later library"]
+    assert review_flag_text({"review": {"needed": True}}) == "Please review this result carefully."
+
+
+def test_a_loaded_result_carries_its_review_reasons(slicer_env, tmp_path):
+    """hbseg's summary.json with a review flag -> load_results -> the text the module shows beside the result."""
+    from HepatoblastomaSegLib.infer.outputs import write_prediction
+    from HepatoblastomaSegMRML import nodes
+    from HepatoblastomaSegMRML.review import review_flag_text
+
+    case = make_case(seed=21)
+    volume = add_volume_node(slicer_env.scene, case.image, "ct")
+    flag = {"needed": True, "reasons": [{"code": "out_of_domain",
+                                         "message": "The voxels are 6 mm thick; the model saw at most 5 mm."}]}
+    write_prediction(prediction_of(case, review=flag), tmp_path / "run", fmt="nrrd")
+    result = mrml.load_results(slicer_env.scene, volume, tmp_path / "run")
+    text = review_flag_text(nodes.stored_summary(result.segmentation_node))
+    assert "6 mm thick" in text and text.startswith("Please review")
+    older = mrml.load_results(slicer_env.scene, volume, _without_review(tmp_path / "run", tmp_path / "older"))
+    assert review_flag_text(nodes.stored_summary(older.segmentation_node)) == ""
+
+
+def _without_review(folder, target):
+    import json
+    import shutil
+
+    shutil.copytree(folder, target)
+    summary = json.loads((target / "summary.json").read_text())
+    del summary["review"]
+    (target / "summary.json").write_text(json.dumps(summary))
+    return target

@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import py_compile
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,6 +20,7 @@ MODULE_DIR = REPO / "HepatoblastomaSeg"
 MODULE_FILE = MODULE_DIR / "HepatoblastomaSeg.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "HepatoblastomaSeg.ui"
 MRML_DIR = MODULE_DIR / "HepatoblastomaSegMRML"
+RUNNER_DIR = MODULE_DIR / "HepatoblastomaSegRunner"
 #: The widget classes Slicer's parameterNodeWrapper connects to each kind of field (guiConnectors.py).
 CONNECTABLE = {"bool": {"QCheckBox", "QPushButton"}, "float": {"ctkSliderWidget", "QDoubleSpinBox"},
                "int": {"QSpinBox", "QSlider"}, "str-choice": {"QComboBox"}, "str": {"QLineEdit", "QTextEdit"},
@@ -137,8 +140,39 @@ def test_loading_the_module_imports_nothing_heavy(module_tree):
     assert not re.search(r"^(import|from) (torch|monai|HepatoblastomaSeg)", source, re.M)
 
 
+def _imported_top_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_runner_package_needs_neither_qt_nor_mrml():
+    """HepatoblastomaSegRunner imports only the standard library, numpy and the library: no Qt, no slicer/vtk, no
+    MRML glue (checked in the source, and by importing every module in a Python where slicer cannot be found)."""
+    modules = sorted(RUNNER_DIR.glob("*.py"))
+    for path in modules:
+        names = _imported_top_names(ast.parse(path.read_text(encoding="utf-8")))
+        assert not names & {"qt", "ctk", "slicer", "vtk", "vtkmodules", "HepatoblastomaSegMRML"}, path.name
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('slicer', 'vtk', 'vtkmodules', 'qt'):\n"
+            "            raise ModuleNotFoundError(name, name=name)\n"
+            "sys.meta_path.insert(0, Block()); sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "import importlib\n"
+            "for name in sys.argv[3:]: importlib.import_module('HepatoblastomaSegRunner.' + name)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO), str(MODULE_DIR),
+                           *[p.stem for p in modules if p.stem != "__init__"]], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_the_qt_free_package_never_imports_qt():
-    for path in sorted(MRML_DIR.glob("*.py")):
+    for path in sorted([*MRML_DIR.glob("*.py"), *RUNNER_DIR.glob("*.py")]):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = set()
         for node in ast.walk(tree):
@@ -153,7 +187,22 @@ def test_the_qt_free_package_never_imports_qt():
 
 
 def test_every_module_file_compiles(tmp_path):
-    files = [MODULE_FILE, *sorted(MRML_DIR.glob("*.py")), *sorted((MODULE_DIR / "Scripts").glob("*.py"))]
+    files = [MODULE_FILE, *sorted(MRML_DIR.glob("*.py")), *sorted(RUNNER_DIR.glob("*.py")),
+             *sorted((MODULE_DIR / "Scripts").glob("*.py"))]
     for index, path in enumerate(files):
         py_compile.compile(str(path), cfile=str(tmp_path / f"{index}.pyc"), doraise=True)
     assert len(files) >= 20
+
+
+def test_the_widget_talks_only_to_its_logic(module_tree):
+    """The widget imports neither the MRML glue nor the runner; every ``self.logic.<name>`` it uses is defined on
+    the Logic (a typo here would only show inside 3D Slicer)."""
+    widget = _class(module_tree, "HepatoblastomaSegWidget")
+    imported = _imported_top_names(widget)
+    assert not imported & {"HepatoblastomaSegMRML", "HepatoblastomaSegRunner"}, imported
+    used = {node.attr for node in ast.walk(widget)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "logic" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"}
+    logic = _class(module_tree, "HepatoblastomaSegLogic")
+    defined = {n.name for n in logic.body if isinstance(n, ast.FunctionDef)}
+    assert used and used <= defined, f"the widget uses Logic members that do not exist: {sorted(used - defined)}"

@@ -27,8 +27,8 @@ from HepatoblastomaSegLib.errors import HepatoblastomaSegError, ModelError  # no
 from HepatoblastomaSegLib.infer.predictor import guess_modality as library_guess  # noqa: E402
 from HepatoblastomaSegLib.infer.predictor import resolve_device  # noqa: E402
 from HepatoblastomaSegLib.preprocess import checks  # noqa: E402
-from HepatoblastomaSegMRML import dependencies, diagnostics, failures, models  # noqa: E402
-from HepatoblastomaSegMRML.process import ProcessRunner, RunState, child_environment  # noqa: E402
+from HepatoblastomaSegRunner import dependencies, diagnostics, failures, models  # noqa: E402
+from HepatoblastomaSegRunner.process import ProcessRunner, RunState, child_environment  # noqa: E402
 
 from test_preprocess_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
@@ -265,7 +265,7 @@ def test_failures_from_real_library_errors_name_cause_and_next_step(tmp_path):
 
 
 def test_selftest_fixtures_make_a_phantom_and_a_working_model(tmp_path, monkeypatch):
-    from HepatoblastomaSegMRML import selftest
+    from HepatoblastomaSegRunner import selftest
 
     monkeypatch.setattr(models, "bundled_models_dir", lambda: tmp_path / "none")
     monkeypatch.delenv("HBSEG_MODELS_DIR", raising=False)

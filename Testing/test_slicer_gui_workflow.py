@@ -21,10 +21,10 @@ from HepatoblastomaSegLib.bundle import load_bundle  # noqa: E402
 from HepatoblastomaSegLib.cli import build_parser  # noqa: E402
 from HepatoblastomaSegLib.infer.predictor import Predictor  # noqa: E402
 from HepatoblastomaSegLib.io import Geometry  # noqa: E402
-from HepatoblastomaSegMRML import models  # noqa: E402
+from HepatoblastomaSegRunner import models  # noqa: E402
 from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest, scene_node_ids  # noqa: E402
-from HepatoblastomaSegMRML.failures import explain_failure  # noqa: E402
-from HepatoblastomaSegMRML.process import RunState  # noqa: E402
+from HepatoblastomaSegRunner.failures import explain_failure  # noqa: E402
+from HepatoblastomaSegRunner.process import RunState  # noqa: E402
 from HepatoblastomaSegMRML.volumes import geometry_of_node, node_grid, segment_mask, volume_from_node  # noqa: E402
 
 from conftest import oblique_direction  # noqa: E402
@@ -56,6 +56,9 @@ def test_request_arguments_are_what_the_hbseg_parser_expects(bundle):
     assert defaults.model is None and defaults.modality is None and defaults.device == "auto" and defaults.tta
     with pytest.raises(ValueError):
         SegmentRequest(device="gpu")
+    more = SegmentRequest(more=(("overlap", 0.6), ("keep_largest", True)))
+    args = build_parser().parse_args(more.cli_args("in.nrrd", "out"))
+    assert args.overlap == 0.6 and args.keep_largest and more.options()["overlap"] == 0.6
 
 
 def test_background_run_gives_the_in_process_result_and_touches_the_scene_only_when_loaded(slicer_env, bundle,

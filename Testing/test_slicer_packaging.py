@@ -76,12 +76,13 @@ INSTALLED_CHECK = textwrap.dedent("""\
     sys.path[:] = [installed] + [p for p in sys.path[1:] if "site-packages" in p or "lib/python" in p]
     import HepatoblastomaSegLib, HepatoblastomaSegMRML as mrml
     from HepatoblastomaSegLib import bundle
-    from HepatoblastomaSegMRML import models, terminology
+    from HepatoblastomaSegRunner import models
+    from HepatoblastomaSegMRML import terminology
     from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest, library_dir
-    from HepatoblastomaSegMRML.process import RunState
+    from HepatoblastomaSegRunner.process import RunState
     from HepatoblastomaSegMRML.volumes import geometry_of_node
-    import HepatoblastomaSegMRML.review, HepatoblastomaSegMRML.diagnostics, HepatoblastomaSegMRML.selftest
-    import HepatoblastomaSegMRML.failures, HepatoblastomaSegMRML.dependencies
+    import HepatoblastomaSegMRML.review, HepatoblastomaSegRunner.diagnostics, HepatoblastomaSegRunner.selftest
+    import HepatoblastomaSegRunner.failures, HepatoblastomaSegRunner.dependencies
     from HepatoblastomaSegLib.cli import build_parser; build_parser()
     import HepatoblastomaSegLib.infer.runner, HepatoblastomaSegLib.phantom, HepatoblastomaSegLib.preprocess
     env = mrml.headless_environment()
@@ -100,7 +101,8 @@ INSTALLED_CHECK = textwrap.dedent("""\
         "same_grid": bool(result and geometry_of_node(result.entropy_node).matches(geometry_of_node(volume))),
         "bundle_ok": bundle.load_bundle(entry.path).name,
         "imported": sorted(m.__file__ for n, m in sys.modules.items()
-                           if n.split(".")[0] in ("HepatoblastomaSegLib", "HepatoblastomaSegMRML")
+                           if n.split(".")[0] in ("HepatoblastomaSegLib", "HepatoblastomaSegMRML",
+                                                                      "HepatoblastomaSegRunner")
                            and getattr(m, "__file__", None))}))
 """)
 
@@ -199,7 +201,7 @@ def test_configure_and_install_gives_a_working_module_folder(tmp_path):
                      if "__pycache__" not in p.parts)
     for relative in library:
         assert (installed / relative).is_file(), f"not installed: {relative}"
-    for relative in ("HepatoblastomaSeg.py", "HepatoblastomaSegMRML/process.py", "Scripts/segment_cohort.py",
+    for relative in ("HepatoblastomaSeg.py", "HepatoblastomaSegRunner/process.py", "Scripts/segment_cohort.py",
                      "Resources/UI/HepatoblastomaSeg.ui", "Resources/Icons/HepatoblastomaSeg.png",
                      "Resources/HepatoblastomaSeg.term.json", "Resources/Models/ct-demo/model.safetensors",
                      "Resources/Models/ct-demo/bundle.json", "Resources/Models/ct-demo/plans.json",
@@ -224,3 +226,20 @@ def test_configure_and_install_gives_a_working_module_folder(tmp_path):
     assert len(report["imported"]) > 40
     for file in report["imported"]:
         assert Path(file).resolve().is_relative_to(installed.resolve()), file
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_building_against_slicer_5_8_stops_with_the_supported_versions(tmp_path):
+    """The library needs Python 3.10; 3D Slicer 5.8 ships 3.9, so the extension refuses to build against it."""
+    stub = tmp_path / "slicer-stub"
+    stub.mkdir()
+    (stub / "SlicerConfig.cmake").write_text(STUB_CONFIG + 'set(Slicer_VERSION "5.8.1")\n')
+    (stub / "UseSlicer.cmake").write_text(STUB_USE)
+    (stub / "Empty.cmake").write_text("")
+    env = {**os.environ, "CMAKE_GENERATOR": "Ninja" if shutil.which("ninja") else "Unix Makefiles"}
+    configure = subprocess.run(["cmake", "-S", str(REPO), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={stub}"],
+                               capture_output=True, text=True, timeout=240, env=env)
+    if configure.returncode != 0 and "CMAKE_C_COMPILER" in configure.stderr:
+        pytest.skip("no C compiler for project()")
+    assert configure.returncode != 0
+    assert "needs 3D Slicer 5.10 or later" in configure.stderr and "5.8.1" in configure.stderr

@@ -26,7 +26,7 @@ from typing import Any
 
 from HepatoblastomaSegLib.errors import InputError
 
-from .process import ProcessRunner, ProgressUpdate, RunState, child_environment, python_command, this_python
+from HepatoblastomaSegRunner.process import ProcessRunner, ProgressUpdate, RunState, child_environment, python_command, this_python
 
 INPUT_NAME = "input.nrrd"
 OUTPUT_FOLDER = "output"
@@ -44,13 +44,14 @@ def library_dir() -> Path:
 @dataclasses.dataclass(frozen=True)
 class SegmentRequest:
     """What the user chose. ``model_path``: a bundle folder (None: the library's bundled default of
-    ``modality``); ``modality``: "ct" or "mri" (None: the model's); ``device``: "auto", "cpu" or "cuda"."""
+    ``modality``); ``modality``: "ct" or "mri" (None: the model's); ``device``: "auto", "cpu" or "cuda";
+    ``more``: any other ``hbseg segment`` options by long name, e.g. ``(("overlap", 0.6),)``."""
 
     model_path: str | Path | None = None
     modality: str | None = None
     device: str = "auto"
     tta: bool = True
-    extra_args: tuple[str, ...] = ()
+    more: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if self.modality not in (None, "ct", "mri"):
@@ -58,15 +59,23 @@ class SegmentRequest:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
 
-    def cli_args(self, input_path: str | Path, output_dir: str | Path) -> list[str]:
-        """The ``hbseg`` arguments: NRRD outputs (what Slicer reads best) and JSON progress lines on stdout."""
-        args = ["segment", str(input_path), "-o", str(output_dir), "--format", "nrrd", "--progress", "json",
-                "--device", self.device, "--tta" if self.tta else "--no-tta"]
+    def options(self) -> dict[str, Any]:
+        """The ``hbseg segment`` options by long name (an ``hbseg serve`` request's ``options``): NRRD outputs, what
+        Slicer reads best, and the user's choices."""
+        options: dict[str, Any] = {"format": "nrrd", "device": self.device, "tta": self.tta}
         if self.model_path is not None:
-            args += ["--model", str(self.model_path)]
+            options["model"] = str(self.model_path)
         if self.modality is not None:
-            args += ["--modality", self.modality]
-        return args + list(self.extra_args)
+            options["modality"] = self.modality
+        return {**options, **dict(self.more)}
+
+    def cli_args(self, input_path: str | Path, output_dir: str | Path) -> list[str]:
+        """The same request as ``hbseg segment`` arguments, with JSON progress lines on stdout (turned into
+        arguments by the ``hbseg segment`` parser's own options, so they are spelled once, there)."""
+        from HepatoblastomaSegLib.cli.serve import option_arguments, segment_parser
+
+        return ["segment", str(input_path), "-o", str(output_dir), "--progress", "json",
+                *option_arguments(self.options(), segment_parser()[1])]
 
 
 class SegmentJob:
@@ -74,12 +83,16 @@ class SegmentJob:
 
     ``python_executable``: 3D Slicer's ``PythonSlicer`` in the application, ``sys.executable`` elsewhere;
     ``env``: the child's environment (in the application: Slicer's *startup* environment, so the launcher sets
-    up its own); ``name`` / ``case``: passed to :func:`~.segment.load_results`.
+    up its own); ``name`` / ``case``: passed to :func:`~.segment.load_results`. ``worker``: a warm
+    :class:`~.worker.WorkerProcess` to send the request to (models stay loaded); without one a new
+    ``hbseg segment`` process runs.
     """
 
     def __init__(self, volume_node, request: SegmentRequest, *, python_executable: str | Path | None = None,
                  work_dir: str | Path | None = None, env: Mapping[str, str] | None = None,
-                 lib_dir: str | Path | None = None, name: str | None = None, case: str | None = None):
+                 lib_dir: str | Path | None = None, name: str | None = None, case: str | None = None,
+                 worker=None):
+        self.worker = worker
         self.volume_node = volume_node
         self.request = request
         self.python_executable = str(python_executable or this_python())
@@ -110,7 +123,8 @@ class SegmentJob:
 
     # ------------------------------------------------------------------------------------------------ run
     def start(self) -> None:
-        """Write the volume's voxels and exact geometry to ``input.nrrd`` and start the process."""
+        """Write the volume's voxels and exact geometry to ``input.nrrd`` and start the process (or send the
+        request to the warm worker)."""
         from HepatoblastomaSegLib.io import write_volume
 
         from .volumes import volume_from_node
@@ -119,6 +133,10 @@ class SegmentJob:
             raise RuntimeError("this job was started already; make a new one for another run")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_volume(volume_from_node(self.volume_node), self.input_path)
+        if self.worker is not None:
+            self.runner = self.worker.submit(self.input_path, self.output_dir, self.request.options(),
+                                             log_path=self.log_path)
+            return
         self.runner = ProcessRunner(self.argv(), env=self.env, log_path=self.log_path, cwd=self.work_dir)
         self.runner.start()
 

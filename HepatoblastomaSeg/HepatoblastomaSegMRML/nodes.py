@@ -41,6 +41,9 @@ REFERENCE_ROLES = {"ai_mask": "HepatoblastomaSeg.AIMask", "entropy": "Hepatoblas
 
 #: Opacity the entropy map is shown with as the slice views' foreground layer.
 DEFAULT_ENTROPY_OPACITY = 0.5
+#: Entropy below this is drawn transparent (a tenth of ln 2, a softmax probability beyond about 0.986 or 0.014):
+#: Inferno starts near black, so without a threshold every confident voxel would darken the image under the overlay.
+ENTROPY_OVERLAY_MIN_NATS = 0.1 * MAX_ENTROPY_2CLASS_NATS
 
 
 def unique_name(scene, name: str) -> str:
@@ -95,7 +98,8 @@ def add_entropy_node(scene, volume_node, entropy_zyx: np.ndarray, name: str, *,
                      opacity: float = DEFAULT_ENTROPY_OPACITY) -> Any:
     """A float32 scalar volume on ``volume_node``'s exact grid, displayed with Inferno (the application's
     ``vtkMRMLColorTableNodeFileInferno.txt``; left at the default grey when the scene has no such node) over the
-    window 0 .. ln 2 nats; ``opacity`` is stored for :func:`show_entropy_overlay`."""
+    window 0 .. ln 2 nats, transparent below :data:`ENTROPY_OVERLAY_MIN_NATS`; ``opacity`` is stored for
+    :func:`show_entropy_overlay`."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", unique_name(scene, name))
     node.CopyOrientation(volume_node)
     if volume_node.GetTransformNodeID():
@@ -108,6 +112,8 @@ def add_entropy_node(scene, volume_node, entropy_zyx: np.ndarray, name: str, *,
         display.SetAndObserveColorNodeID(INFERNO_COLOR_NODE_ID)
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, MAX_ENTROPY_2CLASS_NATS)
+    display.SetThreshold(ENTROPY_OVERLAY_MIN_NATS, np.finfo(np.float32).max)  # confident voxels: transparent
+    display.ApplyThresholdOn()
     node.SetAttribute(ROLE_ATTRIBUTE, "entropy")
     node.SetAttribute(OPACITY_ATTRIBUTE, f"{float(opacity):g}")
     return node

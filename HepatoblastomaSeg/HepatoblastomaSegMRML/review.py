@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -200,3 +200,39 @@ class Debouncer:
             return False
         self._last = None
         return True
+
+
+# --- the result's review flag ------------------------------------------------------------------------------------
+
+#: Plain words for the review reasons the library reports (``summary["review"]["reasons"][i]["code"]``), used when a
+#: reason comes without its own message.
+REVIEW_REASON_WORDS = {
+    "outside_liver": "Part of the tumour mask lies outside the liver.",
+    "high_uncertainty": "The model is unsure about a large part of the tumour.",
+    "out_of_domain": "The image is unlike the images the model was trained on.",
+    "implausible": "The tumour's size or shape is implausible for hepatoblastoma.",
+}
+
+
+def review_flag_text(summary: Mapping[str, Any] | None) -> str:
+    """What the module shows next to a result whose summary asks for a review, in plain words; ``""`` when it does
+    not (or the summary predates the review flag, which has no ``review`` key).
+
+    The summary's ``review`` is ``{"needed": bool, "reasons": [{"code": ..., "message": ...}]}``: each reason's own
+    message is shown, else the words for its code, else the code itself."""
+    review = (summary or {}).get("review")
+    if not isinstance(review, Mapping):
+        return ""
+    reasons = review.get("reasons") or []
+    lines = []
+    for reason in reasons if isinstance(reasons, list) else []:
+        if not isinstance(reason, Mapping):
+            continue
+        code = str(reason.get("code") or "")
+        text = str(reason.get("message") or "").strip() or REVIEW_REASON_WORDS.get(code) or code.replace("_", " ")
+        if text and text not in lines:
+            lines.append(text)
+    if not lines and not review.get("needed"):
+        return ""
+    heading = "Please review this result carefully:" if lines else "Please review this result carefully."
+    return "\n".join([heading, *(f"\u2022 {line}" for line in lines)])

@@ -250,6 +250,49 @@ def oriented_image_from_mask(mask_zyx: np.ndarray, grid) -> slicer.vtkOrientedIm
     return image
 
 
+BINARY_LABELMAP = "Binary labelmap"
+
+
+def binary_labelmap(segmentation_node, segment_id: str, grid) -> slicer.vtkOrientedImageData:
+    """The segment's binary labelmap; converted onto ``grid`` when the segment has none.
+
+    A segment imported from a model, an RT structure set or a closed-surface file holds only a closed surface, and
+    ``GetBinaryLabelmapRepresentation`` then returns nothing (it would read as an empty mask). Such a segment is
+    converted in a scratch segmentation, with ``grid`` as the conversion's reference geometry, so the user's node
+    is left as it is (no representation added, no events). :class:`InputError` naming the segment when Slicer
+    cannot convert it.
+    """
+    segmentation = segmentation_node.GetSegmentation()
+    labelmap = slicer.vtkOrientedImageData()
+    if segmentation.ContainsRepresentation(BINARY_LABELMAP):
+        if not segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap):
+            raise InputError(f"Slicer could not read the labelmap of segment '{segment_id}' of "
+                             f"{node_name(segmentation_node)}")
+        return labelmap
+    converter = slicer.vtkSegmentationConverter
+    scratch = slicer.vtkSegmentation()
+    source_name = (segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName")
+                   else segmentation.GetMasterRepresentationName())
+    if hasattr(scratch, "SetSourceRepresentationName"):
+        scratch.SetSourceRepresentationName(source_name)
+    else:
+        scratch.SetMasterRepresentationName(source_name)
+    scratch.CopySegmentFromSegmentation(segmentation, segment_id)
+    # After the copy (which may already convert with default settings), then converted again on purpose: a
+    # reference geometry set before the copy was ignored by slicer-core 5.13 (a 0.06 mm default grid came out).
+    scratch.CopyConversionParameters(segmentation)
+    scratch.SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
+                                   converter.SerializeImageGeometry(grid))
+    segment = scratch.GetSegment(segment_id)
+    if segment is None or not scratch.CreateRepresentation(BINARY_LABELMAP, True) \
+            or segment.GetRepresentation(BINARY_LABELMAP) is None:
+        name = segmentation.GetSegment(segment_id).GetName()
+        raise InputError(f"segment '{name}' of {node_name(segmentation_node)} holds a {source_name.lower()} "
+                         "that Slicer cannot convert to a binary labelmap; convert it in the Segmentations module")
+    labelmap.DeepCopy(segment.GetRepresentation(BINARY_LABELMAP))
+    return labelmap
+
+
 def segment_mask(segmentation_node, segment_id: str, grid, *, what: str | None = None) -> np.ndarray:
     """The segment's voxels on ``grid`` as a uint8 0/1 ``[z, y, x]`` array (a copy).
 
@@ -260,8 +303,7 @@ def segment_mask(segmentation_node, segment_id: str, grid, *, what: str | None =
     """
     if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
         raise InputError(f"segmentation {node_name(segmentation_node)} has no segment '{segment_id}'")
-    labelmap = slicer.vtkOrientedImageData()
-    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, labelmap)
+    labelmap = binary_labelmap(segmentation_node, segment_id, grid)
     extent = labelmap.GetExtent()
     if labelmap.GetPointData().GetScalars() is None or extent[1] < extent[0] or extent[3] < extent[2] \
             or extent[5] < extent[4]:

@@ -28,17 +28,30 @@ import time
 import traceback
 from pathlib import Path
 
-import vtk
-
 _MODULE_DIR = Path(__file__).resolve().parent.parent  # HepatoblastomaSeg/: holds the HepatoblastomaSegMRML package
-if str(_MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(_MODULE_DIR))
+#: The folder holding HepatoblastomaSegLib: the module folder in an installed extension, the repository root in a
+#: source checkout. Both go first on sys.path, so this copy of the library is used even where another is installed.
+_LIBRARY_DIR = next((folder for folder in (_MODULE_DIR, _MODULE_DIR.parent)
+                     if (folder / "HepatoblastomaSegLib" / "__init__.py").is_file()), _MODULE_DIR)
+for _folder in (str(_MODULE_DIR), str(_LIBRARY_DIR)):
+    if _folder in sys.path:
+        sys.path.remove(_folder)
+    sys.path.insert(0, _folder)
 
-import HepatoblastomaSegMRML as mrml  # noqa: E402
-from HepatoblastomaSegLib.errors import HepatoblastomaSegError, InputError  # noqa: E402
-from HepatoblastomaSegLib.infer.outputs import sha256_of  # noqa: E402
-from HepatoblastomaSegLib.io import read_volume, write_text_atomic  # noqa: E402
-from HepatoblastomaSegLib.io.tables import read_csv_rows  # noqa: E402
+try:  # under Slicer --python-script an exception here would leave Slicer running: see run() and finish()
+    import vtk
+
+    import HepatoblastomaSegMRML as mrml
+    from HepatoblastomaSegLib.errors import HepatoblastomaSegError, InputError
+    from HepatoblastomaSegLib.infer.outputs import sha256_of
+    from HepatoblastomaSegLib.io import read_volume, write_text_atomic
+    from HepatoblastomaSegLib.io.tables import read_csv_rows
+except Exception as _exc:  # noqa: BLE001 - reported by run() with exit status 2
+    if __name__ != "__main__":
+        raise
+    _IMPORT_FAILURE: BaseException | None = _exc
+else:
+    _IMPORT_FAILURE = None
 
 MODALITIES = ("ct", "mri")
 _ANNOTATOR_COLUMN = re.compile(r"^R\d+$")
@@ -73,7 +86,9 @@ EPILOG = textwrap.dedent("""\
       python segment_cohort.py --manifest cohort.csv --out results/ --model bundles/ct --device cuda --no-tta
 
     Re-run the same command to resume: finished cases (verified checksums) are skipped. A failing case is
-    reported and the others go on; the exit status is then 1 (2: bad arguments or manifest, 130: interrupted).""")
+    reported and the others go on; the exit status is then 1 (also after an unexpected error, with its traceback;
+    2: bad arguments, manifest or model, or torch/MONAI not installed; 130: interrupted). Inside 3D Slicer every
+    ending closes the application with that status. Without matplotlib the report has no figures (a warning says so).""")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,13 +318,25 @@ def cohort_report(out_dir: Path, cases: list[Case], *, figures: bool = True) -> 
     return write_report(result, out_dir / REPORT_FOLDER, figures=figures)["report.html"]
 
 
+def _matplotlib_or_warning() -> bool:
+    """Whether the report can have figures: matplotlib draws them, and 3D Slicer does not ship it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("segment_cohort: warning: matplotlib is not installed, so the cohort report has no figures (in 3D "
+              "Slicer's Python console: slicer.util.pip_install('matplotlib'))", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def _csv_cell(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
 def main(argv: list[str] | None = None, predict=None) -> int:
-    """Run the cohort; returns the exit status (0 all done, 1 some case failed, 2 bad arguments or manifest,
-    130 interrupted). ``predict`` replaces the model (tests, other callers)."""
+    """Run the cohort; returns the exit status (0 all done, 1 some case failed, 2 bad arguments, manifest or model,
+    130 interrupted); unexpected errors propagate (:func:`run` turns them into a status). ``predict`` replaces the
+    model (tests, other callers)."""
     args = build_parser().parse_args(argv)
     try:
         annotators = [c.strip() for c in args.annotators.split(",") if c.strip()] or None
@@ -321,9 +348,22 @@ def main(argv: list[str] | None = None, predict=None) -> int:
     except HepatoblastomaSegError as exc:
         print(f"segment_cohort: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:  # torch or MONAI not installed (yet)
+        print(f"segment_cohort: error: the model cannot be loaded: {_describe(exc)}. In 3D Slicer, open the "
+              "Hepatoblastoma Segmentation module once and segment a volume: it installs PyTorch and MONAI",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. a damaged weights file that torch or safetensors refuses
+        print(f"segment_cohort: error: the model cannot be loaded: {_describe(exc)}", file=sys.stderr)
+        return 2
     env = mrml.application_environment() if mrml.in_application() else mrml.headless_environment()
     scene = env.scene
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"segment_cohort: error: {args.out}: cannot make the output folder ({exc.strerror or exc})",
+              file=sys.stderr)
+        return 2
     status: list[dict] = []
     try:
         for index, case in enumerate(cases, start=1):
@@ -354,12 +394,16 @@ def main(argv: list[str] | None = None, predict=None) -> int:
     write_status(args.out, status)
     write_cohort_metrics(scene, args.out, cases)
     if not args.no_report and any(case.annotators for case in cases):
+        figures = not args.no_figures and _matplotlib_or_warning()
         try:
-            report = cohort_report(args.out, cases, figures=not args.no_figures)
+            report = cohort_report(args.out, cases, figures=figures)
             if report is not None:
                 print(f"cohort report: {report}", flush=True)
-        except HepatoblastomaSegError as exc:
-            print(f"segment_cohort: cohort report failed: {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - the cases are done; say why the report is not
+            if not isinstance(exc, HepatoblastomaSegError):
+                traceback.print_exc(file=sys.stderr)
+            reason = exc if isinstance(exc, HepatoblastomaSegError) else _describe(exc)
+            print(f"segment_cohort: cohort report failed: {reason}", file=sys.stderr)
             return 1
     failed = [r["case"] for r in status if r["status"] == "failed"]
     if failed:
@@ -367,11 +411,63 @@ def main(argv: list[str] | None = None, predict=None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    if mrml.in_application():
-        import slicer
+def run(argv: list[str] | None = None, predict=None) -> int:
+    """:func:`main` with every way out turned into an exit status and a message on stderr: 0 all done, 1 some case
+    failed or an unexpected error (traceback printed), 2 bad arguments, manifest or model, or a missing Python
+    package, 130 interrupted. Never raises, so :func:`finish` always runs."""
+    try:
+        unsupported = _unsupported_reason()
+        if unsupported:
+            print(f"segment_cohort: error: {unsupported}", file=sys.stderr)
+            return 2
+        if _IMPORT_FAILURE is not None:
+            print(f"segment_cohort: error: cannot import the module's code ({_describe(_IMPORT_FAILURE)}); run it "
+                  "with 3D Slicer (Slicer --no-main-window --python-script ...) or a Python with slicer-core",
+                  file=sys.stderr)
+            return 2
+        return main(argv, predict=predict)
+    except SystemExit as exc:  # argparse: --help (0) or bad arguments (2, its message already printed)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except KeyboardInterrupt:
+        print("segment_cohort: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - the one place that must end every run with a status
+        traceback.print_exc(file=sys.stderr)
+        print(f"segment_cohort: error: {_describe(exc)}", file=sys.stderr)
+        return 1
 
-        slicer.util.exit(code)
+
+def _unsupported_reason() -> str:
+    """The module's message for a 3D Slicer (or Python) older than it supports; "" otherwise. compatibility.py is
+    loaded by its path: it runs on Python 3.9, where the packages that import it cannot be imported."""
+    import importlib.util
+
+    path = _MODULE_DIR / "HepatoblastomaSegRunner" / "compatibility.py"
+    spec = importlib.util.spec_from_file_location("hbseg_compatibility", path)
+    compatibility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compatibility)
+    app = getattr(sys.modules.get("slicer"), "app", None)
+    version = None
+    if app is not None and hasattr(app, "majorVersion"):
+        version = (int(app.majorVersion), int(app.minorVersion))
+    return compatibility.unsupported_reason(version)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return f"the Python package '{exc.name.split('.')[0]}' is not installed"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def finish(code: int) -> None:
+    """End the program with ``code``. Inside 3D Slicer ``--python-script`` ends the application only with ``-c`` or
+    ``--testing``, so ``slicer.util.exit`` is called (a window-less Slicer would otherwise run on forever)."""
+    slicer_module = sys.modules.get("slicer")
+    if slicer_module is not None and hasattr(slicer_module, "app"):
+        slicer_module.util.exit(code)
     else:
         sys.exit(code)
+
+
+if __name__ == "__main__":
+    finish(run(sys.argv[1:]))

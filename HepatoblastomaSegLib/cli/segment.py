@@ -134,20 +134,9 @@ def run(args: argparse.Namespace) -> int:
         from ..io.headers import check_header
 
         check_header(args.image)  # a header bomb or broken header is refused in milliseconds, before torch loads
-    from ..infer.predictor import PredictorOptions
     from ..infer.runner import segment_cohort, segment_one
 
-    if not 0.0 <= args.overlap < 1.0:
-        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
-        raise ConfigError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
-    options = PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
-                               device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
-                               compile=args.compile, keep_largest=args.keep_largest,
-                               min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb,
-                               crop_to_body=args.crop_to_body)
+    options = predictor_options(args)
     progress = make_progress(args.progress)
     try:
         if args.dicomweb is not None and args.manifest is not None:
@@ -185,6 +174,24 @@ def run(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
+
+
+def predictor_options(args: argparse.Namespace):
+    """The parsed ``hbseg segment`` options as :class:`~..infer.predictor.PredictorOptions`, checked (also what
+    ``hbseg serve`` uses for each request's options)."""
+    from ..infer.predictor import PredictorOptions
+
+    if not 0.0 <= args.overlap < 1.0:
+        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+        raise ConfigError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
+    return PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
+                            device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
+                            compile=args.compile, keep_largest=args.keep_largest,
+                            min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb,
+                            crop_to_body=args.crop_to_body)
 
 
 def _finish(progress: Progress, message: str, kind: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io import read_volume
@@ -16,10 +17,13 @@ from .predictor import Predictor, PredictorOptions, guess_modality
 
 
 def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOptions, *, fmt: str = "nifti",
-                progress: Progress | None = None, entropy_fmt: str | None = None,
-                series_uid: str | None = None) -> Path:
+                progress: Progress | None = None, entropy_fmt: str | None = None, series_uid: str | None = None,
+                predictor_for: Callable[[PredictorOptions, str], Predictor] | None = None) -> Path:
     """Read ``image`` (the DICOM series ``series_uid`` when it is a folder), segment it, write the outputs into
-    ``out_dir``; returns the summary's path."""
+    ``out_dir``; returns the summary's path.
+
+    ``predictor_for(options, modality)`` gives the predictor (default: load it, :meth:`Predictor.from_options`);
+    ``hbseg serve`` passes one that keeps models loaded between requests."""
     progress = progress or NullProgress()
     require_dicom_input(image, fmt, entropy_fmt)
     check_output_folder(out_dir, fmt, (image,))  # before any work: never write over the input, nor into a file
@@ -34,7 +38,8 @@ def segment_one(image: str | Path, out_dir: str | Path, options: PredictorOption
     modality = options.modality or guess_modality(volume)
     check_plausible_scan(volume, modality)  # what cannot be a scan is refused before the model is loaded
     t0 = time.perf_counter()
-    predictor = Predictor.from_options(options, modality=modality)
+    predictor = (predictor_for(options, modality) if predictor_for is not None
+                 else Predictor.from_options(options, modality=modality))
     load_s = time.perf_counter() - t0
     prediction = predictor.predict(volume, progress)
     prediction.summary["seconds"] = {"read": round(read_s, 4), "load_model": round(load_s, 4),

@@ -19,9 +19,11 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-TORCH_REQUIREMENT = "torch>=2.3"
+#: 3D Slicer 5.10 ships numpy 2.0.2, which is kept. MONAI 1.4 needs numpy < 2, so MONAI >= 1.5; MONAI 1.5.0 needs
+#: torch >= 2.4.1 (and < 2.7; MONAI 1.6 needs torch >= 2.8), so with an older torch pip could resolve nothing.
+TORCH_REQUIREMENT = "torch>=2.4.1"
 #: What ``hbseg segment`` needs besides torch and what 3D Slicer ships (pip requirement strings).
-REQUIREMENTS = ("monai>=1.4", "safetensors>=0.4", "tqdm>=4.66", "scipy")
+REQUIREMENTS = ("monai>=1.5", "safetensors>=0.4", "tqdm>=4.66", "scipy")
 #: Shipped with 3D Slicer and loaded by it: pinned, never replaced.
 SLICER_PROVIDED = ("numpy", "SimpleITK", "vtk")
 #: Pinned in every install: Slicer's own packages, and torch (the PyTorch extension's build, matched to the GPU).
@@ -67,7 +69,7 @@ def satisfies(version: str, specifier: str) -> bool:
 
 
 def split_requirement(requirement: str) -> tuple[str, str]:
-    """``"monai>=1.4"`` -> ``("monai", ">=1.4")``."""
+    """``"monai>=1.5"`` -> ``("monai", ">=1.5")``."""
     match = _REQUIREMENT.match(requirement)
     if not match:
         raise ValueError(f"not a requirement: {requirement!r}")
