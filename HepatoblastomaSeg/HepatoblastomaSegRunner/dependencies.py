@@ -22,8 +22,9 @@ from pathlib import Path
 #: 3D Slicer 5.10 ships numpy 2.0.2, which is kept. MONAI 1.4 needs numpy < 2, so MONAI >= 1.5; MONAI 1.5.0 needs
 #: torch >= 2.4.1 (and < 2.7; MONAI 1.6 needs torch >= 2.8), so with an older torch pip could resolve nothing.
 TORCH_REQUIREMENT = "torch>=2.4.1"
-#: What ``hbseg segment`` needs besides torch and what 3D Slicer ships (pip requirement strings).
-REQUIREMENTS = ("monai>=1.5", "safetensors>=0.4", "tqdm>=4.66", "scipy")
+#: What ``hbseg segment`` needs besides torch and what 3D Slicer ships (pip requirement strings); highdicom for the
+#: DICOM SEG export.
+REQUIREMENTS = ("monai>=1.5", "safetensors>=0.4", "tqdm>=4.66", "scipy", "highdicom>=0.28")
 #: Shipped with 3D Slicer and loaded by it: pinned, never replaced.
 SLICER_PROVIDED = ("numpy", "SimpleITK", "vtk")
 #: Pinned in every install: Slicer's own packages, and torch (the PyTorch extension's build, matched to the GPU).
