@@ -31,7 +31,8 @@ from ..io import write_text_atomic
 from ..io.atomic import folder_lock, remove_stale_partials
 from ..io.tables import neutralise_formula, read_csv_rows
 from ..progress import NullProgress, Progress
-from .outputs import SUMMARY_NAME, check_output_folder, resume_key, why_recompute, write_prediction
+from .outputs import (SUMMARY_NAME, check_output_folder, input_sha256, resume_key, why_recompute,
+                      write_prediction)
 from .result import Prediction
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class CohortCase:
     case: str
     image: Path
     modality: str | None
+
+    def input_sha256(self) -> str:
+        """What a rerun checks of this case's input before skipping it: the SHA256 of its file or folder."""
+        return input_sha256(self.image)
 
 
 def read_manifest(path: str | Path) -> list[CohortCase]:
@@ -165,7 +170,7 @@ def _run_cases(mine: list[CohortCase], out_dir: Path, predict: Callable[[CohortC
         if clean and case_dir.is_dir():
             remove_stale_partials(case_dir)
         try:
-            key = resume_key(case.image, {**options, "case_modality": case.modality})
+            key = resume_key(case.input_sha256(), {**options, "case_modality": case.modality})
             reason = why_recompute(case_dir, key)
             if reason is None:
                 summary = json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,11 @@ class RemoteCase(CohortCase):
 
     study_uid: str = ""
     series_uid: str | None = None
+
+    def input_sha256(self) -> str:
+        """A server's series is not downloaded to be checked before a rerun skips it: its address is the key (DICOM
+        gives one content one UID for good)."""
+        return hashlib.sha256(str(self.image).encode("utf-8")).hexdigest()
 
 
 def read_dicomweb_manifest(path: str | Path, url: str) -> list[RemoteCase]:

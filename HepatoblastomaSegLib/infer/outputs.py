@@ -145,9 +145,10 @@ def input_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def resume_key(image: str | Path, options: dict) -> dict:
-    """What a result depends on: the input's bytes and the options that shape the result (JSON-ready)."""
-    return {"input_sha256": input_sha256(image), "options": dict(sorted(options.items()))}
+def resume_key(input_checksum: str, options: dict) -> dict:
+    """What a result depends on: the input (:func:`input_sha256` of a file or folder) and the options that shape the
+    result (JSON-ready)."""
+    return {"input_sha256": input_checksum, "options": dict(sorted(options.items()))}
 
 
 def why_recompute(out_dir: str | Path, key: dict) -> str | None:
