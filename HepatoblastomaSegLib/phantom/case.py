@@ -9,7 +9,8 @@ Grids (identity direction, LPS, body centred in-plane; ``spacing_mm`` is (x, y, 
 - ``full`` CT: 512 x 512, 0.5-0.9 mm in-plane (field of view 1.2-1.9 x the body), slices 1.25, 2, 2.5, 3 or 5 mm;
 - ``full`` MRI: 0.7-1.5 mm in-plane, matrix a multiple of 16 up to 512 (rectangular field of view), 4-8 mm slices;
 - ``small`` (fast tests): 128 x 128 in-plane at whatever spacing fits the body (0.9-2.9 mm), at most 48 slices
-  (CT 2.5 mm or more, MRI 4 mm or more). Same anatomy, coarser grid.
+  (CT 2.5 mm or more, MRI 4 mm or more). Same anatomy, coarser grid. The full variety (:mod:`.variety`) keeps
+  small slices at most 7 mm thick, so a long scan of an adult with the pelvis has up to about 90 slices.
 
 The scan covers from 10-25 mm above the right hemidiaphragm to below the kidneys and the tumour.
 
@@ -45,13 +46,15 @@ from .fields import F32, FAR_MM
 from .organs import SECTIONS, calibrate_liver, liver_section, organ_structures
 from .render import Displacement, ModelGrid, Renderer
 from .tissues import Tissue
-from .trunk import adrenal_structures, late_trunk_structures
+from .trunk import after_organs, before_organs
 from .tumour import Lesion, coarse_sample, pretext_group, sample_lesions
 from .variety import Variety, adapt_anatomy, check_variety, sample_child_full, sample_variety
 
 MODALITIES = ("ct", "mri")
 SIZES = ("small", "full")
 SMALL_MAX_XYZ = (128, 128, 48)
+#: Full variety, small size: slices at most this thick (more than 48 slices for long scans of adults).
+SMALL_MAX_THICKNESS_FULL_MM = 7.0
 #: Model-grid voxels per slab (memory per slab about 20 bytes each).
 _SLAB_VOXELS = 1_500_000
 #: Image slices finished at a time (noise, type conversion).
@@ -130,6 +133,8 @@ def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: 
             spacing_xy = share * max(extent_x, extent_y) / nx
         min_t = 2.5 if modality == "ct" else 4.0
         thickness = max(np.ceil(length / SMALL_MAX_XYZ[2] * 4) / 4, min_t)
+        if variety.full:
+            thickness = min(thickness, SMALL_MAX_THICKNESS_FULL_MM)  # adults with a pelvis: more slices
         spacing = (spacing_xy, spacing_xy, thickness)
         model = (1, 1, 1)
     elif modality == "ct":
@@ -225,8 +230,8 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
     if trunk is None:
         structures = early + organ_structures(an, lesions) + late_structures(an)
     else:
-        structures = (early + adrenal_structures(trunk) + organ_structures(an, lesions) + late_structures(an)
-                      + late_trunk_structures(an, trunk))
+        structures = (early + before_organs(an, trunk) + organ_structures(an, lesions) + late_structures(an)
+                      + after_organs(an, trunk))
     for i, lesion in enumerate(lesions):
         structures += lesion.structures(record=f"lesion{i}")
     displacement = Displacement([(les.centre, les.displace_radius_mm) for les in lesions], (0.0, an.vb_y),

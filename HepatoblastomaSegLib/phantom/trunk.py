@@ -14,8 +14,9 @@ iliac crest at z = -length; ``P`` = crest to the bottom of the symphysis, 0.55 x
 - the spinal cord in the canal down to the conus, both adrenal glands above the kidneys;
 - the arms beside the trunk (fat, muscle, humerus) when they are down.
 
-Every structure is painted after the abdominal organs (they never lie in the liver); the adrenals come before the
-liver so that it covers any overlap.
+The adrenals and the muscles are painted before the abdominal organs (the liver, which in an infant reaches down
+to the pelvis, covers any overlap: no muscle inside the liver mask); bones, bladder, rectum, iliac vessels, cord
+and arms after them.
 """
 
 from __future__ import annotations
@@ -159,11 +160,14 @@ def _sample_pelvis(rng: np.random.Generator, an: Anatomy) -> Pelvis:
                   0.06 * a, psoas, bladder, rectum, bool(rng.random() < 0.3), [], [])
 
 
-def adrenal_structures(trunk: Trunk) -> list[Structure]:
-    """The adrenal glands (painted before the liver)."""
-    return [Structure(f"adrenal{i}", Tissue.ADRENAL, *gland.bounds(),
-                      lambda block, g=gland: g(block.wx, block.wy, block.wz))
-            for i, gland in enumerate(trunk.adrenals)]
+def before_organs(an: Anatomy, trunk: Trunk) -> list[Structure]:
+    """The adrenal glands and the pelvic muscles (painted before the organs, so the liver covers any overlap)."""
+    s = [Structure(f"adrenal{i}", Tissue.ADRENAL, *gland.bounds(),
+                   lambda block, g=gland: g(block.wx, block.wy, block.wz))
+         for i, gland in enumerate(trunk.adrenals)]
+    if trunk.pelvis is not None:
+        s += _pelvic_muscles(an, trunk.pelvis)
+    return s
 
 
 def _wing_limits(an: Anatomy, p: Pelvis, side: int, x, y, z) -> np.ndarray:
@@ -181,8 +185,8 @@ def _bone_pair(name: str, lo, hi, field, cortex_mm: float, warped: bool = True) 
                       lambda block: field(block) + F32(cortex_mm), warped=warped)]
 
 
-def late_trunk_structures(an: Anatomy, trunk: Trunk) -> list[Structure]:
-    """Pelvis, cord and arms, painted after the organs and the spine."""
+def after_organs(an: Anatomy, trunk: Trunk) -> list[Structure]:
+    """Pelvic bones and organs, cord and arms, painted after the organs and the spine."""
     s: list[Structure] = []
     r = an.vb_radius
     y_canal = an.vb_y + 1.45 * r
@@ -192,7 +196,7 @@ def late_trunk_structures(an: Anatomy, trunk: Trunk) -> list[Structure]:
                        lambda block: np.sqrt(block.wx * block.wx + (block.wy - F32(y_canal)) ** 2)
                        - F32(trunk.cord_radius_mm) + F32(0.0) * block.wz))
     if trunk.pelvis is not None:
-        s += _pelvis_structures(an, trunk.pelvis)
+        s += _pelvic_bones_and_organs(an, trunk.pelvis)
     if trunk.arms is not None:
         arms = trunk.arms
         for i, (tube, bone) in enumerate(zip(arms.tubes, arms.bones, strict=True)):
@@ -205,15 +209,18 @@ def late_trunk_structures(an: Anatomy, trunk: Trunk) -> list[Structure]:
     return s
 
 
-def _pelvis_structures(an: Anatomy, p: Pelvis) -> list[Structure]:
+def _inside_wall(an: Anatomy, block: Block):
+    """Negative inside the body beneath the subcutaneous fat."""
+    return body_on(an, block) + F32(an.fat_mm)
+
+
+def _pelvic_muscles(an: Anatomy, p: Pelvis) -> list[Structure]:
     s: list[Structure] = []
     a = an.a
 
     def inside_wall(block: Block):
-        """Negative inside the body beneath the subcutaneous fat."""
-        return body_on(an, block) + F32(an.fat_mm)
+        return _inside_wall(an, block)
 
-    # Muscles first (the bones cover them where they meet).
     for i, (glute, wing) in enumerate(zip(p.gluteal, p.wings, strict=True)):
         side = -1 if i == 0 else 1
 
@@ -233,7 +240,11 @@ def _pelvis_structures(an: Anatomy, p: Pelvis) -> list[Structure]:
     for i, tube in enumerate(p.psoas):
         s.append(Structure(f"pelvic_psoas{i}", Tissue.MUSCLE, *tube.bounds(),
                            lambda block, t=tube: np.maximum(t.on(block), inside_wall(block))))
+    return s
 
+
+def _pelvic_bones_and_organs(an: Anatomy, p: Pelvis) -> list[Structure]:
+    s: list[Structure] = []
     # Bladder and rectum.
     s += [Structure("bladder_wall", Tissue.BOWEL_WALL, *p.bladder.bounds(pad_mm=2.0),
                     lambda block: p.bladder(block.wx, block.wy, block.wz) - F32(2.0)),

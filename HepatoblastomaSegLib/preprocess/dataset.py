@@ -25,12 +25,14 @@ REQUIRED_COLUMNS = ("case", "image", "tumor")
 
 @dataclasses.dataclass(frozen=True)
 class CaseEntry:
-    """One manifest row with absolute paths; ``liver`` is None when the column is absent or the cell empty."""
+    """One manifest row with absolute paths; ``liver`` is None when the column is absent or the cell empty.
+    ``tissues``: the phantom's tissue label map (optional column; domain randomisation in training needs it)."""
 
     case: str
     image: Path
     tumor: Path
     liver: Path | None = None
+    tissues: Path | None = None
 
 
 def read_manifest(dataset_dir: str | Path) -> list[CaseEntry]:
@@ -68,10 +70,10 @@ def read_manifest(dataset_dir: str | Path) -> list[CaseEntry]:
             raise InputError(f"line {line}: case '{case}' is listed twice", manifest)
         seen.add(case)
         paths = {}
-        for column in ("image", "tumor", "liver"):
+        for column in ("image", "tumor", "liver", "tissues"):
             value = row.get(column, "")
             if not value:
-                if column != "liver":
+                if column not in ("liver", "tissues"):
                     raise InputError(f"line {line} (case {case}): empty '{column}' path", manifest)
                 paths[column] = None
                 continue
@@ -79,7 +81,7 @@ def read_manifest(dataset_dir: str | Path) -> list[CaseEntry]:
             if not path.exists():
                 raise InputError(f"line {line} (case {case}): {column} file not found: {path}", manifest)
             paths[column] = path
-        entries.append(CaseEntry(case, paths["image"], paths["tumor"], paths["liver"]))
+        entries.append(CaseEntry(case, paths["image"], paths["tumor"], paths["liver"], paths["tissues"]))
     return entries
 
 

@@ -41,13 +41,16 @@ class Split:
 def _manifest_text(entries: list[CaseEntry]) -> str:
     buffer = io.StringIO()
     with_liver = any(e.liver is not None for e in entries)
-    fields = ["case", "image", "tumor"] + (["liver"] if with_liver else [])
+    with_tissues = any(e.tissues is not None for e in entries)
+    fields = ["case", "image", "tumor"] + (["liver"] if with_liver else []) + (["tissues"] if with_tissues else [])
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for e in entries:
         row = {"case": e.case, "image": str(Path(e.image).resolve()), "tumor": str(Path(e.tumor).resolve())}
         if with_liver:
             row["liver"] = "" if e.liver is None else str(Path(e.liver).resolve())
+        if with_tissues:
+            row["tissues"] = "" if e.tissues is None else str(Path(e.tissues).resolve())
         writer.writerow(row)
     return buffer.getvalue()
 
