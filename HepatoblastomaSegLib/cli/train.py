@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
         time_limit_min=args.time_limit_min,
-        augment=AugmentConfig(enabled=not args.no_augment, p_synthetic=args.domain_randomisation), deep_supervision=args.deep_supervision,
+        augment=AugmentConfig(enabled=not args.no_augment, p_synthetic=args.domain_randomisation),
+        deep_supervision=args.deep_supervision,
         val_every=args.val_every, device=args.device, amp=args.amp, name=args.name, version=args.version,
         fp16_weights=args.fp16_weights, card_note=args.card_note, command=command)
     progress = {"bar": TqdmProgress, "json": JsonLinesProgress, "none": NullProgress}[args.progress]()

@@ -213,6 +213,7 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
         acquisition = None
         if full:
             ct.apply_phase(look, vary.phase, rng_vary, adult=adult)
+            look.means[int(Tissue.TABLE)] = float(rng_vary.uniform(-500.0, 100.0))  # carbon fibre to dense foam
             if vary.circle_value is not None:
                 outside = _outside_circle(axes[0], axes[1])
     else:

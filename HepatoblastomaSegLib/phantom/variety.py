@@ -14,7 +14,7 @@ acquisition. Per case (probabilities in brackets):
 - CT phase: non-contrast (20 %), late arterial (20 %), portal venous (45 %), delayed (15 %); vessels, kidneys,
   spleen, pancreas, tumour and urine follow the phase (:func:`.ct.apply_phase`);
 - CT field of view: the reconstruction circle filled with -1024, -2048 or -3024 (or no circle), table present
-  (90 %), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm;
+  (90 %, -500 to +100 HU), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm;
 - CT reconstruction kernel: soft (smoother, more correlated noise), standard, sharp (edge enhancement, finer and
   stronger noise); beam-hardening streaks between dense bones (60 % of scans with a pelvis);
 - MRI: T2 with (60 %) or without fat suppression, stronger bias fields, slices up to 8 mm (mostly 6-8 mm),

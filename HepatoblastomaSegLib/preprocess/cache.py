@@ -3,10 +3,11 @@
 Layout: ``CACHE_DIR/<first 16 hex of plans.preprocessing_hash()>/<case>.image.npy`` (float32 [z, y, x], normalised,
 target grid), ``<case>.label.npy`` (uint8 [z, y, x], target grid), with ``with_tissues`` also
 ``<case>.tissues.npy`` (the phantom's tissue labels, uint8, target grid; for domain randomisation), and
-``<case>.json`` (the key, both geometries, warnings). The key is a SHA256 of the plans' preprocessing hash plus, for the image and each mask, its path, size and
-modification time (or, with ``hash_contents=True``, the SHA256 of its bytes, which survives copies and touch). A
-case is reused only when its JSON exists and holds the same key; the JSON is written last (after both arrays, each
-atomically), so an interrupted write is simply recomputed. Arrays load memory-mapped when asked (``mmap=True``).
+``<case>.json`` (the key, both geometries, warnings). The key is a SHA256 of the plans' preprocessing hash plus,
+for the image and each mask (and the tissue map when cached), its path, size and modification time (or, with
+``hash_contents=True``, the SHA256 of its bytes, which survives copies and touch). A case is reused only when its
+JSON exists and holds the same key; the JSON is written last (after the arrays, each atomically), so an interrupted
+write is simply recomputed. Arrays load memory-mapped when asked (``mmap=True``).
 """
 
 from __future__ import annotations
