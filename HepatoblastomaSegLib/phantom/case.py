@@ -117,6 +117,8 @@ def _check(modality: str, size: str, seed: int, index: int) -> None:
 
 #: Full variety: CT slice thicknesses (mm) and their probabilities.
 _CT_THICKNESS_FULL = ([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0, 7.0], [0.05, 0.1, 0.15, 0.1, 0.15, 0.1, 0.25, 0.1])
+#: Full variety, full-size CT: at most this many voxels (the demo's largest cases have about 61 million).
+_FULL_MAX_VOXELS = 80e6
 
 
 def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: float, variety: Variety,
@@ -149,6 +151,11 @@ def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: 
             if share < 1:
                 spacing_xy = float(share * max(extent_x, extent_y) / nx)
             thickness = float(rng.choice(_CT_THICKNESS_FULL[0], p=_CT_THICKNESS_FULL[1]))
+            # Generation time grows with the voxels: thin slices of a long scan move to the next thickness.
+            for option in _CT_THICKNESS_FULL[0]:
+                if option >= thickness and length / option * nx * ny <= _FULL_MAX_VOXELS:
+                    thickness = float(option)
+                    break
         spacing = (spacing_xy, spacing_xy, thickness)
         model = (2, int(np.ceil(thickness / 2.5 - 1e-6)), max(int(round(2.5 / thickness)), 1))
     else:

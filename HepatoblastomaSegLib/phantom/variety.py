@@ -14,7 +14,8 @@ acquisition. Per case (probabilities in brackets):
 - CT phase: non-contrast (20 %), late arterial (20 %), portal venous (45 %), delayed (15 %); vessels, kidneys,
   spleen, pancreas, tumour and urine follow the phase (:func:`.ct.apply_phase`);
 - CT field of view: the reconstruction circle filled with -1024, -2048 or -3024 (or no circle), table present
-  (90 %, -500 to +100 HU), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm;
+  (90 %, -500 to +100 HU), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm
+  (a long scan takes a thicker slice where the thin one would exceed 80 million voxels);
 - CT reconstruction kernel: soft (smoother, more correlated noise), standard, sharp (edge enhancement, finer and
   stronger noise); beam-hardening streaks between dense bones (60 % of scans with a pelvis);
 - MRI: T2 with (60 %) or without fat suppression, stronger bias fields, slices up to 8 mm (mostly 6-8 mm),
@@ -32,7 +33,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import ConfigError
-from .anatomy import Anatomy, Child, sample_age_months
+from .anatomy import Anatomy, Child, sample_child
 from .trunk import PELVIS_SHARE, Trunk, sample_trunk
 
 VARIETIES = ("demo", "full")
@@ -100,8 +101,6 @@ def sample_variety(rng: np.random.Generator, modality: str, variety: str) -> Var
 
 def sample_child_full(rng: np.random.Generator) -> Child:
     """Newborn to adult: today's paediatric ages (45 %), 5-18 years (15 %), adults (40 %)."""
-    from .anatomy import sample_child
-
     u = rng.random()
     if u < 0.45:
         return sample_child(rng)
