@@ -1,14 +1,16 @@
 """Does domain randomisation help? Two quick models, the same budget, held-out full-variety phantoms.
 
 Writes small full-variety phantoms (``hbseg phantom --variety full --size small``: adults and children, pelvis,
-muscles, bowel, contrast phases, kernels...), trains two tiny models on the same training cases for the same wall
-time, one with the realistic rendering only and one with ``--domain-randomisation P`` (that share of patches
-rendered from the tissue label map with random per-tissue intensities, :mod:`HepatoblastomaSegLib.train.synthetic`),
-and segments held-out full-variety phantoms (another seed) with each. Per model: mean tumour Dice, predicted mL,
-mL predicted outside the liver, and mL predicted in muscle and in bowel/stomach/pancreas (the hard negatives).
+muscles, bowel, contrast phases, kernels...), trains two tiny models on the same training cases for the same number
+of iterations (``--epochs`` of 10 iterations; or the same wall time with ``--minutes``, which a shared machine's
+changing load makes unequal), one with the realistic rendering only and one with ``--domain-randomisation P`` (that
+share of patches rendered from the tissue label map with random per-tissue intensities,
+:mod:`HepatoblastomaSegLib.train.synthetic`), and segments held-out full-variety phantoms (another seed) with each.
+Per model: mean tumour Dice, predicted mL, mL predicted outside the liver, and mL predicted in muscle and in
+bowel/stomach/pancreas (the hard negatives).
 
-This is a CPU-sized experiment (minutes of training, width 0.25): it shows whether the option moves false positives
-and Dice in a tiny model, not what a full-length GPU run reaches. The demo models are not replaced here.
+This is a CPU-sized experiment (minutes of training, width 0.125-0.25): it shows whether the option moves false
+positives and Dice in a tiny model, not what a full-length GPU run reaches. The demo models are not replaced here.
 
 Recipe for retraining the bundled demo models on a GPU (one H100/H200 session, the existing recipe otherwise):
 
@@ -38,13 +40,13 @@ def _hbseg(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "HepatoblastomaSegLib.cli", *args], check=True)
 
 
-def _train(dataset: Path, out: Path, modality: str, minutes: float, width: float, patch: str, p_synthetic: float,
-           seed: int) -> float:
+def _train(dataset: Path, out: Path, modality: str, epochs: int | None, minutes: float, width: float, patch: str,
+           p_synthetic: float, seed: int) -> float:
     t0 = time.perf_counter()
-    _hbseg("train", str(dataset), "--modality", modality, "-o", str(out), "--epochs", "100000",
+    budget = ["--epochs", str(epochs)] if epochs else ["--epochs", "100000", "--time-limit-min", str(minutes)]
+    _hbseg("train", str(dataset), "--modality", modality, "-o", str(out), *budget,
            "--iters-per-epoch", "10", "--width", str(width), "--patch-size", patch, "--val-fraction", "0",
-           "--workers", "0", "--time-limit-min", str(minutes), "--seed", str(seed), "--progress", "none",
-           "--domain-randomisation", str(p_synthetic))
+           "--workers", "0", "--seed", str(seed), "--progress", "none", "--domain-randomisation", str(p_synthetic))
     return time.perf_counter() - t0
 
 
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality", choices=("ct", "mri"), default="ct")
     parser.add_argument("--train-cases", type=int, default=12)
     parser.add_argument("--test-cases", type=int, default=6)
-    parser.add_argument("--minutes", type=float, default=6.0, help="training wall time per model (default 6)")
+    parser.add_argument("--epochs", type=int, help="epochs of 10 iterations per model (the fair budget)")
+    parser.add_argument("--minutes", type=float, default=6.0,
+                        help="training wall time per model when --epochs is not given (default 6)")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--patch-size", default="16,64,64")
     parser.add_argument("--p-synthetic", type=float, default=0.5, help="domain randomisation share (default 0.5)")
@@ -102,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {"phantoms_s": time.perf_counter() - t0, "options": {k: str(v) for k, v in vars(args).items()}}
     for name, p in (("realistic", 0.0), ("domain_randomisation", args.p_synthetic)):
         model = work / f"model_{name}"
-        seconds = _train(train_dir, model, args.modality, args.minutes, args.width, args.patch_size, p, args.seed) \
-            if not (model / "bundle.json").is_file() else None
+        seconds = None
+        if not (model / "bundle.json").is_file():
+            seconds = _train(train_dir, model, args.modality, args.epochs, args.minutes, args.width, args.patch_size, p,
+                             args.seed)
         log = (model / "training" / "log.csv").read_text().strip().splitlines()
         results[name] = {"p_synthetic": p, "train_s": seconds, "epochs": len(log) - 1, **_evaluate(model, test_dir)}
     print(f"{'model':24s} {'epochs':>6s} {'Dice':>6s} {'pred mL':>8s} {'truth mL':>8s} {'outside liver mL':>16s} "
