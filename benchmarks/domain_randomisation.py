@@ -50,7 +50,7 @@ def _train(dataset: Path, out: Path, modality: str, epochs: int | None, minutes:
     return time.perf_counter() - t0
 
 
-def _evaluate(model: Path, test_dir: Path) -> dict:
+def _evaluate(model: Path | str, test_dir: Path) -> dict:
     from HepatoblastomaSegLib.bundle import load_bundle
     from HepatoblastomaSegLib.infer.predictor import Predictor
     from HepatoblastomaSegLib.io import read_volume
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p-synthetic", type=float, default=0.5, help="domain randomisation share (default 0.5)")
     parser.add_argument("--seed", type=int, default=31)
     parser.add_argument("--workdir", type=Path, default=Path("dr_benchmark"))
+    parser.add_argument("--reference-model", action="append", default=[], metavar="MODEL",
+                        help="also segment the held-out cases with this bundle (name or folder), e.g. ct-demo")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only evaluate the reference models (no training)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -99,11 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir
     train_dir, test_dir = work / "train", work / "test"
     t0 = time.perf_counter()
-    if not (train_dir / "manifest.csv").is_file():
+    if not (train_dir / "manifest.csv").is_file() and not args.reference_only:
         write_dataset(train_dir, args.modality, args.train_cases, args.seed, "small", variety="full")
     if not (test_dir / "manifest.csv").is_file():
         write_dataset(test_dir, args.modality, args.test_cases, args.seed + 1000, "small", variety="full")
     results = {"phantoms_s": time.perf_counter() - t0, "options": {k: str(v) for k, v in vars(args).items()}}
+    for reference in args.reference_model:
+        results[f"reference:{reference}"] = _evaluate(reference, test_dir)
+        m = results[f"reference:{reference}"]["mean"]
+        print(f"{reference}: Dice {m['dice']:.3f}, {m['pred_ml']:.1f} mL predicted ({m['truth_ml']:.1f} true), "
+              f"{m['outside_liver_ml']:.1f} mL outside the liver, {m['muscle_ml']:.1f} mL in muscle, "
+              f"{m['bowel_stomach_pancreas_ml']:.1f} mL in bowel/stomach/pancreas", flush=True)
+    if args.reference_only:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     for name, p in (("realistic", 0.0), ("domain_randomisation", args.p_synthetic)):
         model = work / f"model_{name}"
         seconds = None
