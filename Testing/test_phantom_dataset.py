@@ -138,10 +138,10 @@ def test_interrupted_run_leaves_no_manifest(tmp_path, monkeypatch):
     assert (tmp_path / "manifest.csv").exists()
     real = dataset_module.generate_case
 
-    def failing(modality, seed, index, size):
+    def failing(modality, seed, index, size, **options):
         if index == 1:
             raise RuntimeError("simulated crash while generating the second case")
-        return real(modality, seed, index, size)
+        return real(modality, seed, index, size, **options)
 
     monkeypatch.setattr(dataset_module, "generate_case", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):

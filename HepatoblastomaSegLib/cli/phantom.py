@@ -25,6 +25,7 @@ EPILOG = textwrap.dedent("""\
       DIR/<case>/tumor.nii.gz           ground-truth tumour (uint8 0/1)
       DIR/<case>/liver.nii.gz           liver including the tumour (uint8 0/1)
       DIR/<case>/R1.nii.gz R2 R3        the three annotators (uint8 0/1)
+      DIR/<case>/tissues.nii.gz         tissue label map (uint8; for 'hbseg train --domain-randomisation')
       DIR/<case>/dicom/                 the image as a DICOM series (with --dicom)
     The manifest is written last: a folder without one is incomplete.
 
@@ -33,8 +34,18 @@ EPILOG = textwrap.dedent("""\
               (a few seconds per case)
       small   at most 128x128x48 voxels on a coarser grid, same anatomy (well under a second; for tests)
 
+    varieties:
+      demo    the original phantom (default; the bundled demo models were trained on it): a child of
+              0-14 years, portal venous CT or fat-suppressed T2, domes to below the kidneys
+      full    hard negatives and real variety: newborn to adult bodies, lung bases to the pelvis (pelvic
+              bones, gluteal, iliac and psoas muscles, bladder, rectum, iliac vessels, cord, adrenals, oral
+              contrast), CT non-contrast/arterial/portal/delayed phases, reconstruction circle, table, arms
+              down, cut-off bodies, kernels, 0.6-7 mm slices, beam-hardening streaks; T2 with and without fat
+              suppression, strong bias fields, 6-8 mm slices, motion ghosts. Train new models on this.
+
     examples:
       hbseg phantom --modality ct --cases 3 --seed 7 -o phantoms/ct
+      hbseg phantom --modality ct --cases 200 --seed 1 --variety full -o phantoms/ct_full
       hbseg phantom --modality mri --cases 20 --seed 1 --size small -o phantoms/mri_small
       hbseg phantom --modality ct --cases 1 --seed 7 --dicom -o phantoms/ct_dicom""")
 
@@ -55,6 +66,7 @@ def _non_negative_int(text: str) -> int:
 
 def register(subparsers) -> None:
     from ..phantom.case import MODALITIES, SIZES
+    from ..phantom.variety import VARIETIES
 
     parser = subparsers.add_parser(
         "phantom", help="write synthetic CT/MRI cases with tumour, liver and three annotators",
@@ -68,6 +80,9 @@ def register(subparsers) -> None:
                         help="index of the first case, to extend a series (default 0)")
     parser.add_argument("--size", choices=SIZES, default="full",
                         help="full: clinical grids; small: at most 128x128x48 voxels, for tests (default full)")
+    parser.add_argument("--variety", choices=VARIETIES, default="demo",
+                        help="demo: the original phantom (default); full: hard negatives (pelvis, muscles, bowel), "
+                             "contrast phases, adults, acquisition variety")
     parser.add_argument("--dicom", action="store_true", help="also write each image as a DICOM series")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
@@ -87,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         progress = NullProgress()
     try:
         manifest = write_dataset(args.output, args.modality, args.cases, args.seed, args.size, args.dicom, progress,
-                                 first_index=args.first_index)
+                                 first_index=args.first_index, variety=args.variety)
     finally:
         progress.close()
     if isinstance(progress, JsonLinesProgress):

@@ -100,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "start of the command, preparation included (a fixed budget, e.g. a GPU lease); the "
                             "bundle keeps the best weights so far")
     group.add_argument("--no-augment", action="store_true", help="switch all augmentation off")
+    group.add_argument("--domain-randomisation", type=float, default=0.0, metavar="P",
+                       help="share of patches whose image is rendered from the phantom's tissue label map with random "
+                            "per-tissue intensities and textures (SynthSeg-style; needs the 'tissues' column that "
+                            "'hbseg phantom' writes); default 0 = off")
     group.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false",
                        help="train the full-resolution output only")
     group.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (default 1)")
@@ -174,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
         time_limit_min=args.time_limit_min,
-        augment=AugmentConfig(enabled=not args.no_augment), deep_supervision=args.deep_supervision,
+        augment=AugmentConfig(enabled=not args.no_augment, p_synthetic=args.domain_randomisation),
+        deep_supervision=args.deep_supervision,
         val_every=args.val_every, device=args.device, amp=args.amp, name=args.name, version=args.version,
         fp16_weights=args.fp16_weights, card_note=args.card_note, command=command)
     progress = {"bar": TqdmProgress, "json": JsonLinesProgress, "none": NullProgress}[args.progress]()

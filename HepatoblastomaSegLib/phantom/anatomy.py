@@ -116,6 +116,8 @@ class Anatomy:
     bowel_wall_mm: float
     z_top: float
     z_bottom: float
+    #: Lowest level of the lumbar spine when the scan includes the pelvis (the sacrum takes over); None: no limit.
+    spine_bottom_z: float | None = None
 
     @property
     def ivc_xy(self) -> tuple[float, float]:

@@ -202,7 +202,8 @@ def late_structures(an: Anatomy) -> list[Structure]:
         front = block.wy + F32(0.35 * b)
         return np.maximum(d, front if cartilage else -front)
 
-    spine_lo, spine_hi = (-2.2 * r, an.vb_y - r, z_lo), (2.2 * r, y_canal + 3 * r, z_hi)
+    spine_z_lo = z_lo if an.spine_bottom_z is None else max(z_lo, an.spine_bottom_z)
+    spine_lo, spine_hi = (-2.2 * r, an.vb_y - r, spine_z_lo), (2.2 * r, y_canal + 3 * r, z_hi)
     wall_lo, wall_hi = (-1.05 * a, -1.05 * b, -0.62 * an.length), (1.05 * a, an.y_back + 1.0, z_hi)
     return [
         Structure("vertebral_cortex", Tissue.BONE_CORTICAL, spine_lo, spine_hi, vertebral_body),

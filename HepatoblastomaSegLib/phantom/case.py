@@ -9,7 +9,8 @@ Grids (identity direction, LPS, body centred in-plane; ``spacing_mm`` is (x, y, 
 - ``full`` CT: 512 x 512, 0.5-0.9 mm in-plane (field of view 1.2-1.9 x the body), slices 1.25, 2, 2.5, 3 or 5 mm;
 - ``full`` MRI: 0.7-1.5 mm in-plane, matrix a multiple of 16 up to 512 (rectangular field of view), 4-8 mm slices;
 - ``small`` (fast tests): 128 x 128 in-plane at whatever spacing fits the body (0.9-2.9 mm), at most 48 slices
-  (CT 2.5 mm or more, MRI 4 mm or more). Same anatomy, coarser grid.
+  (CT 2.5 mm or more, MRI 4 mm or more). Same anatomy, coarser grid. The full variety (:mod:`.variety`) keeps
+  small slices at most 7 mm thick, so a long scan of an adult with the pelvis has up to about 90 slices.
 
 The scan covers from 10-25 mm above the right hemidiaphragm to below the kidneys and the tumour.
 
@@ -45,11 +46,15 @@ from .fields import F32, FAR_MM
 from .organs import SECTIONS, calibrate_liver, liver_section, organ_structures
 from .render import Displacement, ModelGrid, Renderer
 from .tissues import Tissue
+from .trunk import after_organs, before_organs
 from .tumour import Lesion, coarse_sample, pretext_group, sample_lesions
+from .variety import Variety, adapt_anatomy, check_variety, sample_child_full, sample_variety
 
 MODALITIES = ("ct", "mri")
 SIZES = ("small", "full")
 SMALL_MAX_XYZ = (128, 128, 48)
+#: Full variety, small size: slices at most this thick (more than 48 slices for long scans of adults).
+SMALL_MAX_THICKNESS_FULL_MM = 7.0
 #: Model-grid voxels per slab (memory per slab about 20 bytes each).
 _SLAB_VOXELS = 1_500_000
 #: Image slices finished at a time (noise, type conversion).
@@ -110,23 +115,47 @@ def _check(modality: str, size: str, seed: int, index: int) -> None:
         raise ConfigError(f"seed and case index must be non-negative integers (got seed {seed}, index {index})")
 
 
-def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: float):
+#: Full variety: CT slice thicknesses (mm) and their probabilities.
+_CT_THICKNESS_FULL = ([0.625, 1.0, 1.25, 2.0, 2.5, 3.0, 5.0, 7.0], [0.05, 0.1, 0.15, 0.1, 0.15, 0.1, 0.25, 0.1])
+#: Full variety, full-size CT: at most this many voxels (the demo's largest cases have about 61 million).
+_FULL_MAX_VOXELS = 80e6
+
+
+def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: float, variety: Variety,
+                 half_width_mm: float):
     """Spacing (x, y, z), size (x, y, z) and origin of the image grid; model grid (factor, sub, zfactor)."""
     y_lo, y_hi = -an.b, an.y_back + (18.0 if modality == "ct" else 0.0)
-    extent_x, extent_y = 2 * an.a, y_hi - y_lo
+    extent_x, extent_y = 2 * half_width_mm, y_hi - y_lo
     length = z_hi - z_lo
+    share = variety.fov_share  # < 1: the field of view cuts the body off at the sides
     if size == "small":
         nx = ny = SMALL_MAX_XYZ[0]
         spacing_xy = rng.uniform(1.1, 1.3) * max(extent_x, extent_y) / nx
+        if share < 1:
+            spacing_xy = share * max(extent_x, extent_y) / nx
         min_t = 2.5 if modality == "ct" else 4.0
         thickness = max(np.ceil(length / SMALL_MAX_XYZ[2] * 4) / 4, min_t)
+        if variety.full:
+            thickness = min(thickness, SMALL_MAX_THICKNESS_FULL_MM)  # adults with a pelvis: more slices
         spacing = (spacing_xy, spacing_xy, thickness)
         model = (1, 1, 1)
     elif modality == "ct":
         nx = ny = 512
         needed = 1.08 * max(extent_x, extent_y) / nx
-        spacing_xy = float(np.clip(rng.uniform(1.2, 1.9) * max(extent_x, extent_y) / nx, max(0.5, needed), 0.9))
-        thickness = float(rng.choice([1.25, 2.0, 2.5, 3.0, 5.0], p=[0.2, 0.15, 0.3, 0.15, 0.2]))
+        if not variety.full:
+            spacing_xy = float(np.clip(rng.uniform(1.2, 1.9) * max(extent_x, extent_y) / nx, max(0.5, needed), 0.9))
+            thickness = float(rng.choice([1.25, 2.0, 2.5, 3.0, 5.0], p=[0.2, 0.15, 0.3, 0.15, 0.2]))
+        else:
+            wanted = rng.uniform(1.1, 1.6) * max(extent_x, extent_y) / nx
+            spacing_xy = float(min(max(wanted, 0.5, needed), 0.98))
+            if share < 1:
+                spacing_xy = float(share * max(extent_x, extent_y) / nx)
+            thickness = float(rng.choice(_CT_THICKNESS_FULL[0], p=_CT_THICKNESS_FULL[1]))
+            # Generation time grows with the voxels: thin slices of a long scan move to the next thickness.
+            for option in _CT_THICKNESS_FULL[0]:
+                if option >= thickness and length / option * nx * ny <= _FULL_MAX_VOXELS:
+                    thickness = float(option)
+                    break
         spacing = (spacing_xy, spacing_xy, thickness)
         model = (2, int(np.ceil(thickness / 2.5 - 1e-6)), max(int(round(2.5 / thickness)), 1))
     else:
@@ -137,6 +166,8 @@ def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: 
         ny = int(min(np.ceil(fov_y / spacing_xy / 16) * 16, 512))
         spacing_xy = max(spacing_xy, 1.05 * extent_x / nx, 1.05 * extent_y / ny)
         thickness = float(np.round(rng.uniform(4.0, 8.0) * 2) / 2)
+        if variety.full and rng.random() < 0.7:
+            thickness = float(np.round(rng.uniform(6.0, 8.0) * 2) / 2)
         spacing = (spacing_xy, spacing_xy, thickness)
         model = (2 if spacing_xy < 1.0 else 1, int(np.ceil(thickness / 2.5 - 1e-6)), 1)
     nz = max(int(np.ceil(length / spacing[2] - 1e-6)), 2)
@@ -145,15 +176,22 @@ def _acquisition(rng, modality: str, size: str, an: Anatomy, z_lo: float, z_hi: 
 
 
 def generate_case(modality: str, seed: int, index: int = 0, size: str = "small", *,
-                  workers: int | None = None) -> PhantomCase:
+                  workers: int | None = None, variety: str = "demo") -> PhantomCase:
     """Generate case ``index`` of the phantom series ``seed`` in memory (no files).
 
     ``modality``: "ct" or "mri"; ``size``: "small" (at most 128x128x48, for tests) or "full". ``workers``: threads
-    for the slabs (default: up to 2); the result does not depend on it.
+    for the slabs (default: up to 2); the result does not depend on it. ``variety``: "demo" (the original
+    phantom, the default) or "full" (hard negatives, contrast phases, adults, acquisition variety; see
+    :mod:`.variety`).
     """
     _check(modality, size, seed, index)
-    child = sample_child(_rng(seed, index, 1))
+    check_variety(variety)
+    modality_code, size_code = MODALITIES.index(modality), SIZES.index(size)
+    full = variety == "full"
+    child = sample_child_full(_rng(seed, index, 1)) if full else sample_child(_rng(seed, index, 1))
     an = sample_anatomy(_rng(seed, index, 2), child)
+    vary = sample_variety(_rng(seed, index, 8, modality_code), modality, variety)
+    trunk = adapt_anatomy(_rng(seed, index, 9, modality_code), an, vary)
     liver_normal_ml = calibrate_liver(an, child.normal_liver_ml)
     lesions = sample_lesions(_rng(seed, index, 3), an)
 
@@ -161,9 +199,10 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
     lesion_hi = np.max([les.bounds()[1] for les in lesions], axis=0)
     z_lo = float(min(an.z_bottom, lesion_lo[2] - 10.0))
     z_hi = float(max(an.z_top, lesion_hi[2] + 5.0))
-    modality_code, size_code = MODALITIES.index(modality), SIZES.index(size)
     rng_grid = _rng(seed, index, 4, modality_code, size_code)
-    spacing, size_xyz, origin, (factor, sub, zfactor) = _acquisition(rng_grid, modality, size, an, z_lo, z_hi)
+    half_width = an.a if trunk is None else trunk.half_width_mm(an)
+    spacing, size_xyz, origin, (factor, sub, zfactor) = _acquisition(rng_grid, modality, size, an, z_lo, z_hi,
+                                                                     vary, half_width)
     geometry = Geometry(size_xyz, spacing, origin)
     axes = [origin[i] + spacing[i] * np.arange(size_xyz[i]) for i in range(3)]
     grid = ModelGrid(axes[0], axes[1], axes[2], factor, sub, zfactor)
@@ -171,18 +210,36 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
     hi = [float(a[-1]) + 10 for a in axes]
 
     rng_look = _rng(seed, index, 5, modality_code)
+    rng_vary = _rng(seed, index, 10, modality_code)
+    adult = child.age_months >= 216
+    outside = None
     if modality == "ct":
         look = ct.appearance(rng_look, lo, hi)
         background = ct.AIR_HU
         noise_sd = ct.noise_sd_hu(rng_look, spacing[2])
         acquisition = None
+        if full:
+            ct.apply_phase(look, vary.phase, rng_vary, adult=adult)
+            look.means[int(Tissue.TABLE)] = float(rng_vary.uniform(-500.0, 100.0))  # carbon fibre to dense foam
+            if vary.circle_value is not None:
+                outside = _outside_circle(axes[0], axes[1])
     else:
         look = mri.appearance(rng_look, lo, hi, half_fov_x_mm=size_xyz[0] * spacing[0] / 2)
         background = 0.0
         acquisition = mri.Acquisition(rng_look, lo, hi, look.means[int(Tissue.LIVER)], an.b)
         noise_sd = acquisition.noise_sd
+        if full:
+            mri.apply_sequence(look, vary.phase, rng_vary, adult=adult)
+            acquisition.vary(vary.bias_sd, vary.ghost, rng_vary, size_xyz[1])
 
-    structures = early_structures(an) + organ_structures(an, lesions) + late_structures(an)
+    early = early_structures(an)
+    if not vary.table:
+        early = [st for st in early if st.name != "table"]
+    if trunk is None:
+        structures = early + organ_structures(an, lesions) + late_structures(an)
+    else:
+        structures = (early + before_organs(an, trunk) + organ_structures(an, lesions) + late_structures(an)
+                      + after_organs(an, trunk))
     for i, lesion in enumerate(lesions):
         structures += lesion.structures(record=f"lesion{i}")
     displacement = Displacement([(les.centre, les.displace_radius_mm) for les in lesions], (0.0, an.vb_y),
@@ -212,7 +269,11 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
             out["tissues"][c0:c1] = renderer.inplane(res.labels[c0 - k0:c1 - k0], linear=False)
             image = renderer.inplane(res.image[c0 - k0:c1 - k0])
             rng_noise = _rng(seed, index, 7, modality_code, size_code, c0)
-            if modality == "ct":
+            if modality == "ct" and full:
+                out["image"][c0:c1] = ct.finish(image, rng_noise, noise_sd, kernel=vary.kernel,
+                                                streaks_hu=vary.streaks_hu, spacing_mm=spacing[0], outside=outside,
+                                                outside_hu=vary.circle_value)
+            elif modality == "ct":
                 out["image"][c0:c1] = ct.finish(image, rng_noise, noise_sd)
             else:
                 out["image"][c0:c1] = acquisition.finish(image, rng_noise, axes[0], axes[1], axes[2][c0:c1])
@@ -243,9 +304,17 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
         "annotator_sigma_mm": round(raters.sigma_mm, 3), "annotator_target_dice": round(raters.target_dice, 4),
         "r3_includes_vessel": raters.include_vessel_slices is not None, "r3_misses_lesion": bool(raters.r3_skips),
         "noise_sd": round(float(noise_sd), 4), "model_grid": {"factor": factor, "sub": sub, "zfactor": zfactor},
+        "variety": vary.describe(),
     }
     return PhantomCase(case_id, modality, size, int(seed), int(index), child, volumes["image"], volumes["tumor"],
                        volumes["liver"], {r: volumes[r] for r in RATERS}, volumes["tissues"], info)
+
+
+def _outside_circle(x_mm: np.ndarray, y_mm: np.ndarray) -> np.ndarray:
+    """(ny, nx) bool: outside the reconstruction circle inscribed in the field of view."""
+    cx, cy = (x_mm[0] + x_mm[-1]) / 2, (y_mm[0] + y_mm[-1]) / 2
+    radius = min(x_mm[-1] - x_mm[0], y_mm[-1] - y_mm[0]) / 2
+    return ((x_mm[None, :] - cx) ** 2 + (y_mm[:, None] - cy) ** 2) > radius ** 2
 
 
 def _surface_and_volume(lesions: list[Lesion]) -> tuple[float, float]:

@@ -63,27 +63,123 @@ def appearance(rng: np.random.Generator, lo_mm: Sequence[float], hi_mm: Sequence
     return Appearance(rng, table, lo_mm, hi_mm, means=means, special={T.STOOL: stool})
 
 
+def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult: bool) -> None:
+    """Full variety: move the drawn portal-venous attenuations to ``phase`` and add the tissues only the full
+    variety has (cord, adrenals, oral contrast). Levels (HU) from adult and paediatric multiphase CT:
+
+    - non-contrast: liver 50-65, blood 35-50, spleen 5-10 below the liver, kidneys 28-38, pancreas 40-50,
+      tumour 5-20 below the liver, no enhancement of walls;
+    - late arterial: aorta 250-400, portal vein 110-170, hepatic veins and IVC barely enhanced, liver 65-85,
+      spleen bright and mottled, kidney cortex 180-260 with dark medulla, pancreas 110-140, tumour from 10 below
+      to 40 above the liver (hepatoblastoma enhances heterogeneously in the arterial phase);
+    - portal venous: as drawn (see the module docstring);
+    - delayed: vessels 120-160, liver 85-105, spleen like the liver, kidneys uniform 140-180, excreted contrast in
+      the renal pelvis and bladder 300-900, tumour 10-35 below the liver (washout).
+    """
+    m, means = look.means, {}
+    u = rng.uniform
+    if phase == "non_contrast":
+        liver = u(50, 65)
+        blood = u(35, 50)
+        kidney = u(28, 38)
+        means = {T.LIVER: liver, T.PORTAL_VEIN: blood, T.HEPATIC_VEIN: blood, T.AORTA: blood + u(0, 5),
+                 T.IVC: blood, T.HEART: blood + u(0, 5), T.SPLEEN: liver - u(5, 10), T.KIDNEY_CORTEX: kidney,
+                 T.KIDNEY_MEDULLA: kidney - u(0, 5), T.PANCREAS: u(40, 50), T.TUMOUR: liver - u(5, 20),
+                 T.SEPTUM: liver - u(0, 10), T.STOMACH_WALL: u(35, 45), T.BOWEL_WALL: u(35, 45),
+                 T.MUSCLE: u(45, 55)}
+    elif phase == "arterial":
+        liver = u(65, 85)
+        cortex = u(180, 260)
+        means = {T.LIVER: liver, T.AORTA: u(250, 400), T.HEART: u(200, 320), T.PORTAL_VEIN: u(110, 170),
+                 T.HEPATIC_VEIN: u(45, 70), T.IVC: u(60, 100), T.SPLEEN: u(110, 150), T.KIDNEY_CORTEX: cortex,
+                 T.KIDNEY_MEDULLA: cortex - u(80, 130), T.PANCREAS: u(110, 140), T.TUMOUR: liver + u(-10, 40),
+                 T.SEPTUM: liver + u(20, 60), T.STOMACH_WALL: u(110, 140), T.BOWEL_WALL: u(100, 130)}
+        look.textures.pop(int(T.SPLEEN), None)
+        noise = look.textures.get(int(T.TUMOUR))
+        if noise is not None:
+            look.textures[int(T.TUMOUR)] = (noise[0], noise[1] * 1.8)
+    elif phase == "delayed":
+        liver = u(85, 105)
+        kidney = u(140, 180)
+        blood = u(120, 160)
+        means = {T.LIVER: liver, T.AORTA: blood + u(0, 10), T.HEART: blood, T.PORTAL_VEIN: blood,
+                 T.HEPATIC_VEIN: blood, T.IVC: blood, T.SPLEEN: liver + u(-5, 5), T.KIDNEY_CORTEX: kidney,
+                 T.KIDNEY_MEDULLA: kidney + u(-5, 10), T.URINE: u(300, 900), T.PANCREAS: u(80, 95),
+                 T.TUMOUR: liver - u(10, 35), T.SEPTUM: liver + u(0, 20)}
+    elif phase != "portal_venous":
+        raise ValueError(f"unknown CT phase {phase!r}")
+    m.update({int(k): float(v) for k, v in means.items()})
+    if adult:
+        m[int(T.BONE_MARROW)] = float(u(150, 250))  # fatty marrow
+    m[int(T.SPINAL_CORD)] = float(u(30, 40))
+    m[int(T.ADRENAL)] = float(m[int(T.MUSCLE)] + (u(-20, 0) if phase == "non_contrast" else u(0, 40)))
+    m[int(T.ORAL_CONTRAST)] = float(u(150, 500))
+
+
 def noise_sd_hu(rng: np.random.Generator, thickness_mm: float) -> float:
     """Image noise SD (HU) for this case: 7-12 HU at 5 mm, scaling as 1/sqrt(slice thickness)."""
     return float(rng.uniform(7.0, 12.0) * np.sqrt(5.0 / thickness_mm))
 
 
-def finish(image: np.ndarray, rng: np.random.Generator, noise_sd: float) -> np.ndarray:
+#: SD of unit-interval uniform noise after the unnormalised [1, 2, 1] x [1, 2, 1] kernel: once (sum of squared
+#: weights 6 per axis), twice ([1, 4, 6, 4, 1]: 70 per axis), never.
+_KERNEL_SD = {"standard": np.sqrt(36.0 / 12.0), "soft": np.sqrt(4900.0 / 12.0), "sharp": np.sqrt(1 / 12)}
+#: Noise SD relative to the standard kernel at the same dose.
+_KERNEL_NOISE = {"standard": 1.0, "soft": 0.75, "sharp": 1.6}
+
+
+def finish(image: np.ndarray, rng: np.random.Generator, noise_sd: float, *, kernel: str = "standard",
+           streaks_hu: float = 0.0, spacing_mm: float = 1.0, outside: np.ndarray | None = None,
+           outside_hu: float | None = None) -> np.ndarray:
     """Add correlated noise to slices (float32 HU, modified in place) and return them as int16.
 
     The white noise is uniform (four times cheaper to draw than Gaussian); after the 3x3 binomial kernel, a
-    weighted sum of 9 samples, its distribution is close to Gaussian (excess kurtosis -0.3).
+    weighted sum of 9 samples, its distribution is close to Gaussian (excess kurtosis -0.3). The full variety
+    also has a ``kernel`` (soft: the binomial kernel twice, noise 0.75x; sharp: white noise 1.6x and the image
+    edge-enhanced), beam-hardening ``streaks_hu`` (see :func:`_streaks`) and the reconstruction circle
+    (``outside``: (ny, nx) bool, set to ``outside_hu``).
     """
+    if streaks_hu > 0:
+        _streaks(image, streaks_hu, spacing_mm)
+    if kernel == "sharp":
+        detail = image.copy()
+        _binomial_inplane(detail)
+        detail *= F32(-1 / 16)
+        detail += image
+        detail[:, [0, -1], :] = 0.0  # the edge rows and columns were filtered along one axis only
+        detail[:, :, [0, -1]] = 0.0
+        image += F32(0.5) * detail
     noise = rng.random(image.shape, dtype=F32)
     noise -= F32(0.5)
-    _binomial_inplane(noise)
+    if kernel != "sharp":
+        _binomial_inplane(noise)
+    if kernel == "soft":
+        _binomial_inplane(noise)
     # Unit-variance uniform noise has SD sqrt(1/12); the unnormalised [1, 2, 1] x [1, 2, 1] kernel multiplies
     # the variance by 36: SD sqrt(3).
-    noise *= F32(noise_sd / np.sqrt(3.0))
+    noise *= F32(noise_sd * _KERNEL_NOISE[kernel] / _KERNEL_SD[kernel])
     image += noise
     np.rint(image, out=image)
     np.clip(image, HU_MIN, HU_MAX, out=image)
+    if outside is not None:
+        image[:, outside] = F32(outside_hu)
     return image.astype(np.int16)
+
+
+def _streaks(image: np.ndarray, strength_hu: float, spacing_mm: float) -> None:
+    """Beam hardening: dark bands between dense bones along the rows and columns whose rays cross the most bone
+    (between the femoral heads, across the iliac wings), ``strength_hu`` per cm of bone beyond 2 cm."""
+    bone = image > F32(500.0)
+    for axis in (2, 1):
+        path_cm = bone.sum(axis=axis, keepdims=True) * F32(spacing_mm / 10.0)
+        dark = np.maximum(path_cm - F32(2.0), F32(0.0)) * F32(strength_hu)
+        if not dark.any():
+            continue
+        # Between the first and the last bone voxel of each ray, outside the bone itself.
+        seen_before = np.maximum.accumulate(bone, axis=axis)
+        seen_after = np.flip(np.maximum.accumulate(np.flip(bone, axis), axis=axis), axis)
+        between = seen_before & seen_after & ~bone
+        image -= between * dark
 
 
 def _binomial_inplane(a: np.ndarray) -> None:

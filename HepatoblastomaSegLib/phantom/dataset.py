@@ -7,13 +7,16 @@ Layout::
     DIR/<case>/tumor.nii.gz                 ground-truth tumour, uint8 0/1
     DIR/<case>/liver.nii.gz                 liver including the tumour, uint8 0/1
     DIR/<case>/R1.nii.gz, R2, R3            the three simulated annotators, uint8 0/1
+    DIR/<case>/tissues.nii.gz               the tissue label map, uint8 (:class:`~.tissues.Tissue`; domain
+                                            randomisation in training renders images from it)
     DIR/<case>/dicom/IM0001.dcm ...         the image as a DICOM series (with ``dicom=True``)
 
 Manifest columns (paths relative to DIR, with "/" separators): ``case, modality, size, age_months, sex,
 spacing_mm`` ("x x y x z" in mm, e.g. ``0.703x0.703x2.5``), ``shape_xyz`` (voxels, e.g. ``512x512x96``),
 ``image, tumor, liver, R1, R2, R3, dicom`` (empty without DICOM), ``tumor_ml, liver_ml`` (from the masks),
 ``tumor_diameter_cm`` (diameter of the sphere of the tumour's volume), ``n_lesions, sections_involved, pretext``
-(PRETEXT group 1-4 from the involved liver sections), ``calcified`` (0/1), ``seed, index``.
+(PRETEXT group 1-4 from the involved liver sections), ``calcified`` (0/1), ``seed, index``, ``tissues`` and
+``variety`` (demo or full, see :mod:`.variety`; both absent from manifests written before them).
 
 Every file is written under a temporary name and renamed when complete; an existing manifest is removed before
 the first case is written and the new one is written after the last, so a folder with a manifest is complete.
@@ -36,11 +39,14 @@ from ..io import write_dicom_series, write_text_atomic, write_volume
 from ..progress import NullProgress, Progress
 from .annotators import RATERS
 from .case import MODALITIES, SIZES, PhantomCase, generate_case
+from .variety import check_variety
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("case", "modality", "size", "age_months", "sex", "spacing_mm", "shape_xyz", "image", "tumor", "liver",
            *RATERS, "dicom", "tumor_ml", "liver_ml", "tumor_diameter_cm", "n_lesions", "sections_involved", "pretext",
-           "calcified", "seed", "index")
+           "calcified", "seed", "index", "tissues", "variety")
+#: Columns that manifests written before them lack (read_manifest does not require them).
+OPTIONAL_COLUMNS = ("tissues", "variety")
 MASKS = ("tumor", "liver", *RATERS)
 
 
@@ -67,6 +73,8 @@ def write_case(case: PhantomCase, out_dir: str | Path, *, dicom: bool = False) -
     for name in MASKS:
         volume = case.tumor if name == "tumor" else case.liver if name == "liver" else case.raters[name]
         write_volume(volume, paths[name])
+    paths["tissues"] = folder / "tissues.nii.gz"
+    write_volume(case.tissues, paths["tissues"])
     dicom_rel = ""
     if dicom:
         _write_dicom_folder(case, folder / "dicom")
@@ -81,7 +89,7 @@ def write_case(case: PhantomCase, out_dir: str | Path, *, dicom: bool = False) -
         "tumor_diameter_cm": f"{np.cbrt(6.0 * volume_ml / np.pi):.2f}",
         "n_lesions": str(case.info["n_lesions"]), "sections_involved": str(case.info["sections_involved"]),
         "pretext": str(case.info["pretext"]), "calcified": str(int(case.info["calcified"])), "seed": str(case.seed),
-        "index": str(case.index),
+        "index": str(case.index), "variety": case.info.get("variety", {}).get("name", "demo"),
     }
     return row
 
@@ -115,13 +123,15 @@ def manifest_text(rows: list[dict[str, str]]) -> str:
 
 
 def write_dataset(out_dir: str | Path, modality: str, n_cases: int, seed: int, size: str = "small",
-                  dicom: bool = False, progress: Progress | None = None, *, first_index: int = 0) -> Path:
+                  dicom: bool = False, progress: Progress | None = None, *, first_index: int = 0,
+                  variety: str = "demo") -> Path:
     """Generate cases ``first_index`` .. ``first_index + n_cases - 1`` of series ``seed`` into ``out_dir``;
     returns the manifest's path. See the module docstring for the layout."""
     if modality not in MODALITIES:
         raise ConfigError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     if size not in SIZES:
         raise ConfigError(f"unknown phantom size {size!r}; use one of {', '.join(SIZES)}")
+    check_variety(variety)
     if int(n_cases) < 1:
         raise ConfigError(f"the number of cases must be at least 1 (got {n_cases})")
     if int(seed) < 0 or int(first_index) < 0:
@@ -142,7 +152,7 @@ def write_dataset(out_dir: str | Path, modality: str, n_cases: int, seed: int, s
     for i in range(n):
         index = int(first_index) + i
         progress("phantom", i / n, f"case {i + 1}/{n}: generating")
-        case = generate_case(modality, int(seed), index, size)
+        case = generate_case(modality, int(seed), index, size, variety=variety)
         progress("phantom", (i + 0.7) / n, f"case {i + 1}/{n}: writing {case.case_id}")
         rows.append(write_case(case, out_dir, dicom=dicom))
         del case
@@ -158,7 +168,7 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
         raise InputError("phantom manifest not found", path)
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    missing = [c for c in COLUMNS if rows and c not in rows[0] and c not in OPTIONAL_COLUMNS]
     if missing:
         raise InputError(f"not a phantom manifest: missing column(s) {', '.join(missing)}", path)
     return rows

@@ -69,6 +69,24 @@ def appearance(rng: np.random.Generator, lo_mm: Sequence[float], hi_mm: Sequence
                       special={T.FAT: fat, T.VISCERAL_FAT: fat, T.STOOL: stool})
 
 
+def apply_sequence(look: Appearance, sequence: str, rng: np.random.Generator, *, adult: bool) -> None:
+    """Full variety: T2 without fat suppression (fat 0.7-0.9, fatty marrow in adults) or with it (as drawn), and
+    the tissues only the full variety has (cord like muscle, adrenals intermediate, oral contrast like fluid)."""
+    m = look.means
+    if sequence == "t2":
+        fat = float(rng.uniform(0.7, 0.9))
+        for tissue in (T.FAT, T.VISCERAL_FAT, T.RENAL_SINUS):
+            m[int(tissue)] = fat
+            look.special.pop(int(tissue), None)
+        if adult:
+            m[int(T.BONE_MARROW)] = float(rng.uniform(0.45, 0.65))
+    elif sequence != "t2_fs":
+        raise ValueError(f"unknown MRI sequence {sequence!r}")
+    m[int(T.SPINAL_CORD)] = float(rng.uniform(0.25, 0.35))
+    m[int(T.ADRENAL)] = float(rng.uniform(0.2, 0.3))
+    m[int(T.ORAL_CONTRAST)] = m[int(T.BOWEL_FLUID)]
+
+
 class Acquisition:
     """Bias field, noise level and scanner scale of one MRI case."""
 
@@ -79,12 +97,25 @@ class Acquisition:
         self.front_back = float(rng.uniform(-0.15, 0.15)) / body_half_depth_mm
         self.noise_sd = liver_signal / float(rng.uniform(15.0, 30.0))
         self.scale = float(np.exp(rng.uniform(np.log(400.0), np.log(4000.0))))
+        self.ghost = 0.0
+        self.ghost_shift = 0
+
+    def vary(self, bias_sd: float | None, ghost: float, rng: np.random.Generator, ny: int) -> None:
+        """Full variety: another bias field strength, and respiratory motion ghosts of amplitude ``ghost`` (share
+        of the signal) repeating every 1/8-1/3 of the field of view along the phase-encoding axis (y)."""
+        if bias_sd is not None:
+            self.bias_sd = float(bias_sd)
+        self.ghost = float(ghost)
+        self.ghost_shift = int(ny / rng.uniform(3.0, 8.0))
 
     def finish(self, image: np.ndarray, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
                z: np.ndarray) -> np.ndarray:
         """Bias, Rician noise and scaling of a slab (float32 relative signal on axes x, y, z) -> uint16."""
         log_bias = F32(self.bias_sd) * self.bias(x, y, z) + F32(self.front_back) * y.astype(F32)[None, :, None]
         image *= np.exp(log_bias)
+        if self.ghost > 0 and self.ghost_shift > 0:
+            ghosts = np.roll(image, self.ghost_shift, axis=1) + np.roll(image, -self.ghost_shift, axis=1)
+            image += F32(0.5 * self.ghost) * ghosts
         real = rng.standard_normal(image.shape, dtype=F32)
         real *= F32(self.noise_sd)
         real += image

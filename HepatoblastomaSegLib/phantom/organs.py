@@ -180,7 +180,8 @@ def organ_structures(an: Anatomy, lesions: Sequence = ()) -> list[Structure]:
             return loop(block) + F32(an.bowel_wall_mm)
 
         s.append(Structure(f"{key}_wall", Tissue.BOWEL_WALL, lo, hi, loop))
-        tissue = {"stool": Tissue.STOOL, "gas": Tissue.GAS}.get(content, Tissue.BOWEL_FLUID)
+        tissue = {"stool": Tissue.STOOL, "gas": Tissue.GAS, "contrast": Tissue.ORAL_CONTRAST}.get(
+            content, Tissue.BOWEL_FLUID)
         s.append(Structure(f"{key}_lumen", tissue, lo, hi, lumen))
         if content == "mixed":
             s.append(Structure(f"{key}_gas", Tissue.GAS, lo, hi,

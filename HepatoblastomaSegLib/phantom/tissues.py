@@ -45,6 +45,9 @@ class Tissue(enum.IntEnum):
     HAEMORRHAGE = 32    #: haemorrhage inside the tumour
     CALCIFICATION = 33  #: calcification inside the tumour
     SEPTUM = 34         #: fibrous septum inside the tumour
+    SPINAL_CORD = 35    #: full variety only (see :mod:`.variety`)
+    ADRENAL = 36        #: full variety only
+    ORAL_CONTRAST = 37  #: bowel filled with positive oral contrast (full variety only)
 
 
 #: Labels that belong to the tumour (the ground-truth ``tumor`` mask is their union).

@@ -1,11 +1,13 @@
 """Preprocessed training cases cached on disk, so training never recomputes them.
 
 Layout: ``CACHE_DIR/<first 16 hex of plans.preprocessing_hash()>/<case>.image.npy`` (float32 [z, y, x], normalised,
-target grid), ``<case>.label.npy`` (uint8 [z, y, x], target grid) and ``<case>.json`` (the key, both geometries,
-warnings). The key is a SHA256 of the plans' preprocessing hash plus, for the image and each mask, its path, size and
-modification time (or, with ``hash_contents=True``, the SHA256 of its bytes, which survives copies and touch). A
-case is reused only when its JSON exists and holds the same key; the JSON is written last (after both arrays, each
-atomically), so an interrupted write is simply recomputed. Arrays load memory-mapped when asked (``mmap=True``).
+target grid), ``<case>.label.npy`` (uint8 [z, y, x], target grid), with ``with_tissues`` also
+``<case>.tissues.npy`` (the phantom's tissue labels, uint8, target grid; for domain randomisation), and
+``<case>.json`` (the key, both geometries, warnings). The key is a SHA256 of the plans' preprocessing hash plus,
+for the image and each mask (and the tissue map when cached), its path, size and modification time (or, with
+``hash_contents=True``, the SHA256 of its bytes, which survives copies and touch). A case is reused only when its
+JSON exists and holds the same key; the JSON is written last (after the arrays, each atomically), so an interrupted
+write is simply recomputed. Arrays load memory-mapped when asked (``mmap=True``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class CachedCase:
     original: Geometry
     target: Geometry
     warnings: list[str]
+    tissues: np.ndarray | None = None
 
 
 def _file_fingerprint(path: Path | None, hash_contents: bool) -> list:
@@ -52,8 +55,8 @@ def _file_fingerprint(path: Path | None, hash_contents: bool) -> list:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def preprocess_case(entry: CaseEntry, plans: Plans, *, device: str | torch.device = "cpu", backend: str = "auto"
-                    ) -> CachedCase:
+def preprocess_case(entry: CaseEntry, plans: Plans, *, device: str | torch.device = "cpu", backend: str = "auto",
+                    with_tissues: bool = False) -> CachedCase:
     """Preprocess one training case: image as at inference (MRI: Nyul in the manifest's liver + tumour, else body),
     label (tumour, or liver + tumour for a liver model) resampled with nearest neighbour onto the same target grid."""
     data = read_case(entry, plans.modality)
@@ -66,22 +69,44 @@ def preprocess_case(entry: CaseEntry, plans: Plans, *, device: str | torch.devic
     warnings = list(prep.warnings)
     if plans.modality == "mri" and plans.mri.nyul is not None and liver is None:
         warnings = [w for w in warnings if "no liver mask" not in w]  # training on body masks is planned, not a fault
+    tissues = None
+    if with_tissues:
+        tissues = np.asarray(resample_mask_to_target(_read_tissues(entry, data.image), prep), dtype=np.uint8)
     return CachedCase(entry.case, prep.numpy(), np.asarray(label, dtype=np.uint8), prep.original, prep.target,
-                      warnings)
+                      warnings, tissues)
+
+
+def _read_tissues(entry: CaseEntry, image) -> np.ndarray:
+    """The case's tissue label map (uint8) on its image's grid; :class:`InputError` naming the file otherwise."""
+    from ..errors import InputError
+    from ..io import read_volume
+    from ..io.volume import require_same_geometry
+
+    if entry.tissues is None:
+        raise InputError(f"case {entry.case} has no tissue label map: domain randomisation needs the 'tissues' "
+                         "column that 'hbseg phantom' writes", entry.image)
+    volume = read_volume(entry.tissues)
+    require_same_geometry(image, volume, what_b=f"tissue map of case {entry.case}")
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.integer) or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise InputError("a tissue label map must hold integer labels 0-255", entry.tissues)
+    return array.astype(np.uint8, copy=False)
 
 
 class PreprocessedCache:
     """On-disk cache of :class:`CachedCase` for one plan (see module docstring)."""
 
-    def __init__(self, cache_dir: str | Path, plans: Plans, *, hash_contents: bool = False):
+    def __init__(self, cache_dir: str | Path, plans: Plans, *, hash_contents: bool = False,
+                 with_tissues: bool = False):
         self.plans = plans
+        self.with_tissues = bool(with_tissues)
         self.plans_hash = plans.preprocessing_hash()
         self.folder = Path(cache_dir) / self.plans_hash[:16]
         self.hash_contents = hash_contents
 
     def key(self, entry: CaseEntry) -> str:
-        parts = [self.plans_hash] + [_file_fingerprint(p, self.hash_contents)
-                                     for p in (entry.image, entry.tumor, entry.liver)]
+        paths = (entry.image, entry.tumor, entry.liver) + ((entry.tissues,) if self.with_tissues else ())
+        parts = [self.plans_hash] + [_file_fingerprint(p, self.hash_contents) for p in paths]
         if entry.tumor_values:  # which values of a label map are tumour and liver changes the label
             parts.append([list(entry.tumor_values), list(entry.liver_values)])
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
@@ -102,14 +127,23 @@ class PreprocessedCache:
         try:
             image = np.load(image_path, mmap_mode=mode, allow_pickle=False)
             label = np.load(label_path, mmap_mode=mode, allow_pickle=False)
+            tissues = None
+            if self.with_tissues:
+                tissues = np.load(self._tissues_path(entry.case), mmap_mode=mode, allow_pickle=False)
         except (OSError, ValueError):
             return None
         return CachedCase(entry.case, image, label, Geometry.from_dict(meta["original"]),
-                          Geometry.from_dict(meta["target"]), list(meta.get("warnings", [])))
+                          Geometry.from_dict(meta["target"]), list(meta.get("warnings", [])), tissues)
+
+    def _tissues_path(self, case: str) -> Path:
+        return self.folder / f"{case}.tissues.npy"
 
     def store(self, entry: CaseEntry, case: CachedCase) -> None:
         image_path, label_path, meta_path = self._paths(entry.case)
-        for path, array in ((image_path, case.image), (label_path, case.label)):
+        arrays = [(image_path, case.image), (label_path, case.label)]
+        if case.tissues is not None:
+            arrays.append((self._tissues_path(entry.case), case.tissues))
+        for path, array in arrays:
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
         meta = {"case": entry.case, "key": self.key(entry), "plans_hash": self.plans_hash,
@@ -123,7 +157,7 @@ class PreprocessedCache:
         cached = self.load(entry, mmap=mmap)
         if cached is not None:
             return cached
-        case = preprocess_case(entry, self.plans, device=device)
+        case = preprocess_case(entry, self.plans, device=device, with_tissues=self.with_tissues)
         self.store(entry, case)
         return self.load(entry, mmap=mmap) if mmap else case
 
@@ -143,7 +177,7 @@ class PreprocessedCache:
         if workers <= 1 or len(todo) <= 1:
             for entry in todo:
                 progress("preprocess cache", done / total, entry.case)
-                self.store(entry, preprocess_case(entry, self.plans, device=device))
+                self.store(entry, preprocess_case(entry, self.plans, device=device, with_tissues=self.with_tissues))
                 done += 1
         else:
             import multiprocessing
@@ -173,5 +207,5 @@ def _compute_and_store(cache: PreprocessedCache, entry: CaseEntry, threads: int)
 
     torch.set_num_threads(threads)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    cache.store(entry, preprocess_case(entry, cache.plans, device="cpu"))
+    cache.store(entry, preprocess_case(entry, cache.plans, device="cpu", with_tissues=cache.with_tissues))
     return entry.case

@@ -30,7 +30,8 @@ REQUIRED_COLUMNS = ("case", "image", "tumor")
 
 @dataclasses.dataclass(frozen=True)
 class CaseEntry:
-    """One manifest row with absolute paths; ``liver`` is None when the column is absent or the cell empty."""
+    """One manifest row with absolute paths; ``liver`` is None when the column is absent or the cell empty.
+    ``tissues``: the phantom's tissue label map (optional column; domain randomisation in training needs it)."""
 
     case: str
     image: Path
@@ -39,6 +40,7 @@ class CaseEntry:
     #: When set, ``tumor`` is a label map and these of its values are the tumour (``liver_values`` the liver).
     tumor_values: tuple[int, ...] | None = None
     liver_values: tuple[int, ...] = ()
+    tissues: Path | None = None
 
 
 def read_manifest(dataset_dir: str | Path, *, label_map=None) -> list[CaseEntry]:
@@ -83,10 +85,10 @@ def read_manifest(dataset_dir: str | Path, *, label_map=None) -> list[CaseEntry]
             raise InputError(f"line {line}: case '{case}' is listed twice", manifest)
         seen.add(case)
         paths = {}
-        for column in ("image", "tumor", "liver"):
+        for column in ("image", "tumor", "liver", "tissues"):
             value = row.get(column, "")
             if not value:
-                if column != "liver":
+                if column not in ("liver", "tissues"):
                     raise InputError(f"line {line} (case {case}): empty '{column}' path", manifest)
                 paths[column] = None
                 continue
@@ -100,7 +102,7 @@ def read_manifest(dataset_dir: str | Path, *, label_map=None) -> list[CaseEntry]
             tumor_values = label_map.tumor
             liver_values = label_map.liver if label_map.liver is not None else liver_values
         entries.append(CaseEntry(case, paths["image"], paths["tumor"], paths["liver"], tumor_values or None,
-                                 liver_values or ()))
+                                 liver_values or (), tissues=paths["tissues"]))
     return entries
 
 

@@ -49,6 +49,7 @@ class SampleParams:
     mirror_zyx: tuple[bool, bool, bool] = (False, False, False)
     in_plane_only: bool = False
     centre_in_source: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    synthetic_seed: int | None = None                         # domain randomisation (see .synthetic)
 
     @property
     def spatial(self) -> bool:
@@ -78,6 +79,9 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig, patch_size_zyx: Se
     params = SampleParams(in_plane_only=bool(in_plane_rotation_only))
     if not cfg.enabled:
         return params
+    if cfg.p_synthetic > 0 and rng.random() < cfg.p_synthetic:
+        # Drawn only when the option is on, so runs without it see exactly the samples they saw before it existed.
+        params.synthetic_seed = int(rng.integers(2 ** 31 - 1))
     spacing = np.asarray(spacing_mm_zyx, dtype=float)
     matrix = np.eye(3)
     if rng.random() < cfg.p_rotation:
@@ -233,9 +237,17 @@ def intensity_transforms(x: torch.Tensor, params: SampleParams) -> torch.Tensor:
 
 
 def augment_sample(image: torch.Tensor, label: torch.Tensor, params: SampleParams, patch: Sequence[int],
-                   num_classes: int, elastic: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample, already on the device: spatial, intensity, mirroring. Returns image float32 and label uint8,
-    both [1, pz, py, px]."""
+                   num_classes: int, elastic: torch.Tensor | None = None, tissues: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample, already on the device: (domain randomisation,) spatial, intensity, mirroring. Returns image
+    float32 and label uint8, both [1, pz, py, px]. ``tissues``: the tissue labels of the source crop, needed when
+    ``params.synthetic_seed`` is set (the image is then rendered from them, :func:`.synthetic.synthesise`)."""
+    if params.synthetic_seed is not None:
+        if tissues is None:
+            raise ValueError("domain randomisation needs the tissue label map of the sample")
+        from .synthetic import synthesise
+
+        image = synthesise(tissues, params.synthetic_seed)
     image, label = spatial_transform(image.float(), label, params, patch, num_classes, elastic)
     image = intensity_transforms(image, params)
     dims = [1 + a for a, flip in enumerate(params.mirror_zyx) if flip]
@@ -253,7 +265,9 @@ def augment_batch(samples: Sequence, patch: Sequence[int], num_classes: int, dev
         image = sample.image.to(device, non_blocking=True)
         label = sample.label.to(device, non_blocking=True)
         elastic = sample.elastic.to(device, non_blocking=True) if sample.elastic is not None else None
-        image, label = augment_sample(image, label, sample.params, patch, num_classes, elastic)
+        tissues = getattr(sample, "tissues", None)
+        tissues = tissues.to(device, non_blocking=True) if tissues is not None else None
+        image, label = augment_sample(image, label, sample.params, patch, num_classes, elastic, tissues)
         images.append(image)
         labels.append(label)
     return torch.stack(images), torch.stack(labels).long()

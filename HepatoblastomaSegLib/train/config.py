@@ -39,7 +39,9 @@ class AugmentConfig:
     only for thick-slice plans, see :mod:`.augment`), isotropic scaling in ``scale_range`` (>1 zooms out, nnU-Net's
     convention), elastic deformation with displacement up to ``elastic_max_vox`` voxels. Intensity: Gaussian noise,
     Gaussian blur, multiplicative brightness, contrast, low-resolution simulation, gamma (also inverted), then
-    mirroring of each axis with probability ``p_mirror``.
+    mirroring of each axis with probability ``p_mirror``. ``p_synthetic`` > 0 (off by default): that share of the
+    patches gets an image rendered from the phantom's tissue label map with random per-tissue intensities instead
+    of the realistic one (domain randomisation, :mod:`.synthetic`); the dataset must list ``tissues`` maps.
     """
 
     enabled: bool = True
@@ -64,6 +66,7 @@ class AugmentConfig:
     p_gamma_inverted: float = 0.1
     gamma_range: tuple[float, float] = (0.7, 1.5)
     p_mirror: float = 0.5
+    p_synthetic: float = 0.0
 
     def describe(self) -> list[str]:
         """One line per augmentation that is on, for the model card and the log."""
@@ -84,7 +87,9 @@ class AugmentConfig:
             f"p {self.p_gamma_inverted:g})",
             f"mirroring along z, y and x (p {self.p_mirror:g} each)",
         ]
-        return [line for line, p in zip(lines, (self.p_rotation, self.p_scale, self.p_elastic, self.p_noise,
+        synthetic = ([f"domain randomisation: image rendered from the tissue label map with random per-tissue "
+                      f"intensities and textures (p {self.p_synthetic:g})"] if self.p_synthetic > 0 else [])
+        return synthetic + [line for line, p in zip(lines, (self.p_rotation, self.p_scale, self.p_elastic, self.p_noise,
                                                  self.p_blur, self.p_brightness, self.p_contrast,
                                                  self.p_low_resolution, self.p_gamma + self.p_gamma_inverted,
                                                  self.p_mirror)) if p > 0]
@@ -248,6 +253,8 @@ class TrainConfig:
             problems.append(f"validation fraction must be in [0, 1) (got {self.val_fraction})")
         if not 0.0 <= float(self.foreground_fraction) <= 1.0:
             problems.append(f"foreground fraction must be in [0, 1] (got {self.foreground_fraction})")
+        if not 0.0 <= float(self.augment.p_synthetic) <= 1.0:
+            problems.append(f"domain randomisation share must be in [0, 1] (got {self.augment.p_synthetic})")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         if self.amp not in AMP_MODES:

@@ -100,11 +100,13 @@ class Sample:
     case: str
     foreground: bool
     elastic: torch.Tensor | None = None  # params.elastic as a tensor, so that it is pinned and copied asynchronously
+    tissues: torch.Tensor | None = None  # uint8 [1, sz, sy, sx] tissue labels, for domain randomisation only
 
     def pin_memory(self) -> Sample:
         """Called by the DataLoader's pin-memory thread (page-locked memory makes the copy to a GPU asynchronous)."""
         return dataclasses.replace(self, image=self.image.pin_memory(), label=self.label.pin_memory(),
-                                   elastic=None if self.elastic is None else self.elastic.pin_memory())
+                                   elastic=None if self.elastic is None else self.elastic.pin_memory(),
+                                   tissues=None if self.tissues is None else self.tissues.pin_memory())
 
 
 class TrainPatches(torch.utils.data.Dataset):
@@ -138,7 +140,7 @@ class TrainPatches(torch.utils.data.Dataset):
         if not self.with_foreground:
             raise InputError(f"none of the {len(self.entries)} training cases has a foreground voxel after "
                              "preprocessing: nothing to learn", cache.folder)
-        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._open: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
 
     def _load(self, entry: CaseEntry):
         case = self.cache.load(entry, mmap=True)
@@ -149,9 +151,12 @@ class TrainPatches(torch.utils.data.Dataset):
 
     def arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(image, label) of case ``index``, memory-mapped, opened once per process."""
+        return self._arrays(index)[:2]
+
+    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         if index not in self._open:
             case = self._load(self.entries[index])
-            self._open[index] = (case.image, case.label)
+            self._open[index] = (case.image, case.label, case.tissues)
         return self._open[index]
 
     def __getstate__(self):  # worker processes open their own memory maps
@@ -193,14 +198,20 @@ class TrainPatches(torch.utils.data.Dataset):
                              in_plane_rotation_only=self.in_plane_rotation_only)
         centre = start + (patch - 1) / 2.0
         lo, hi = source_box(params, centre, self.patch)
-        image, label = self.arrays(index)
+        image, label, tissues = self._arrays(index)
         src_image = crop_padded(image, lo, hi, 0.0).astype(np.float32, copy=False)
         src_label = crop_padded(label, lo, hi, 0).astype(np.uint8, copy=False)
+        src_tissues = None
+        if params.synthetic_seed is not None:
+            if tissues is None:
+                raise InputError(f"case {self.entries[index].case} has no cached tissue map for domain "
+                                 "randomisation (a stale cache? delete it)", self.cache.folder)
+            src_tissues = torch.from_numpy(np.ascontiguousarray(crop_padded(tissues, lo, hi, 0)))[None]
         params.centre_in_source = tuple(float(c - l) for c, l in zip(centre, lo))
         return Sample(torch.from_numpy(np.ascontiguousarray(src_image))[None],
                       torch.from_numpy(np.ascontiguousarray(src_label))[None], params,
                       self.entries[index].case, bool(foreground),
-                      None if params.elastic is None else torch.from_numpy(params.elastic))
+                      None if params.elastic is None else torch.from_numpy(params.elastic), src_tissues)
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -126,7 +126,11 @@ def prepare_on_main(cfg: TrainConfig, *, device, progress: Progress | None = Non
                            label_map=parse_label_options(cfg.labels))
         plans = make_plans(cfg, split, progress)
         plans.save(plans_path)
-    train_cache = PreprocessedCache(cfg.resolved_cache_dir / "train", plans)
+    synthetic = cfg.augment.enabled and cfg.augment.p_synthetic > 0
+    if synthetic and any(entry.tissues is None for entry in split.train):
+        raise ConfigError("domain randomisation needs a tissue label map for every training case (the 'tissues' "
+                          "column that 'hbseg phantom' writes)", cfg.dataset_dir)
+    train_cache = PreprocessedCache(cfg.resolved_cache_dir / "train", plans, with_tissues=synthetic)
     val_cache = PreprocessedCache(cfg.resolved_cache_dir / "val", plans)
     prep_device = device if getattr(device, "type", "cpu") == "cuda" else "cpu"
     workers = cfg.resolved_preprocess_workers
@@ -142,6 +146,7 @@ def load_prepared(cfg: TrainConfig) -> Prepared:
     if split is None:
         raise ConfigError("rank 0 wrote no split", cfg.training_dir)
     plans = Plans.load(cfg.training_dir / PLANS_FILE)
-    return Prepared(split, plans, PreprocessedCache(cfg.resolved_cache_dir / "train", plans),
+    synthetic = cfg.augment.enabled and cfg.augment.p_synthetic > 0
+    return Prepared(split, plans, PreprocessedCache(cfg.resolved_cache_dir / "train", plans, with_tissues=synthetic),
                     PreprocessedCache(cfg.resolved_cache_dir / "val", plans),
                     latest_checkpoint(cfg.training_dir) if cfg.resume else None)

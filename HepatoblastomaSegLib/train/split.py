@@ -42,8 +42,9 @@ def _manifest_text(entries: list[CaseEntry]) -> str:
     buffer = io.StringIO()
     with_liver = any(e.liver is not None for e in entries)
     with_values = any(e.tumor_values for e in entries)
+    with_tissues = any(e.tissues is not None for e in entries)
     fields = ["case", "image", "tumor"] + (["liver"] if with_liver else []) + \
-        (["tumor_values", "liver_values"] if with_values else [])
+        (["tumor_values", "liver_values"] if with_values else []) + (["tissues"] if with_tissues else [])
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for e in entries:
@@ -53,6 +54,8 @@ def _manifest_text(entries: list[CaseEntry]) -> str:
         if with_values:
             row["tumor_values"] = "+".join(map(str, e.tumor_values or ()))
             row["liver_values"] = "+".join(map(str, e.liver_values))
+        if with_tissues:
+            row["tissues"] = "" if e.tissues is None else str(Path(e.tissues).resolve())
         writer.writerow(row)
     return buffer.getvalue()
 
