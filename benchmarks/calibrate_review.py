@@ -1,0 +1,222 @@
+"""Calibrate a tumour model's review flag on phantoms, write it into the bundle, and measure how often it fires.
+
+Run by hand (not a test), from the repository root::
+
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/calibrate_review.py --model ct-demo \\
+        --reference demo_models_work/ct-train-s1000-n24,demo_models_work/ct-ref-full-s1000-n8 \\
+        --calibration demo_models_work/ct-calib-full-s1005-n10 \\
+        --heldout demo_models_work/ct-heldout-full-s1001-n8 --write --json out.json
+
+Three phantom cohorts (folders with ``manifest.csv``), none of them the held-out one of another step:
+
+1. ``--reference``: the training seeds (small and full-size grids). Their images give the reference ranges of
+   :class:`~HepatoblastomaSegLib.infer.review.ImageFacts` (slice thickness, body width, liver and fat HU on CT, the
+   fat/liver signal ratio on MRI), measured with the phantom's own liver and tumour masks, widened by a margin
+   (a quarter of the observed span, at least :data:`MIN_MARGIN` of each unit).
+2. ``--calibration``: another seed. The model segments each case as ``hbseg segment`` does by default (8-flip TTA,
+   CT crop, liver model, liver anchor); the entropy threshold is the largest mean entropy inside the mask plus half
+   the cohort's SD (so a new good phantom exceeds it rarely: the issue allows 5 %).
+3. ``--heldout``: the model's held-out cohort. With the new settings: Dice with the truth, the review flag per case,
+   the share flagged; then deliberately bad versions of the first held-out cases (CT: no contrast, 7 mm slices, an
+   adult-sized body; MRI: no fat suppression, a tumour mask pasted outside the liver) and whether the flag fires.
+
+``--write`` stores the settings under ``"review"`` in the bundle's ``bundle.json`` (weights untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from HepatoblastomaSegLib.bundle import find_bundle
+from HepatoblastomaSegLib.evaluate.metrics import dice
+from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
+from HepatoblastomaSegLib.infer.review import body_mask, measure_image, review_settings, write_review_settings
+from HepatoblastomaSegLib.io import Geometry, Volume, read_mask, read_volume
+from HepatoblastomaSegLib.preprocess import read_manifest
+from report import write_results  # benchmarks/ (the script's folder) is on sys.path
+
+#: Smallest margin added on each side of a reference range, per measurement (its unit).
+MIN_MARGIN = {"slice_thickness_mm": 0.25, "body_width_mm": 10.0, "liver_hu": 10.0, "fat_hu": 10.0,
+              "fat_to_liver_ratio": 0.05}
+
+
+def truth_masks(entry, image: Volume) -> tuple[np.ndarray, np.ndarray | None]:
+    tumor = read_mask(entry.tumor, reference=image).array > 0
+    liver = None if entry.liver is None else (read_mask(entry.liver, reference=image).array > 0) | tumor
+    return tumor, liver
+
+
+def reference_ranges(folders: list[Path], modality: str) -> tuple[dict, dict]:
+    values: dict[str, list[float]] = {k: [] for k in MIN_MARGIN}
+    for folder in folders:
+        for entry in read_manifest(folder):
+            image = read_volume(entry.image)
+            tumor, liver = truth_masks(entry, image)
+            facts = measure_image(image, modality, tumor, liver)
+            for key in values:
+                value = getattr(facts, key)
+                if value is not None:
+                    values[key].append(value)
+    ranges, observed = {}, {}
+    for key, vals in values.items():
+        if not vals:
+            continue
+        lo, hi = min(vals), max(vals)
+        margin = max(0.25 * (hi - lo), MIN_MARGIN[key])
+        ranges[key] = (lo - margin, hi + margin)
+        observed[key] = [round(lo, 3), round(hi, 3), len(vals)]
+    return ranges, observed
+
+
+def run_cohort(predictor: Predictor, folder: Path, *, limit: int | None = None) -> list[dict]:
+    rows = []
+    for entry in read_manifest(folder)[:limit]:
+        image = read_volume(entry.image)
+        truth, _ = truth_masks(entry, image)
+        rows.append(run_case(predictor, entry.case, image, truth))
+    return rows
+
+
+def run_case(predictor: Predictor, name: str, image: Volume, truth: np.ndarray | None) -> dict:
+    start = time.perf_counter()
+    prediction = predictor.predict(image)
+    s = prediction.summary
+    row = {"case": name, "seconds": round(time.perf_counter() - start, 1),
+           "dice": None if truth is None else round(float(dice(prediction.mask.array, truth)[0]), 4),
+           "tumor_ml": round(s["tumor_volume_ml"], 1),
+           "truth_ml": None if truth is None else round(float(truth.sum()) * image.voxel_volume_ml, 1),
+           "outside_liver_ml": s.get("tumor_outside_liver_ml"), "mean_entropy_nats": s["mean_entropy_nats"],
+           "liver_anchor": s["postprocessing"].get("liver_anchor"),
+           "measurements": s.get("review_measurements"),
+           "review_needed": s["review"]["needed"], "reasons": [r["code"] for r in s["review"]["reasons"]],
+           "messages": [r["message"] for r in s["review"]["reasons"]]}
+    print(f"  {name}: Dice {row['dice']}, {row['tumor_ml']} mL (truth {row['truth_ml']}), entropy "
+          f"{row['mean_entropy_nats']}, flagged {row['review_needed']} {row['reasons']} ({row['seconds']} s)",
+          flush=True)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ bad cases
+def without_contrast(image: Volume) -> Volume:
+    """A portal-venous phantom CT made to look unenhanced: soft tissue (0-400 HU) pulled towards 40 HU to 30 %."""
+    hu = image.array.astype(np.float32)
+    soft = (hu > 0) & (hu < 400)
+    hu[soft] = 40.0 + (hu[soft] - 40.0) * 0.3
+    return image.with_array(np.rint(hu).astype(image.array.dtype))
+
+
+def thick_slices(image: Volume, thickness_mm: float = 7.0, *, order=sitk.sitkLinear) -> Volume:
+    """``image`` resampled to ``thickness_mm`` slices (same in-plane grid)."""
+    source = image.to_sitk()
+    spacing = (*image.spacing_mm[:2], thickness_mm)
+    size = (*source.GetSize()[:2], max(2, int(source.GetSize()[2] * image.spacing_mm[2] / thickness_mm)))
+    out = sitk.Resample(source, size, sitk.Transform(), order, source.GetOrigin(), spacing, source.GetDirection(),
+                        -1024 if image.array.min() < -500 else 0, source.GetPixelID())
+    return Volume.from_sitk(out)
+
+
+def adult_sized(image: Volume, factor: float = 1.8) -> Volume:
+    """The same voxels with ``factor`` x the in-plane spacing: a body (and liver) ``factor`` x wider."""
+    g = image.geometry
+    spacing = (g.spacing_mm[0] * factor, g.spacing_mm[1] * factor, g.spacing_mm[2])
+    return Volume(image.array, Geometry(g.size, spacing, g.origin_mm, g.direction))
+
+
+def without_fat_suppression(image: Volume) -> Volume:
+    """A fat-suppressed phantom T2 with its subcutaneous fat made bright (fat signal x 8, about 0.65 of fluid)."""
+    body, step = body_mask(image, "mri")
+    inner = ndimage.binary_erosion(body, structure=np.ones((1, 9, 9), bool))
+    shell = np.repeat(np.repeat(body & ~inner, step, axis=1), step, axis=2)[:, :image.array.shape[1], :image.array.shape[2]]
+    out = image.array.astype(np.float32)
+    out[shell] *= 6.0
+    return image.with_array(np.clip(out, 0, np.iinfo(np.uint16).max).astype(image.array.dtype))
+
+
+def bad_cases(predictor: Predictor, folder: Path, modality: str, count: int) -> list[dict]:
+    rows = []
+    for entry in read_manifest(folder)[:count]:
+        image = read_volume(entry.image)
+        if modality == "ct":
+            variants = {"no contrast": without_contrast(image), "7 mm slices": thick_slices(image),
+                        "adult-sized body (in-plane x1.8)": adult_sized(image)}
+        else:
+            variants = {"no fat suppression": without_fat_suppression(image),
+                        "adult-sized body (in-plane x1.8)": adult_sized(image)}
+        for what, bad in variants.items():
+            print(f" {entry.case} {what}:", flush=True)
+            rows.append({"variant": what, **run_case(predictor, entry.case, bad, None)})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ct-demo")
+    parser.add_argument("--reference", required=True, help="comma-separated phantom folders of the training seeds")
+    parser.add_argument("--calibration", type=Path, help="phantom folder for the entropy threshold")
+    parser.add_argument("--heldout", type=Path, help="the model's held-out phantom folder")
+    parser.add_argument("--bad-cases", type=int, default=2, help="held-out cases made bad, each in every way")
+    parser.add_argument("--no-tta", action="store_true", help="calibrate without TTA (not hbseg segment's default)")
+    parser.add_argument("--write", action="store_true", help="store the settings in the bundle's bundle.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle_dir = find_bundle(args.model)
+    options = PredictorOptions(model=str(bundle_dir), device="cpu", tta=not args.no_tta)
+    predictor = Predictor.from_options(options)
+    modality = predictor.bundle.modality
+    results: dict = {"model": f"{predictor.bundle.name} {predictor.bundle.version}", "tta": not args.no_tta,
+                     "liver_model": None if predictor.liver_bundle is None else predictor.liver_bundle.name}
+    settings = review_settings(bundle_dir)
+    print("reference ranges ...", flush=True)
+    ranges, observed = reference_ranges([Path(p) for p in args.reference.split(",")], modality)
+    settings.reference = ranges
+    settings.calibration["reference"] = {"cohorts": args.reference.split(","), "observed_min_max_n": observed,
+                                         "margin": "a quarter of the observed span on each side, at least "
+                                                   + ", ".join(f"{k} {v:g}" for k, v in MIN_MARGIN.items())}
+    results["reference"] = {k: [round(v[0], 3), round(v[1], 3)] for k, v in ranges.items()}
+    if args.calibration is not None:
+        print(f"entropy threshold from {args.calibration} ...", flush=True)
+        predictor.review_settings = settings
+        rows = run_cohort(predictor, args.calibration)
+        values = [r["mean_entropy_nats"] for r in rows if r["mean_entropy_nats"] is not None]
+        threshold = max(values) + 0.5 * statistics.stdev(values)
+        settings.max_mean_entropy_nats = round(threshold, 4)
+        settings.calibration["entropy"] = {
+            "cohort": str(args.calibration), "cases": len(values), "tta": not args.no_tta,
+            "mean_entropy_nats_min_median_max": [round(min(values), 4), round(statistics.median(values), 4),
+                                                 round(max(values), 4)],
+            "rule": "largest mean entropy inside the mask + 0.5 SD of the cohort"}
+        results["calibration_cases"] = rows
+        results["max_mean_entropy_nats"] = settings.max_mean_entropy_nats
+    predictor.review_settings = settings
+    if args.write:
+        write_review_settings(bundle_dir, settings)
+        print(f"wrote the review settings into {bundle_dir / 'bundle.json'}", flush=True)
+    results["settings"] = settings.to_dict()
+    if args.heldout is not None:
+        print(f"held-out cohort {args.heldout} ...", flush=True)
+        rows = run_cohort(predictor, args.heldout)
+        flagged = [r["case"] for r in rows if r["review_needed"]]
+        results["heldout_cases"] = rows
+        results["heldout_mean_dice"] = round(float(np.mean([r["dice"] for r in rows])), 4)
+        results["heldout_flagged"] = f"{len(flagged)} of {len(rows)}"
+        results["heldout_flag_rate"] = round(len(flagged) / len(rows), 4)
+        if args.bad_cases:
+            print("deliberately bad cases ...", flush=True)
+            bad = bad_cases(predictor, args.heldout, modality, args.bad_cases)
+            results["bad_cases"] = bad
+            results["bad_cases_flagged"] = f"{sum(r['review_needed'] for r in bad)} of {len(bad)}"
+    return write_results(results, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
