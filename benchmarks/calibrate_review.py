@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
-from scipy import ndimage
 
 from HepatoblastomaSegLib.bundle import find_bundle
 from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
-from HepatoblastomaSegLib.infer.review import body_mask, measure_image, review_settings, write_review_settings
-from HepatoblastomaSegLib.io import Geometry, Volume, read_mask, read_volume
+from HepatoblastomaSegLib.evaluate.domain_shift import (adult_sized, thick_slices, without_contrast,
+                                                       without_fat_suppression)
+from HepatoblastomaSegLib.infer.review import measure_image, review_settings, write_review_settings
+from HepatoblastomaSegLib.io import Volume, read_mask, read_volume
 from HepatoblastomaSegLib.preprocess import read_manifest
 from report import write_results  # benchmarks/ (the script's folder) is on sys.path
 
@@ -105,41 +105,6 @@ def run_case(predictor: Predictor, name: str, image: Volume, truth: np.ndarray |
 
 
 # ------------------------------------------------------------------------------------------------ bad cases
-def without_contrast(image: Volume) -> Volume:
-    """A portal-venous phantom CT made to look unenhanced: soft tissue (0-400 HU) pulled towards 40 HU to 30 %."""
-    hu = image.array.astype(np.float32)
-    soft = (hu > 0) & (hu < 400)
-    hu[soft] = 40.0 + (hu[soft] - 40.0) * 0.3
-    return image.with_array(np.rint(hu).astype(image.array.dtype))
-
-
-def thick_slices(image: Volume, thickness_mm: float = 7.0, *, order=sitk.sitkLinear) -> Volume:
-    """``image`` resampled to ``thickness_mm`` slices (same in-plane grid)."""
-    source = image.to_sitk()
-    spacing = (*image.spacing_mm[:2], thickness_mm)
-    size = (*source.GetSize()[:2], max(2, int(source.GetSize()[2] * image.spacing_mm[2] / thickness_mm)))
-    out = sitk.Resample(source, size, sitk.Transform(), order, source.GetOrigin(), spacing, source.GetDirection(),
-                        -1024 if image.array.min() < -500 else 0, source.GetPixelID())
-    return Volume.from_sitk(out)
-
-
-def adult_sized(image: Volume, factor: float = 1.8) -> Volume:
-    """The same voxels with ``factor`` x the in-plane spacing: a body (and liver) ``factor`` x wider."""
-    g = image.geometry
-    spacing = (g.spacing_mm[0] * factor, g.spacing_mm[1] * factor, g.spacing_mm[2])
-    return Volume(image.array, Geometry(g.size, spacing, g.origin_mm, g.direction))
-
-
-def without_fat_suppression(image: Volume) -> Volume:
-    """A fat-suppressed phantom T2 with its subcutaneous fat made bright (fat signal x 8, about 0.65 of fluid)."""
-    body, step = body_mask(image, "mri")
-    inner = ndimage.binary_erosion(body, structure=np.ones((1, 9, 9), bool))
-    shell = np.repeat(np.repeat(body & ~inner, step, axis=1), step, axis=2)[:, :image.array.shape[1], :image.array.shape[2]]
-    out = image.array.astype(np.float32)
-    out[shell] *= 6.0
-    return image.with_array(np.clip(out, 0, np.iinfo(np.uint16).max).astype(image.array.dtype))
-
-
 def bad_cases(predictor: Predictor, folder: Path, modality: str, count: int) -> list[dict]:
     rows = []
     for entry in read_manifest(folder)[:count]:

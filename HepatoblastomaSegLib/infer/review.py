@@ -307,3 +307,30 @@ def _implausible(facts: ImageFacts, tumor_volume_ml: float, settings: ReviewSett
     if facts.tumor_pieces > settings.max_pieces:
         words.append(f"the mask is scattered in {facts.tumor_pieces} separate pieces of at least {PIECE_MIN_ML:g} mL")
     return words
+
+
+# ------------------------------------------------------------------------------------------------ reading it back
+def review_beside(mask_path: str | Path) -> dict | None:
+    """The ``"review"`` of the ``summary.json`` that ``hbseg segment`` wrote beside ``mask_path`` (None: no summary
+    there, or one without the flag)."""
+    summary = Path(mask_path).parent / "summary.json"
+    try:
+        flag = json.loads(summary.read_text(encoding="utf-8")).get(REVIEW_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return flag if isinstance(flag, dict) and "needed" in flag else None
+
+
+def flagged_table(cases: list[tuple[str, str, str | Path | None]]) -> list[dict[str, str]]:
+    """Rows ``model, case, review_needed, reasons, messages`` for ``(model, case, mask path)`` triples whose mask
+    has a summary with the flag beside it."""
+    rows = []
+    for model, case, path in cases:
+        flag = review_beside(path) if path is not None else None
+        if flag is None:
+            continue
+        reasons = flag.get("reasons", [])
+        rows.append({"model": model, "case": case, "review_needed": str(bool(flag.get("needed"))),
+                     "reasons": ";".join(str(r.get("code", "")) for r in reasons),
+                     "messages": " | ".join(str(r.get("message", "")) for r in reasons)})
+    return rows
