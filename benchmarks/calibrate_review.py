@@ -163,15 +163,13 @@ def main() -> int:
         results["calibration_cases"] = rows
         results["max_mean_entropy_nats"] = settings.max_mean_entropy_nats
     predictor.review_settings = settings
-    if args.write:
-        write_review_settings(bundle_dir, settings)
-        print(f"wrote the review settings into {bundle_dir / 'bundle.json'}", flush=True)
     results["settings"] = settings.to_dict()
     if args.heldout is not None:
         print(f"held-out cohort {args.heldout} ...", flush=True)
         rows = run_cohort(predictor, args.heldout)
         flagged = [r["case"] for r in rows if r["review_needed"]]
         results["heldout_cases"] = rows
+        results["heldout_cohort"] = str(args.heldout)
         results["heldout_mean_dice"] = round(float(np.mean([r["dice"] for r in rows])), 4)
         results["heldout_flagged"] = f"{len(flagged)} of {len(rows)}"
         results["heldout_flag_rate"] = round(len(flagged) / len(rows), 4)
@@ -180,7 +178,41 @@ def main() -> int:
             bad = bad_cases(predictor, args.heldout, modality, args.bad_cases)
             results["bad_cases"] = bad
             results["bad_cases_flagged"] = f"{sum(r['review_needed'] for r in bad)} of {len(bad)}"
+    if args.write:
+        write_review_settings(bundle_dir, settings)
+        write_card_section(bundle_dir, settings, results)
+        print(f"wrote the review settings into {bundle_dir / 'bundle.json'} and its model card", flush=True)
     return write_results(results, args.json)
+
+
+CARD_HEADING = "## Review flag"
+
+
+def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
+    """Replace (or add) the model card's review-flag section with the calibrated figures."""
+    card_path = bundle_dir / "model_card.md"
+    card = card_path.read_text(encoding="utf-8").split("\n" + CARD_HEADING)[0].rstrip("\n")
+    entropy = settings.calibration.get("entropy", {})
+    lines = ["", CARD_HEADING,
+             "`hbseg segment` marks a result for review (`summary.json` `review`) by the rules of "
+             "`HepatoblastomaSegLib/infer/review.py`, with these settings (also in `bundle.json` under `review`; "
+             "measured by `benchmarks/calibrate_review.py`):",
+             f"- high_uncertainty: mean entropy inside the mask above **{settings.max_mean_entropy_nats} nats** "
+             f"({entropy.get('rule', '')}; calibration cohort {entropy.get('cohort', '?')}, {entropy.get('cases', '?')} "
+             f"cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
+             f"{'8-flip TTA' if entropy.get('tta') else 'no TTA'}).",
+             f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL of tumour outside the liver mask.",
+             f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
+             f"{settings.max_pieces} pieces of 1 mL or more.",
+             "- out_of_domain, reference ranges of the training phantoms (with a margin): "
+             + ", ".join(f"{k} {v[0]:.3g} to {v[1]:.3g}" for k, v in settings.reference.items()) + "."]
+    if "heldout_flagged" in results:
+        lines.append(f"- Held-out phantoms ({results.get('heldout_cohort', '')}): {results['heldout_flagged']} flagged, "
+                     f"mean Dice {results['heldout_mean_dice']} with the flag's default pipeline.")
+    if "bad_cases_flagged" in results:
+        lines.append(f"- Deliberately bad versions of held-out cases ({', '.join(sorted({r['variant'] for r in results['bad_cases']}))}): "
+                     f"{results['bad_cases_flagged']} flagged.")
+    card_path.write_text(card + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
