@@ -178,6 +178,7 @@ class Predictor:
         self.min_component_ml = min_component_ml
         self.crop_to_body = crop_to_body
         self.liver_anchor = bundle.modality == "ct" if liver_anchor is None else liver_anchor
+        self._liver_anchor_asked = bool(liver_anchor)
         self.review_settings = review_settings(bundle.path)
         self.network = bundle.build_network(self.device)
         # torch.compile is lazy: nothing is compiled until the first window batch.
@@ -338,7 +339,9 @@ class Predictor:
         if not self.liver_anchor:
             return mask, record
         if liver is None:
-            warnings.append("no liver mask (no liver model): tumour components outside the liver were not dropped")
+            if self._liver_anchor_asked:  # asked for by name; by default the record's "applied": false says it
+                warnings.append("--liver-anchor: no liver mask (no liver model), so tumour components outside the "
+                                "liver were not dropped")
             return mask, record
         kept, dropped = keep_components_touching(mask, liver)
         record.update(applied=True, components_dropped=dropped,
