@@ -15,7 +15,7 @@ from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 from HepatoblastomaSegLib.phantom import generate_case
 
-DEMO_MODELS = {"ct-demo": "ct", "mri-demo": "mri", "mri-liver-demo": "mri"}
+DEMO_MODELS = {"ct-demo": "ct", "mri-demo": "mri", "mri-liver-demo": "mri", "ct-liver-demo": "ct"}
 UNSEEN_SEED = 777  # not a training (1000-1003), demo (2026) or benchmark (4242) series
 
 

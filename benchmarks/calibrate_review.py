@@ -133,7 +133,10 @@ def main() -> int:
     parser.add_argument("--reference", required=True, help="comma-separated phantom folders of the training seeds")
     parser.add_argument("--calibration", type=Path, help="phantom folder for the entropy threshold")
     parser.add_argument("--heldout", type=Path, help="the model's held-out phantom folder")
+    parser.add_argument("--calibration-cases", type=int, help="use only the first N calibration cases")
     parser.add_argument("--bad-cases", type=int, default=2, help="held-out cases made bad, each in every way")
+    parser.add_argument("--bad-cases-only", action="store_true",
+                        help="only the bad cases, with the bundle's stored settings (e.g. after a --write run)")
     parser.add_argument("--no-tta", action="store_true", help="calibrate without TTA (not hbseg segment's default)")
     parser.add_argument("--write", action="store_true", help="store the settings in the bundle's bundle.json")
     parser.add_argument("--threads", type=int, default=2)
@@ -147,6 +150,11 @@ def main() -> int:
     results: dict = {"model": f"{predictor.bundle.name} {predictor.bundle.version}", "tta": not args.no_tta,
                      "liver_model": None if predictor.liver_bundle is None else predictor.liver_bundle.name}
     settings = review_settings(bundle_dir)
+    if args.bad_cases_only:
+        bad = bad_cases(predictor, args.heldout, modality, args.bad_cases)
+        results.update(settings=settings.to_dict(), bad_cases=bad,
+                       bad_cases_flagged=f"{sum(r['review_needed'] for r in bad)} of {len(bad)}")
+        return write_results(results, args.json)
     print("reference ranges ...", flush=True)
     ranges, observed = reference_ranges([Path(p) for p in args.reference.split(",")], modality)
     settings.reference = ranges
@@ -157,7 +165,7 @@ def main() -> int:
     if args.calibration is not None:
         print(f"entropy threshold from {args.calibration} ...", flush=True)
         predictor.review_settings = settings
-        rows = run_cohort(predictor, args.calibration)
+        rows = run_cohort(predictor, args.calibration, limit=args.calibration_cases)
         good = [r for r in rows if r["mean_entropy_nats"] is not None and r["dice"] >= GOOD_DICE]
         values = [r["mean_entropy_nats"] for r in good]
         threshold = max(values) + 0.5 * statistics.stdev(values)
