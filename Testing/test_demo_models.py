@@ -53,6 +53,17 @@ def test_ct_demo_finds_the_tumour(ct_case, ct_prediction):
     assert value > 0.6
 
 
+def test_ct_liver_demo_finds_the_liver_and_anchors_the_tumour(ct_case, ct_prediction):
+    from HepatoblastomaSegLib.preprocess.liver import liver_mask_from_model
+
+    liver = liver_mask_from_model(ct_case.image, load_bundle("ct-liver-demo")).array
+    truth = (ct_case.liver.array > 0) | (ct_case.tumor.array > 0)
+    value, _ = dice(liver, truth)
+    assert value > 0.7
+    summary = ct_prediction.summary
+    assert summary["liver_source"].startswith("ct-liver-demo") and summary["postprocessing"]["liver_anchor"]["applied"]
+
+
 def test_entropy_is_bounded_and_highest_at_the_tumour_boundary(ct_prediction):
     """The most uncertain voxels sit on the model's own tumour boundary (where its decision flips), and the
     boundary band is far more uncertain than the rest of the image."""

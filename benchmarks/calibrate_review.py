@@ -134,6 +134,9 @@ def main() -> int:
     parser.add_argument("--calibration", type=Path, help="phantom folder for the entropy threshold")
     parser.add_argument("--heldout", type=Path, help="the model's held-out phantom folder")
     parser.add_argument("--calibration-cases", type=int, help="use only the first N calibration cases")
+    parser.add_argument("--entropy-values", help="instead of --calibration: the mean entropies of the well-segmented "
+                                                 "calibration cases of an earlier (interrupted) run, comma-separated")
+    parser.add_argument("--entropy-values-from", default="", help="where --entropy-values come from (for the card)")
     parser.add_argument("--bad-cases", type=int, default=2, help="held-out cases made bad, each in every way")
     parser.add_argument("--bad-cases-only", action="store_true",
                         help="only the bad cases, with the bundle's stored settings (e.g. after a --write run)")
@@ -178,6 +181,16 @@ def main() -> int:
             "rule": f"largest mean entropy inside the mask of the cases segmented well (Dice >= {GOOD_DICE}) + 0.5 SD "
                     "of theirs"}
         results["calibration_cases"] = rows
+        results["max_mean_entropy_nats"] = settings.max_mean_entropy_nats
+    if args.entropy_values:
+        values = [float(v) for v in args.entropy_values.split(",")]
+        settings.max_mean_entropy_nats = round(max(values) + 0.5 * statistics.stdev(values), 4)
+        settings.calibration["entropy"] = {
+            "cohort": args.entropy_values_from, "cases": len(values), "tta": not args.no_tta,
+            "mean_entropy_nats_min_median_max": [round(min(values), 4), round(statistics.median(values), 4),
+                                                 round(max(values), 4)],
+            "rule": f"largest mean entropy inside the mask of the cases segmented well (Dice >= {GOOD_DICE}) + 0.5 SD "
+                    "of theirs"}
         results["max_mean_entropy_nats"] = settings.max_mean_entropy_nats
     predictor.review_settings = settings
     results["settings"] = settings.to_dict()
