@@ -228,8 +228,8 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              "`HepatoblastomaSegLib/infer/review.py`, with these settings (also in `bundle.json` under `review`; "
              "measured by `benchmarks/calibrate_review.py`):",
              f"- high_uncertainty: mean entropy inside the mask above **{settings.max_mean_entropy_nats} nats** "
-             f"({entropy.get('rule', '')}; calibration cohort {entropy.get('cohort', '?')}, {entropy.get('cases', '?')} "
-             f"cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
+             f"({entropy.get('rule', '')}; calibration cohort {entropy.get('cohort', '?')}, "
+             f"{entropy.get('cases', '?')} cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
              f"{'8-flip TTA' if entropy.get('tta') else 'no TTA'}).",
              f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL of tumour outside the liver mask.",
              f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
@@ -237,11 +237,12 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              "- out_of_domain, reference ranges of the training phantoms (with a margin): "
              + ", ".join(f"{k} {v[0]:.3g} to {v[1]:.3g}" for k, v in settings.reference.items()) + "."]
     if "heldout_flagged" in results:
-        lines.append(f"- Held-out phantoms ({results.get('heldout_cohort', '')}): {results['heldout_flagged']} flagged, "
-                     f"mean Dice {results['heldout_mean_dice']} with the flag's default pipeline.")
+        lines.append(f"- Held-out phantoms ({results.get('heldout_cohort', '')}): {results['heldout_flagged']} "
+                     f"flagged, mean Dice {results['heldout_mean_dice']} with the flag's default pipeline.")
     if "bad_cases_flagged" in results:
-        lines.append(f"- Deliberately bad versions of held-out cases ({', '.join(sorted({r['variant'] for r in results['bad_cases']}))}): "
-                     f"{results['bad_cases_flagged']} flagged.")
+        variants = ", ".join(sorted({r["variant"] for r in results["bad_cases"]}))
+        lines.append(f"- Deliberately bad versions of held-out cases ({variants}): {results['bad_cases_flagged']} "
+                     "flagged.")
     card_path.write_text(card + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -114,7 +114,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--rereview", type=Path, metavar="JSON",
+                        help="no network: judge an earlier run's cases (its --json) again with the bundles' current "
+                             "review settings (the flag is a pure function of the measurements and the settings)")
     args = parser.parse_args()
+    if args.rereview is not None:
+        return rereview(args.rereview, args.json)
     torch.set_num_threads(args.threads)
     options = PredictorOptions(model=args.model, device=args.device, tta=args.tta, liver_anchor=args.liver_anchor)
     folder = args.manifest.resolve().parent
@@ -126,6 +131,29 @@ def main() -> int:
                           "badly_wrong_without_review": [c["case"] for c in cases
                                                          if c["case"] in badly_wrong and not c["review_needed"]]},
                          args.json)
+
+
+def rereview(path: Path, json_path: Path | None) -> int:
+    import json
+
+    from HepatoblastomaSegLib.bundle import find_bundle
+    from HepatoblastomaSegLib.infer.review import ImageFacts, review, review_settings
+
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    for case in earlier["cases"]:
+        settings = review_settings(find_bundle(case["model"]))
+        facts = ImageFacts(**case["measurements"])
+        flag = review(facts, tumor_volume_ml=case["tumor_ml"], mean_entropy_nats=case["mean_entropy_nats"],
+                      modality=case["modality"], settings=settings, liver_source=case["liver_model"])
+        case.update(review_needed=flag["needed"], reasons=[r["code"] for r in flag["reasons"]],
+                    messages=[r["message"] for r in flag["reasons"]], rereviewed=True)
+        verdict = "NEEDED " + ",".join(case["reasons"]) if case["review_needed"] else "not needed"
+        print(f"{case['case']}: review {verdict}")
+        for message in case["messages"]:
+            print(f"    - {message}")
+    earlier["badly_wrong_without_review"] = [c["case"] for c in earlier["cases"]
+                                             if c["case"] in earlier["badly_wrong"] and not c["review_needed"]]
+    return write_results(earlier, json_path)
 
 
 def _badly_wrong(case: dict) -> bool:

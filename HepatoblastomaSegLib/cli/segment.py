@@ -15,8 +15,8 @@ EPILOG = textwrap.dedent("""\
       segmentation.nii.gz   tumour mask, uint8 0/1, exactly the input's grid  (--format nrrd: segmentation.seg.nrrd,
                             a 3D Slicer segmentation with one segment "Hepatoblastoma")
       entropy.nii.gz        voxelwise softmax entropy in nats, float32, 0 (certain) .. ln 2 = 0.693 (--format nrrd: entropy.nrrd)
-      summary.json          volume (mL), largest diameter (mm), mean/core/boundary entropy, model, device, seconds per stage,
-                            and "review": {"needed", "reasons"}: whether a person should check this result, and why
+      summary.json          volume (mL), largest diameter (mm), mean/core/boundary entropy, model, device, seconds per stage
+                            and "review" ({"needed", "reasons"}): whether a person should check this result, and why
       cohort_summary.csv    (cohort only) one row per case, with the error of any case that failed
 
     examples:

@@ -14,7 +14,8 @@ Per case (:meth:`Predictor.predict`):
    box: mask 0, entropy 0);
 4. optional clean-up (largest component / small components); the liver mask (CT: the liver bundle, ``ct-liver-demo``
    by default, on the body box; MRI: the one its Nyul step used) and, on by default for CT, the liver-anchored tumour
-   step: components that neither overlap nor touch the liver are dropped (:func:`~.postprocess.keep_components_touching`);
+   step: components that neither overlap nor touch the liver are dropped
+   (:func:`~.postprocess.keep_components_touching`);
 5. the summary, with the review flag (:mod:`.review`: tumour outside the liver, high uncertainty, an image unlike the
    training images, an implausible result).
 
@@ -44,7 +45,7 @@ import torch
 from .. import __version__
 from ..bundle import ModelBundle, load_bundle
 from ..errors import ConfigError, HepatoblastomaSegError, ModelError
-from ..io import Volume
+from ..io import Volume, require_binary, require_same_geometry
 from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
 from ..preprocess.checks import AIR_THRESHOLD_HU, check_modality, check_spacing
@@ -314,6 +315,8 @@ class Predictor:
         liver bundle run on the body box (the same crop as the tumour model).
         """
         if given is not None:
+            require_binary(given, what="liver mask")
+            require_same_geometry(volume, given, what_b="liver mask")
             return np.asarray(given.array > 0), "the given liver mask"
         if self.liver_bundle is None:
             return None, None
