@@ -142,11 +142,16 @@ def main() -> int:
                         help="only the bad cases, with the bundle's stored settings (e.g. after a --write run)")
     parser.add_argument("--no-tta", action="store_true", help="calibrate without TTA (not hbseg segment's default)")
     parser.add_argument("--write", action="store_true", help="store the settings in the bundle's bundle.json")
+    parser.add_argument("--rejudge", type=Path, metavar="JSON",
+                        help="no network: judge the cases of an earlier run (its --json) again with the bundle's "
+                             "current settings and rules (the flag is a pure function of the measurements)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle_dir = find_bundle(args.model)
+    if args.rejudge is not None:
+        return rejudge(args.rejudge, bundle_dir, args.json, write=args.write)
     options = PredictorOptions(model=str(bundle_dir), device="cpu", tta=not args.no_tta)
     predictor = Predictor.from_options(options)
     modality = predictor.bundle.modality
@@ -215,6 +220,34 @@ def main() -> int:
     return write_results(results, args.json)
 
 
+def rejudge(path: Path, bundle_dir: Path, json_path: Path | None, *, write: bool) -> int:
+    import json
+
+    from HepatoblastomaSegLib.infer.review import ImageFacts, review
+
+    results = json.loads(path.read_text(encoding="utf-8"))
+    settings = review_settings(bundle_dir)
+    modality = "mri" if results["model"].startswith("mri") else "ct"
+    for key in ("calibration_cases", "heldout_cases", "bad_cases"):
+        for row in results.get(key, []):
+            flag = review(ImageFacts(**row["measurements"]), tumor_volume_ml=row["tumor_ml"],
+                          mean_entropy_nats=row["mean_entropy_nats"], modality=modality, settings=settings,
+                          liver_source=results.get("liver_model"))
+            row.update(review_needed=flag["needed"], reasons=[r["code"] for r in flag["reasons"]],
+                       messages=[r["message"] for r in flag["reasons"]], rejudged=True)
+    if "heldout_cases" in results:
+        rows = results["heldout_cases"]
+        results["heldout_flagged"] = f"{sum(r['review_needed'] for r in rows)} of {len(rows)}"
+        results["heldout_flag_rate"] = round(sum(r["review_needed"] for r in rows) / len(rows), 4)
+    if results.get("bad_cases"):
+        bad = results["bad_cases"]
+        results["bad_cases_flagged"] = f"{sum(r['review_needed'] for r in bad)} of {len(bad)}"
+    results["settings"] = settings.to_dict()
+    if write:
+        write_card_section(bundle_dir, settings, results)
+    return write_results(results, json_path)
+
+
 CARD_HEADING = "## Review flag"
 
 
@@ -231,7 +264,8 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              f"({entropy.get('rule', '')}; calibration cohort {entropy.get('cohort', '?')}, "
              f"{entropy.get('cases', '?')} cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
              f"{'8-flip TTA' if entropy.get('tta') else 'no TTA'}).",
-             f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL of tumour outside the liver mask.",
+             f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL and more than "
+             f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask.",
              f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
              f"{settings.max_pieces} pieces of 1 mL or more.",
              "- out_of_domain, reference ranges of the training phantoms (with a margin): "
