@@ -15,7 +15,7 @@ from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 from HepatoblastomaSegLib.phantom import generate_case
 
-DEMO_MODELS = {"ct-demo": "ct", "mri-demo": "mri", "mri-liver-demo": "mri"}
+DEMO_MODELS = {"ct-demo": "ct", "mri-demo": "mri", "mri-liver-demo": "mri", "ct-liver-demo": "ct"}
 UNSEEN_SEED = 777  # not a training (1000-1003), demo (2026) or benchmark (4242) series
 
 
@@ -51,6 +51,17 @@ def ct_prediction(ct_case):
 def test_ct_demo_finds_the_tumour(ct_case, ct_prediction):
     value, _ = dice(ct_prediction.mask.array, ct_case.tumor.array)
     assert value > 0.6
+
+
+def test_ct_liver_demo_finds_the_liver_and_anchors_the_tumour(ct_case, ct_prediction):
+    from HepatoblastomaSegLib.preprocess.liver import liver_mask_from_model
+
+    liver = liver_mask_from_model(ct_case.image, load_bundle("ct-liver-demo")).array
+    truth = (ct_case.liver.array > 0) | (ct_case.tumor.array > 0)
+    value, _ = dice(liver, truth)
+    assert value > 0.7
+    summary = ct_prediction.summary
+    assert summary["liver_source"].startswith("ct-liver-demo") and summary["postprocessing"]["liver_anchor"]["applied"]
 
 
 def test_entropy_is_bounded_and_highest_at_the_tumour_boundary(ct_prediction):

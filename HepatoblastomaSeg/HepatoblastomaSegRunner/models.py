@@ -29,8 +29,8 @@ BUNDLE_JSON, PLANS_JSON, CARD_FILE = "bundle.json", "plans.json", "model_card.md
 MODELS_ENV = "HBSEG_MODELS_DIR"
 #: The library's bundled default per modality (``HepatoblastomaSegLib.infer.predictor.DEFAULT_MODELS``).
 DEFAULT_MODEL_NAMES = {"ct": "ct-demo", "mri": "mri-demo"}
-#: Bundles that are helpers, not tumour models (the MRI liver model used for Nyul standardisation).
-HELPER_MODEL_NAMES = ("mri-liver-demo",)
+#: Bundles that are helpers, not tumour models (the liver models: MRI Nyul masks, the CT liver anchor).
+HELPER_MODEL_NAMES = ("mri-liver-demo", "ct-liver-demo")
 MODALITY_LABELS = {"ct": "CT", "mri": "T2 MRI"}
 
 #: Same rule as the library's ``preprocess.checks``: a CT in HU holds air; MRI magnitudes are never below it.

@@ -33,7 +33,8 @@ EPILOG = textwrap.dedent("""\
 
     outputs in REPORT: per_case.csv, pairwise_dice.csv, agreement.csv, agreement_matrix.csv, vpe.csv, pvtv.csv,
     entropy.csv, entropy_per_case.csv, model_comparison.csv, surface.csv, summary.json, report.md (+ figures/),
-    report.html.""")
+    report.html; review.csv when a model's masks have hbseg segment's summary.json beside them (the cases its review
+    flag marked, and why).""")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -111,5 +112,33 @@ def run(args: argparse.Namespace) -> int:
         defined = dice[~(dice != dice)]
         mean = f"{defined.mean():.3f}" if defined.size else "NA"
         print(f"  {name:>8s} vs Rc: mean Dice {mean}", file=out)
+    _report_review_flags(cohort, args.output, out)
     print(f"report: {written['report.html']}", file=out)
     return 0
+
+
+def _report_review_flags(cohort, report_dir, out) -> None:
+    """Models' masks written by ``hbseg segment`` have a summary.json beside them: list the cases it flagged for
+    review (REPORT/review.csv and a line per model)."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from ..infer.review import flagged_table
+    from ..io import write_text_atomic
+
+    triples = [(m.name, c.case, c.masks.get(m.name)) for m in cohort.models for c in cohort.cases]
+    rows = flagged_table(triples)
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(Path(report_dir) / "review.csv", buffer.getvalue())
+    for model in cohort.models:
+        mine = [r for r in rows if r["model"] == model.name]
+        flagged = [f"{r['case']} ({r['reasons'].replace(';', ', ')})" for r in mine if r["review_needed"] == "True"]
+        if mine:
+            print(f"  {model.name:>8s}: {len(flagged)} of {len(mine)} case(s) flagged for review"
+                  + (f": {'; '.join(flagged)}" if flagged else ""), file=out)

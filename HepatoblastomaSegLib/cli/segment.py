@@ -17,6 +17,7 @@ EPILOG = textwrap.dedent("""\
                             segmentation.dcm, a DICOM Segmentation in the source study, DICOM input only)
       entropy.nii.gz        voxelwise softmax entropy in nats, float32, 0 (certain) .. ln 2 = 0.693 (--format nrrd: entropy.nrrd)
       summary.json          volume (mL), largest diameter (mm), mean/core/boundary entropy, model, device, seconds per stage
+                            and "review" ({"needed", "reasons"}): whether a person should check this result, and why
       cohort_summary.csv    (cohort only) one row per case, with the error of any case that failed
 
     examples:
@@ -60,8 +61,9 @@ def register(subparsers) -> None:
                              "with STOW-RS")
     parser.add_argument("--model", help="model bundle folder or bundled model name (default: the bundled demo model "
                                         "of the modality: ct-demo or mri-demo)")
-    parser.add_argument("--liver-model", help="MRI only: liver model bundle for the Nyul mask (default: mri-liver-demo "
-                                              "when bundled, else the body outline, with a warning)")
+    parser.add_argument("--liver-model", help="liver model bundle: MRI for the Nyul mask (default: mri-liver-demo when "
+                                              "bundled, else the body outline, with a warning); CT for the liver "
+                                              "anchor and the review flag (default: ct-liver-demo when bundled)")
     parser.add_argument("--modality", choices=("ct", "mri"),
                         help="modality of the image (default: the model's; with no model, guessed from intensities)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -94,6 +96,10 @@ def register(subparsers) -> None:
                              "masks with and without the crop agree with Dice 0.92 on that CT (0.96-0.99 on two "
                              "others; mean Dice with the truth on 8 held-out phantoms 0.942 vs 0.944). MRI is never "
                              "cropped (default: on)")
+    parser.add_argument("--liver-anchor", action=argparse.BooleanOptionalAction, default=None,
+                        help="drop tumour components that neither overlap nor touch the liver mask (hepatoblastoma "
+                             "arises in the liver; a tumour bulging out of the liver touches it and is kept whole). "
+                             "The summary reports what was dropped (default: on for CT, off for MRI)")
     parser.add_argument("--keep-largest", action="store_true",
                         help="keep only the largest connected tumour component (off by default)")
     parser.add_argument("--min-component-ml", type=float, default=0.0,
@@ -160,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
             result = segment_cohort(args.manifest, args.output, options, fmt=fmt, progress=progress,
                                     entropy_fmt=args.entropy_format)
             failed = result.n_failed
-            message = (f"{len(result.rows)} case(s), {failed} failed; table: {result.summary_path}" if result.rows
+            message = (f"{len(result.rows)} case(s), {failed} failed, {result.n_flagged} flagged for review; table: "
+                       f"{result.summary_path}" if result.rows
                        else f"nothing to do; table: {result.summary_path}")
             _finish(progress, message, args.progress)
             return 1 if failed else 0
@@ -191,7 +198,7 @@ def predictor_options(args: argparse.Namespace):
                             device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
                             compile=args.compile, keep_largest=args.keep_largest,
                             min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb,
-                            crop_to_body=args.crop_to_body)
+                            crop_to_body=args.crop_to_body, liver_anchor=args.liver_anchor)
 
 
 def _finish(progress: Progress, message: str, kind: str) -> None:

@@ -45,7 +45,8 @@ RESULT_OPTIONS = ("model", "liver_model", "modality", "tta", "overlap", "keep_la
                   "crop_to_body")
 
 SUMMARY_COLUMNS = ("case", "status", "modality", "tumor_volume_ml", "largest_diameter_mm", "mean_entropy_nats",
-                   "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error")
+                   "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error",
+                   "review_needed", "review_reasons")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,11 @@ class CohortResult:
     def n_failed(self) -> int:
         return sum(row["status"] == "failed" for row in self.rows)
 
+    @property
+    def n_flagged(self) -> int:
+        """Cases whose summary says a person should review the result (:mod:`.review`)."""
+        return sum(str(row.get("review_needed")) == "True" for row in self.rows)
+
 
 def _row(case: CohortCase, status: str, summary: dict | None = None, error: str = "", output: str = "") -> dict:
     summary = summary or {}
@@ -114,7 +120,17 @@ def _row(case: CohortCase, status: str, summary: dict | None = None, error: str 
         "device": summary.get("device", ""),
         "seconds_total": round(sum(seconds.values()), 3) if seconds else "",
         "output": output, "error": error,
+        **_review_columns(summary),
     }
+
+
+def _review_columns(summary: dict) -> dict:
+    """``review_needed`` (True/False; empty for a summary without the flag) and the reasons' codes, ';'-joined."""
+    flag = summary.get("review")
+    if not isinstance(flag, dict):
+        return {"review_needed": "", "review_reasons": ""}
+    return {"review_needed": bool(flag.get("needed")),
+            "review_reasons": ";".join(r.get("code", "") for r in flag.get("reasons", []))}
 
 
 def _write_table(path: Path, rows: list[dict]) -> None:

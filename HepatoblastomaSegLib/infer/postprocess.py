@@ -25,3 +25,21 @@ def remove_small_components(mask: np.ndarray, min_volume_ml: float, voxel_volume
     keep = sizes_ml >= min_volume_ml
     keep[0] = False
     return keep[labels].astype(np.uint8)
+
+
+def keep_components_touching(mask: np.ndarray, anchor: np.ndarray) -> tuple[np.ndarray, int]:
+    """Keep the 26-connected components of ``mask`` that overlap ``anchor`` or touch it (share a face, edge or corner);
+    return the kept mask (uint8) and the number of components dropped.
+
+    The liver-anchored tumour step: hepatoblastoma arises in the liver, so a component with no contact with the liver
+    mask is not a hepatoblastoma. A large tumour bulging out of the liver touches it and is kept whole, the part
+    outside included.
+    """
+    labels, n = ndimage.label(mask, structure=_STRUCTURE)
+    if n == 0:
+        return mask.astype(np.uint8), 0
+    near = ndimage.binary_dilation(np.asarray(anchor, dtype=bool), structure=_STRUCTURE)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(labels[near & (labels > 0)])] = True
+    keep[0] = False
+    return keep[labels].astype(np.uint8), int(n - np.count_nonzero(keep))

@@ -12,7 +12,12 @@ Per case (:meth:`Predictor.predict`):
 3. probabilities back onto exactly the input grid (:func:`~..preprocess.resample_to_original`), then the tumour
    mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid (outside a CT's body
    box: mask 0, entropy 0);
-4. optional clean-up (largest component / small components), then the summary.
+4. optional clean-up (largest component / small components); the liver mask (CT: the liver bundle, ``ct-liver-demo``
+   by default, on the body box; MRI: the one its Nyul step used) and, on by default for CT, the liver-anchored tumour
+   step: components that neither overlap nor touch the liver are dropped
+   (:func:`~.postprocess.keep_components_touching`);
+5. the summary, with the review flag (:mod:`.review`: tumour outside the liver, high uncertainty, an image unlike the
+   training images, an implausible result).
 
 Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autocast (bf16 where supported, else fp16),
 cuDNN autotunes its kernels, and a window's flips go through the network together, up to a memory budget
@@ -40,13 +45,14 @@ import torch
 from .. import __version__
 from ..bundle import ModelBundle, load_bundle
 from ..errors import ConfigError, HepatoblastomaSegError, ModelError
-from ..io import Volume
+from ..io import Volume, require_binary, require_same_geometry
 from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
 from ..preprocess.checks import check_modality, check_spacing, guess_modality  # noqa: F401 (re-exported)
 from ..progress import NullProgress, Progress
-from .postprocess import keep_largest_component, remove_small_components
+from .postprocess import keep_components_touching, keep_largest_component, remove_small_components
 from .result import Prediction
+from .review import measure_image, review, review_settings
 from .summary import case_summary
 from .tta import ALL_FLIPS, SoftmaxPredictor
 from .uncertainty import entropy_nats, round_to_step
@@ -54,6 +60,8 @@ from .uncertainty import entropy_nats, round_to_step
 #: Bundled models used when ``--model`` is not given.
 DEFAULT_MODELS = {"ct": "ct-demo", "mri": "mri-demo"}
 DEFAULT_LIVER_MODEL = "mri-liver-demo"
+#: Bundled liver models per modality (CT: for the liver-anchored tumour step and the review flag).
+DEFAULT_LIVER_MODELS = {"ct": "ct-liver-demo", "mri": DEFAULT_LIVER_MODEL}
 
 
 @dataclasses.dataclass
@@ -72,6 +80,8 @@ class PredictorOptions:
     min_component_ml: float = 0.0
     gpu_memory_gb: float | None = None
     crop_to_body: bool = True
+    #: Drop tumour components that do not touch the liver mask; None = on for CT, off for MRI.
+    liver_anchor: bool | None = None
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -141,7 +151,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
                  tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
                  keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gb: float | None = None,
-                 crop_to_body: bool = True):
+                 crop_to_body: bool = True, liver_anchor: bool | None = None):
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -162,6 +172,9 @@ class Predictor:
         self.keep_largest = keep_largest
         self.min_component_ml = min_component_ml
         self.crop_to_body = crop_to_body
+        self.liver_anchor = bundle.modality == "ct" if liver_anchor is None else liver_anchor
+        self._liver_anchor_asked = bool(liver_anchor)
+        self.review_settings = review_settings(bundle.path)
         self.network = bundle.build_network(self.device)
         # torch.compile is lazy: nothing is compiled until the first window batch.
         self.compiled_network = torch.compile(self.network, dynamic=False) if compile else None
@@ -185,18 +198,18 @@ class Predictor:
         else:
             bundle = load_bundle(options.model, modality=wanted)
         liver = None
-        if bundle.modality == "mri":
-            if options.liver_model is not None:
-                liver = load_bundle(options.liver_model, modality="mri")
-            elif options.model is None or DEFAULT_LIVER_MODEL in _bundled_names():
-                try:
-                    liver = load_bundle(DEFAULT_LIVER_MODEL, modality="mri")
-                except ModelError:
-                    liver = None  # preprocessing falls back to the body mask and says so in the summary
+        default_liver = DEFAULT_LIVER_MODELS[bundle.modality]
+        if options.liver_model is not None:
+            liver = load_bundle(options.liver_model, modality=bundle.modality)
+        elif options.model is None or default_liver in _bundled_names(bundle.modality):
+            try:
+                liver = load_bundle(default_liver, modality=bundle.modality)
+            except ModelError:
+                liver = None  # MRI: Nyul falls back to the body mask; CT: no liver anchor; the summary says so
         return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
                    batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
                    min_component_ml=options.min_component_ml, gpu_memory_gb=options.gpu_memory_gb,
-                   crop_to_body=options.crop_to_body)
+                   crop_to_body=options.crop_to_body, liver_anchor=options.liver_anchor)
 
     # ------------------------------------------------------------------------------------------------ per case
     def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
@@ -242,6 +255,12 @@ class Predictor:
             mask_np = keep_largest_component(mask_np)
         if self.min_component_ml > 0:
             mask_np = remove_small_components(mask_np, self.min_component_ml, volume.voxel_volume_ml)
+        seconds["postprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        liver_np, liver_source = self._liver_mask(volume, work, box, prep, liver_mask, progress)
+        mask_np, anchor = self._anchor_to_liver(mask_np, liver_np, volume.voxel_volume_ml, warnings)
+        seconds["liver"] = _stage_seconds(t0, self.device)
+        t0 = time.perf_counter()
         mask_volume = volume.with_array(mask_np)
         entropy_volume = volume.with_array(entropy_np)
         summary = case_summary(mask_volume, entropy_volume, device=torch.device(device_used))
@@ -257,7 +276,8 @@ class Predictor:
             "tta": self.tta,
             "overlap": self.overlap,
             "compiled": self.compiled_network is not None,
-            "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml},
+            "postprocessing": {"keep_largest": self.keep_largest, "min_component_ml": self.min_component_ml,
+                               "liver_anchor": anchor},
             "body_crop": None if box is None else box.to_dict(volume.array.shape),
             "sliding_windows": count_windows(tuple(prep.data.shape), list(self.bundle.plans.patch_size_zyx),
                                              self.overlap),
@@ -269,7 +289,61 @@ class Predictor:
         })
         if volume.metadata.get("dicom"):
             summary["dicom_series"] = volume.metadata["dicom"]
+        t0 = time.perf_counter()
+        facts = measure_image(volume, self.bundle.modality, mask_np, liver_np)
+        summary.update({"liver_source": liver_source, "liver_volume_ml": facts.liver_volume_ml,
+                        "tumor_outside_liver_ml": facts.tumor_outside_liver_ml,
+                        "review_measurements": facts.to_dict(),
+                        "review": review(facts, tumor_volume_ml=summary["tumor_volume_ml"],
+                                         mean_entropy_nats=summary["mean_entropy_nats"],
+                                         modality=self.bundle.modality, settings=self.review_settings,
+                                         liver_source=liver_source)})
+        summary["seconds"]["review"] = round(time.perf_counter() - t0, 4)
         return Prediction(mask_volume, entropy_volume, summary)
+
+    def _liver_mask(self, volume: Volume, work: Volume, box: CropBox | None, prep, given: Volume | None,
+                    progress: Progress) -> tuple[np.ndarray | None, str | None]:
+        """The liver (incl. tumour) on ``volume``'s grid and where it came from; (None, None) when there is none.
+
+        A given mask first; MRI: the mask its Nyul step used when it was a liver (not the body fallback); CT: the
+        liver bundle run on the body box (the same crop as the tumour model).
+        """
+        if given is not None:
+            require_binary(given, what="liver mask")
+            require_same_geometry(volume, given, what_b="liver mask")
+            return np.asarray(given.array > 0), "the given liver mask"
+        if self.liver_bundle is None:
+            return None, None
+        source = f"{self.liver_bundle.name} {self.liver_bundle.version}"
+        if self.bundle.modality == "mri":
+            used = prep.liver_mask
+            if used is None or used.metadata.get("liver_source") is None:
+                return None, None
+            return np.asarray(used.array > 0), source
+        from ..preprocess.liver import liver_mask_from_model
+
+        progress("liver", 0.0, f"liver mask ({self.liver_bundle.name})")
+        liver = liver_mask_from_model(work, self.liver_bundle, device=self.device, checked=True).array
+        progress("liver", 1.0, "done")
+        if box is not None:
+            liver = paste(liver, box, volume.array.shape)
+        return liver > 0, source
+
+    def _anchor_to_liver(self, mask: np.ndarray, liver: np.ndarray | None, voxel_ml: float, warnings: list[str]
+                         ) -> tuple[np.ndarray, dict]:
+        """The liver-anchored tumour step (when on and a liver mask exists) and its record for the summary."""
+        record = {"on": self.liver_anchor, "applied": False, "components_dropped": 0, "ml_dropped": 0.0}
+        if not self.liver_anchor:
+            return mask, record
+        if liver is None:
+            if self._liver_anchor_asked:  # asked for by name; by default the record's "applied": false says it
+                warnings.append("--liver-anchor: no liver mask (no liver model), so tumour components outside the "
+                                "liver were not dropped")
+            return mask, record
+        kept, dropped = keep_components_touching(mask, liver)
+        record.update(applied=True, components_dropped=dropped,
+                      ml_dropped=round(float(np.count_nonzero(mask) - np.count_nonzero(kept)) * voxel_ml, 3))
+        return kept, record
 
     def body_box(self, volume: Volume) -> CropBox | None:
         """The part of ``volume`` the network runs on: a CT's trunk box at least one patch wide (None: all of it)."""
@@ -401,10 +475,10 @@ def count_windows(shape_zyx: tuple[int, ...], patch_zyx: list[int], overlap: flo
     return total
 
 
-def _bundled_names() -> list[str]:
+def _bundled_names(modality: str = "mri") -> list[str]:
     from ..bundle import list_bundles
 
-    return list_bundles("mri")
+    return list_bundles(modality)
 
 
 PredictFn = Callable[[Volume, Progress], Prediction]

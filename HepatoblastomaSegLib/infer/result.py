@@ -31,7 +31,11 @@ class Prediction:
             on a GPU, null on the CPU), ``patches_per_network_call`` (windows x flips per network call, as
             planned), ``body_crop`` (CT: the box the network ran on, ``start_zyx``/``stop_zyx`` voxels and
             ``fraction_of_voxels``; null when it ran on the whole image), ``sliding_windows`` (windows per pass),
-            ``warnings`` (list of str), ``input`` (path or name).
+            ``warnings`` (list of str), ``input`` (path or name), ``liver_source`` / ``liver_volume_ml`` /
+            ``tumor_outside_liver_ml`` (null without a liver mask), ``postprocessing.liver_anchor`` (``on``,
+            ``applied``, ``components_dropped``, ``ml_dropped``), ``review`` (``needed`` and ``reasons``, each a
+            ``code`` and a plain-words ``message``: :mod:`.review`) and ``review_measurements`` (what it was
+            judged on).
     """
 
     mask: Volume

@@ -48,8 +48,11 @@ def body_mask(volume: Volume) -> np.ndarray:
 
 
 def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | torch.device = "cpu",
-                          overlap: float = 0.5) -> Volume:
-    """Segment the liver (incl. tumour) of ``volume`` with a liver bundle; uint8 0/1 on the volume's grid."""
+                          overlap: float = 0.5, checked: bool = False) -> Volume:
+    """Segment the liver (incl. tumour) of ``volume`` with a liver bundle; uint8 0/1 on the volume's grid.
+
+    ``checked``: spacing and modality were checked on the whole image already (a CT cropped to the body holds too
+    little air for the modality check)."""
     from monai.inferers import sliding_window_inference
 
     from .pipeline import labels_on_original, preprocess_image
@@ -57,7 +60,7 @@ def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | 
     if "liver" not in bundle.plans.labels:
         raise ModelError(f"'{bundle.name}' is not a liver model (labels {list(bundle.plans.labels)}); a liver "
                          "model has labels background and liver", bundle.path)
-    prep = preprocess_image(volume, bundle.plans, device=device)
+    prep = preprocess_image(volume, bundle.plans, device=device, checked=checked)
     net = bundle.cached_network(device)  # built once per loaded bundle, not once per case
     on_gpu = torch.device(device).type == "cuda"
     half = torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float16

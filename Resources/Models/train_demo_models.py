@@ -18,6 +18,8 @@ measures this for any CT model.
 model              training cohort         held-out (full size)   notes
 =================  ======================  =====================  ===================================================
 ct-demo            CT, seed 1000, 40 cases CT, seed 1001, 8        tumour
+ct-liver-demo      CT, seed 1000, 24       CT, seed 1001, 8        liver incl. tumour (for the liver-anchored tumour
+                                                                   step and the review flag's outside_liver)
 mri-liver-demo     MRI, seed 1002, 40      MRI, seed 1003, 8       liver incl. tumour (no Nyul step: it makes the mask)
 mri-demo           MRI, seed 1002, 40      MRI, seed 1003, 8       tumour; Nyul in the manifest's livers for
                                                                    training, the held-out cases use mri-liver-demo's
@@ -64,6 +66,7 @@ MODELS = {
     "ct-demo": ("ct", "tumor", 1000, 1001),
     "mri-liver-demo": ("mri", "liver", 1002, 1003),
     "mri-demo": ("mri", "tumor", 1002, 1003),
+    "ct-liver-demo": ("ct", "liver", 1000, 1001),
 }
 FULL = {"train_cases": 40, "heldout_cases": 8, "heldout_size": "full", "width": 0.25, "epochs": 100, "iters": 250,
         "patch": None}
@@ -258,8 +261,9 @@ def evaluate_stage(name: str, settings: dict, work: Path, args) -> dict[str, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="ct-demo,mri-liver-demo,mri-demo",
-                        help="comma-separated subset of ct-demo, mri-liver-demo, mri-demo (in this order)")
+    parser.add_argument("--models", default="ct-demo,mri-liver-demo,mri-demo,ct-liver-demo",
+                        help="comma-separated subset of ct-demo, mri-liver-demo, mri-demo, ct-liver-demo (in this "
+                             "order)")
     parser.add_argument("--work", type=Path, default=REPO / "demo_models_work", help="cohorts and training runs")
     parser.add_argument("--quick", action="store_true",
                         help="minutes on a CPU: 8 cases, width 0.25, 420 iterations of a 32x80x80 patch")
@@ -288,6 +292,7 @@ def main() -> int:
     parser.add_argument("--width", type=float, help="override the preset's network width")
     parser.add_argument("--cases", type=int, help="override the preset's number of training cases")
     parser.add_argument("--heldout-cases", type=int, help="override the preset's number of held-out cases")
+    parser.add_argument("--patch", metavar="Z,Y,X", help="override the preset's patch size (default: as planned)")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
@@ -295,7 +300,7 @@ def main() -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     settings = dict(QUICK if args.quick else FULL)
     for key, value in (("epochs", args.epochs), ("iters", args.iters), ("width", args.width),
-                       ("train_cases", args.cases), ("heldout_cases", args.heldout_cases)):
+                       ("train_cases", args.cases), ("heldout_cases", args.heldout_cases), ("patch", args.patch)):
         if value is not None:
             settings[key] = value
     args.work.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,344 @@
+"""The review flag: does this result need a person's second look, and why, in plain words.
+
+A model trained on phantoms can fail silently on a real scan: on real adult CTs the demo model called paraspinal and
+gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.json`` therefore carries::
+
+    "review": {"needed": true|false, "reasons": [{"code": "...", "message": "one sentence for a radiologist"}]}
+
+(a missing key means an older summary). The reasons, each computed from what the case itself shows:
+
+``outside_liver``
+    tumour mask outside the liver mask (CT: ``ct-liver-demo`` or a given liver mask; MRI: the liver mask its Nyul
+    step used), more than :attr:`ReviewSettings.max_outside_liver_ml` and more than
+    :attr:`ReviewSettings.max_outside_liver_fraction` of the tumour (the demo liver models miss a rim of a large
+    tumour: 30 mL of a 316 mL phantom tumour segmented at Dice 0.96). Hepatoblastoma arises in the liver; a tumour
+    that bulges out of it is still mostly inside the liver model's mask (it was trained on liver *including* tumour).
+``high_uncertainty``
+    mean softmax entropy inside the mask above the model's calibrated threshold
+    (:attr:`ReviewSettings.max_mean_entropy_nats`, measured on held-out phantoms by
+    ``benchmarks/calibrate_review.py`` and stored in the bundle; no threshold in the bundle, no check).
+``out_of_domain``
+    the image is unlike the training images: slice thickness, body width, and for CT the liver's and the fat's
+    attenuation (a liver far below the contrast-enhanced training livers means no contrast), for MRI the fat/liver
+    signal ratio (fat bright = no fat suppression). The reference ranges are stored in the bundle; the message
+    names every measurement that falls outside them.
+``implausible``
+    a tumour larger than the liver that holds it, larger than fits in a child's abdomen
+    (:attr:`ReviewSettings.max_tumor_ml`), or scattered in many separate pieces.
+
+The settings live under the ``"review"`` key of the bundle's ``bundle.json`` (readers of bundles ignore keys they do
+not know); :func:`review_settings` reads them, :func:`write_review_settings` adds them to an existing bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..io import Volume, write_text_atomic
+
+#: The key in ``summary.json`` and in ``bundle.json``.
+REVIEW_KEY = "review"
+#: Tumour outside the liver mask (mL) that is flagged by default: the phantoms' boundary disagreement between the two
+#: models stays well under it, a tumour found in the muscles or bowel is far over it.
+DEFAULT_MAX_OUTSIDE_LIVER_ML = 25.0
+#: ... and more than this share of the tumour mask (the failures it is for put 40-90 % of the mask outside).
+DEFAULT_MAX_OUTSIDE_LIVER_FRACTION = 0.25
+#: No hepatoblastoma fits a child's abdomen beyond this (mL): a 16 cm ball is 2.1 L, and the largest reported are
+#: about that size.
+DEFAULT_MAX_TUMOR_ML = 2000.0
+#: Separate pieces of at least :data:`PIECE_MIN_ML` beyond which a mask is flagged as scattered (hepatoblastoma is
+#: one mass, sometimes with a few satellites).
+DEFAULT_MAX_PIECES = 5
+PIECE_MIN_ML = 1.0
+#: Fat on CT: voxels of the body between these HU (wide enough for any fat, narrow enough to leave out water and air).
+FAT_WINDOW_HU = (-250.0, -30.0)
+#: MRI: the outer shell of the body (mm) where subcutaneous fat lies.
+MRI_FAT_SHELL_MM = 6.0
+
+_CODES = ("outside_liver", "high_uncertainty", "out_of_domain", "implausible")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewReason:
+    """One reason to review a result: a code from :data:`_CODES` and one sentence in plain words."""
+
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclasses.dataclass
+class ReviewSettings:
+    """A model's review thresholds and the reference ranges of its training images (``bundle.json`` ``"review"``).
+
+    ``reference`` maps a measurement of :class:`ImageFacts` (``slice_thickness_mm``, ``body_width_mm``, ``liver_hu``,
+    ``fat_hu``, ``fat_to_liver_ratio``) to the ``[low, high]`` range the training images span (with a margin).
+    """
+
+    max_mean_entropy_nats: float | None = None
+    max_outside_liver_ml: float = DEFAULT_MAX_OUTSIDE_LIVER_ML
+    max_outside_liver_fraction: float = DEFAULT_MAX_OUTSIDE_LIVER_FRACTION
+    max_tumor_ml: float = DEFAULT_MAX_TUMOR_ML
+    max_pieces: int = DEFAULT_MAX_PIECES
+    reference: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> ReviewSettings:
+        """Settings from a bundle's ``"review"`` object; unknown keys are ignored, missing ones take defaults."""
+        if not isinstance(data, dict):
+            return cls()
+        reference = {}
+        for key, value in (data.get("reference") or {}).items():
+            if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+                reference[str(key)] = (float(value[0]), float(value[1]))
+        threshold = data.get("max_mean_entropy_nats")
+        return cls(max_mean_entropy_nats=float(threshold) if _is_number(threshold) else None,
+                   max_outside_liver_ml=float(data.get("max_outside_liver_ml", DEFAULT_MAX_OUTSIDE_LIVER_ML)),
+                   max_outside_liver_fraction=float(data.get("max_outside_liver_fraction",
+                                                             DEFAULT_MAX_OUTSIDE_LIVER_FRACTION)),
+                   max_tumor_ml=float(data.get("max_tumor_ml", DEFAULT_MAX_TUMOR_ML)),
+                   max_pieces=int(data.get("max_pieces", DEFAULT_MAX_PIECES)),
+                   reference=reference, calibration=dict(data.get("calibration") or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_mean_entropy_nats": self.max_mean_entropy_nats,
+                "max_outside_liver_ml": self.max_outside_liver_ml,
+                "max_outside_liver_fraction": self.max_outside_liver_fraction, "max_tumor_ml": self.max_tumor_ml,
+                "max_pieces": self.max_pieces,
+                "reference": {k: [round(v[0], 3), round(v[1], 3)] for k, v in self.reference.items()},
+                "calibration": self.calibration}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def review_settings(bundle_dir: str | Path) -> ReviewSettings:
+    """The ``"review"`` settings of the bundle in ``bundle_dir`` (defaults when it has none)."""
+    path = Path(bundle_dir) / "bundle.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ReviewSettings()
+    return ReviewSettings.from_dict(meta.get(REVIEW_KEY) if isinstance(meta, dict) else None)
+
+
+def write_review_settings(bundle_dir: str | Path, settings: ReviewSettings) -> Path:
+    """Add (or replace) the ``"review"`` key of an existing bundle's ``bundle.json``, atomically; nothing else
+    changes (the weights' checksum stays valid)."""
+    path = Path(bundle_dir) / "bundle.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta[REVIEW_KEY] = settings.to_dict()
+    return write_text_atomic(path, json.dumps(meta, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+@dataclasses.dataclass
+class ImageFacts:
+    """What one case shows, measured on the input grid (None: not measurable here, e.g. no liver mask)."""
+
+    slice_thickness_mm: float
+    body_width_mm: float | None = None
+    liver_hu: float | None = None
+    fat_hu: float | None = None
+    fat_to_liver_ratio: float | None = None
+    liver_volume_ml: float | None = None
+    tumor_outside_liver_ml: float | None = None
+    tumor_pieces: int = 0
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def body_mask(volume: Volume, modality: str) -> tuple[np.ndarray, int]:
+    """The patient's body, bool [z, y, x] on a grid ``step`` times coarser in-plane (about 1 mm), and ``step``.
+
+    CT: above -500 HU less what is thinner than 10 mm in-plane (the table top, as :mod:`~..preprocess.body_crop`
+    does). MRI: above the air's noise (4x the image's 10th percentile, at least 2 % of its 99th: on a fat-suppressed
+    T2 Otsu's threshold would leave the dark fat out), holes filled slice by slice. Then the largest piece.
+    """
+    step = max(1, int(1.0 / min(volume.spacing_mm[:2])))
+    array = volume.array[:, ::step, ::step]
+    if modality == "mri":
+        low, high = np.percentile(array, [10, 99])
+        body = array > max(4.0 * float(low), 0.02 * float(high))
+    else:
+        from ..preprocess.body_crop import THIN_MM
+        from ..preprocess.checks import AIR_THRESHOLD_HU
+
+        body = array > AIR_THRESHOLD_HU
+        radius_yx = [max(1, round(THIN_MM / 2 / (mm * step))) for mm in volume.spacing_mm[1::-1]]
+        structure = np.zeros((1, *(2 * r + 1 for r in radius_yx)), dtype=bool)
+        structure[0, radius_yx[0], :] = True  # a cross: opens what is thin along y or along x, cheaply
+        structure[0, :, radius_yx[1]] = True
+        opened = ndimage.binary_opening(body, structure=structure)
+        body = opened if opened.any() else body
+    from ..preprocess.liver import largest_component
+
+    body = largest_component(body).astype(bool)
+    body = ndimage.binary_fill_holes(body, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool))
+    return body, step
+
+
+def body_width_mm(body: np.ndarray, spacing_x_mm: float) -> float | None:
+    """Median over the slices holding body of the body's left-right extent (mm)."""
+    columns = body.any(axis=1)  # [z, x]
+    rows = np.flatnonzero(columns.any(axis=1))
+    if rows.size == 0:
+        return None
+    first = columns[rows].argmax(axis=1)
+    last = columns.shape[1] - 1 - columns[rows, ::-1].argmax(axis=1)
+    return float(np.median(last - first + 1) * spacing_x_mm)
+
+
+def measure_image(volume: Volume, modality: str, tumor: np.ndarray, liver: np.ndarray | None) -> ImageFacts:
+    """The :class:`ImageFacts` of ``volume`` with its predicted ``tumor`` mask and (optional) ``liver`` mask."""
+    voxel_ml = volume.voxel_volume_ml
+    tumor = np.asarray(tumor, dtype=bool)
+    body, step = body_mask(volume, modality)
+    facts = ImageFacts(slice_thickness_mm=float(max(volume.spacing_mm)),
+                       body_width_mm=body_width_mm(body, volume.spacing_mm[0] * step),
+                       tumor_pieces=count_pieces(tumor, voxel_ml))
+    image = volume.array
+    coarse = image[:, ::step, ::step]
+    parenchyma = None
+    if liver is not None and np.any(liver):
+        liver = np.asarray(liver, dtype=bool)
+        facts.liver_volume_ml = float(np.count_nonzero(liver)) * voxel_ml
+        facts.tumor_outside_liver_ml = float(np.count_nonzero(tumor & ~liver)) * voxel_ml
+        parenchyma = liver & ~tumor
+        if np.count_nonzero(parenchyma) < 100:
+            parenchyma = None
+    if modality == "ct":
+        if parenchyma is not None:
+            facts.liver_hu = float(np.median(image[parenchyma]))
+        fat = body & (coarse > FAT_WINDOW_HU[0]) & (coarse < FAT_WINDOW_HU[1])
+        if np.count_nonzero(fat) >= 1000:
+            facts.fat_hu = float(np.median(coarse[fat]))
+    elif parenchyma is not None:
+        shell_px = [max(1, round(MRI_FAT_SHELL_MM / (mm * step))) for mm in volume.spacing_mm[1::-1]]
+        inner = ndimage.binary_erosion(body, structure=np.ones((1, 2 * shell_px[0] + 1, 2 * shell_px[1] + 1), bool))
+        shell = body & ~inner
+        liver_signal = float(np.median(image[parenchyma]))
+        if np.count_nonzero(shell) >= 100 and liver_signal > 0:
+            facts.fat_to_liver_ratio = float(np.median(coarse[shell])) / liver_signal
+    return facts
+
+
+def count_pieces(mask: np.ndarray, voxel_ml: float, min_ml: float = PIECE_MIN_ML) -> int:
+    """Separate 26-connected pieces of ``mask`` of at least ``min_ml`` mL."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return 0
+    sizes_ml = np.bincount(labels.ravel())[1:] * voxel_ml
+    return int(np.count_nonzero(sizes_ml >= min_ml))
+
+
+# ------------------------------------------------------------------------------------------------ the flag
+#: How each out-of-domain measurement is named to a reader, and its unit.
+_FACT_WORDS = {"slice_thickness_mm": ("slices", "mm thick"), "body_width_mm": ("the body", "mm wide"),
+               "liver_hu": ("the liver", "HU"), "fat_hu": ("fat", "HU"),
+               "fat_to_liver_ratio": ("fat/liver signal", "")}
+
+
+def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: float | None, modality: str,
+           settings: ReviewSettings, liver_source: str | None = None) -> dict[str, Any]:
+    """The summary's ``"review"`` object: ``{"needed": bool, "reasons": [{"code", "message"}, ...]}``."""
+    reasons: list[ReviewReason] = []
+    outside = facts.tumor_outside_liver_ml
+    share = outside / tumor_volume_ml if outside is not None and tumor_volume_ml > 0 else 0.0
+    if outside is not None and outside > settings.max_outside_liver_ml and share > settings.max_outside_liver_fraction:
+        where = f" ({liver_source})" if liver_source else ""
+        reasons.append(ReviewReason("outside_liver", (
+            f"{outside:.0f} mL of the {tumor_volume_ml:.0f} mL tumour mask ({share:.0%}) lies outside the liver "
+            f"mask{where}; hepatoblastoma arises in the liver, so check those parts before using the volume.")))
+    threshold = settings.max_mean_entropy_nats
+    if threshold is not None and mean_entropy_nats is not None and mean_entropy_nats > threshold:
+        reasons.append(ReviewReason("high_uncertainty", (
+            f"The model was unsure of this mask: its mean uncertainty inside it is {mean_entropy_nats:.2f} nats, "
+            f"above the {threshold:.2f} nats it stays under on its held-out test phantoms.")))
+    unusual = _out_of_domain(facts, modality, settings.reference)
+    if unusual:
+        reasons.append(ReviewReason("out_of_domain", (
+            "The image is unlike the images the model was trained on: " + "; ".join(unusual)
+            + ", so its result may be unreliable.")))
+    implausible = _implausible(facts, tumor_volume_ml, settings)
+    if implausible:
+        reasons.append(ReviewReason("implausible", "The result is implausible for a hepatoblastoma: "
+                                    + "; ".join(implausible) + "."))
+    return {"needed": bool(reasons), "reasons": [r.to_dict() for r in reasons]}
+
+
+def _out_of_domain(facts: ImageFacts, modality: str, reference: dict[str, tuple[float, float]]) -> list[str]:
+    words = []
+    for key, (what, unit) in _FACT_WORDS.items():
+        value = getattr(facts, key)
+        if value is None or key not in reference:
+            continue
+        lo, hi = reference[key]
+        if lo <= value <= hi:
+            continue
+        shown = f"{value:.2f}" if key == "fat_to_liver_ratio" else f"{value:.0f}"
+        text = f"{what} {shown} {unit}".rstrip() + f" (training {_num(lo)} to {_num(hi)})"
+        if key == "liver_hu" and value < lo:
+            text += ": a CT without intravenous contrast, or another phase?"
+        elif key == "fat_to_liver_ratio" and value > hi:
+            text += ": a T2 without fat suppression?"
+        elif key == "body_width_mm" and value > hi:
+            text += ": an adult-sized body?"
+        words.append(text)
+    return words
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def _implausible(facts: ImageFacts, tumor_volume_ml: float, settings: ReviewSettings) -> list[str]:
+    words = []
+    if facts.liver_volume_ml is not None and tumor_volume_ml > facts.liver_volume_ml:
+        words.append(f"the tumour mask ({tumor_volume_ml:.0f} mL) is larger than the whole liver "
+                     f"({facts.liver_volume_ml:.0f} mL)")
+    if tumor_volume_ml > settings.max_tumor_ml:
+        words.append(f"the tumour mask ({tumor_volume_ml:.0f} mL) is larger than fits in a child's abdomen "
+                     f"(over {settings.max_tumor_ml:.0f} mL)")
+    if facts.tumor_pieces > settings.max_pieces:
+        words.append(f"the mask is scattered in {facts.tumor_pieces} separate pieces of at least {PIECE_MIN_ML:g} mL")
+    return words
+
+
+# ------------------------------------------------------------------------------------------------ reading it back
+def review_beside(mask_path: str | Path) -> dict | None:
+    """The ``"review"`` of the ``summary.json`` that ``hbseg segment`` wrote beside ``mask_path`` (None: no summary
+    there, or one without the flag)."""
+    summary = Path(mask_path).parent / "summary.json"
+    try:
+        flag = json.loads(summary.read_text(encoding="utf-8")).get(REVIEW_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return flag if isinstance(flag, dict) and "needed" in flag else None
+
+
+def flagged_table(cases: list[tuple[str, str, str | Path | None]]) -> list[dict[str, str]]:
+    """Rows ``model, case, review_needed, reasons, messages`` for ``(model, case, mask path)`` triples whose mask
+    has a summary with the flag beside it."""
+    rows = []
+    for model, case, path in cases:
+        flag = review_beside(path) if path is not None else None
+        if flag is None:
+            continue
+        reasons = flag.get("reasons", [])
+        rows.append({"model": model, "case": case, "review_needed": str(bool(flag.get("needed"))),
+                     "reasons": ";".join(str(r.get("code", "")) for r in reasons),
+                     "messages": " | ".join(str(r.get("message", "")) for r in reasons)})
+    return rows
