@@ -28,15 +28,15 @@ import numpy as np
 from .errors import ModelError
 
 
-def _numpy_multiarray():
+def _numpy_core():
     try:
-        from numpy._core import multiarray  # numpy >= 2
+        from numpy._core import multiarray, numeric  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-    return multiarray
+        from numpy.core import multiarray, numeric
+    return multiarray, numeric
 
 
-_MULTIARRAY = _numpy_multiarray()
+_MULTIARRAY, _NUMERIC = _numpy_core()
 
 #: (module, name) -> the object it may resolve to. Both numpy module spellings are listed: pickles written by numpy
 #: 1.x say ``numpy.core.multiarray``, numpy 2 writes ``numpy._core.multiarray``.
@@ -55,6 +55,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     **{(module, "_reconstruct"): _MULTIARRAY._reconstruct for module in ("numpy.core.multiarray",
                                                                         "numpy._core.multiarray")},
     **{(module, "scalar"): _MULTIARRAY.scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    # protocol 5 rebuilds arrays from their buffer
+    **{(module, "_frombuffer"): _NUMERIC._frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
 }
 # numpy 2 pickles a dtype's class as numpy.dtypes.<Name>DType (e.g. for np.dtype(np.float64) in some paths).
 for _name in ("Float16DType", "Float32DType", "Float64DType", "Int8DType", "Int16DType", "Int32DType", "Int64DType",
