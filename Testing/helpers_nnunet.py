@@ -1,0 +1,113 @@
+"""Tiny nnU-Net v2 model folders built with the real ``nnunetv2`` package, and nnU-Net's own predictions on them.
+
+The folder is what nnU-Net's training leaves (``plans.json``, ``dataset.json``, ``fold_N/checkpoint_final.pth``): the
+network is built by nnU-Net from the plans, its weights randomised (nnU-Net initialises biases to zero; random ones
+check that they are carried over) and saved in nnU-Net's checkpoint layout with its own logger's state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CT_PROPERTIES = {"max": 400.0, "mean": 90.0, "median": 95.0, "min": -200.0, "percentile_00_5": -60.0,
+                 "percentile_99_5": 260.0, "std": 45.0}
+
+
+def v2_plans(*, modality: str = "ct", patch=(16, 32, 32), spacing_zyx=(2.0, 1.6, 1.6), features=(4, 8, 16),
+             strides=((1, 1, 1), (1, 2, 2), (2, 2, 2)), kernels=((1, 3, 3), (3, 3, 3), (3, 3, 3))) -> dict:
+    """An nnU-Net v2 ``plans.json`` (format of nnU-Net >= 2.3) with one ``3d_fullres`` configuration."""
+    n = len(features)
+    scheme = "CTNormalization" if modality == "ct" else "ZScoreNormalization"
+    config = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": list(patch), "median_image_size_in_voxels": [40, 80, 80], "spacing": list(spacing_zyx),
+        "normalization_schemes": [scheme], "use_mask_for_norm": [modality != "ct"],
+        "resampling_fn_data": "resample_data_or_seg_to_shape",
+        "resampling_fn_seg": "resample_data_or_seg_to_shape",
+        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
+                            "kernel_sizes": [list(k) for k in kernels], "strides": [list(s) for s in strides],
+                            "n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1),
+                            "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
+                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+                            "nonlin_kwargs": {"inplace": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        "batch_dice": True,
+    }
+    return {
+        "dataset_name": "Dataset501_HBTiny", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": list(spacing_zyx), "original_median_shape_after_transp": [40, 80, 80],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": config}, "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {"0": CT_PROPERTIES if modality == "ct" else
+                                                         {"mean": 300.0, "std": 80.0, "percentile_00_5": 20.0,
+                                                          "percentile_99_5": 700.0}},
+    }
+
+
+def v2_dataset(modality: str = "ct") -> dict:
+    return {"channel_names": {"0": "CT" if modality == "ct" else "T2"},
+            "labels": {"background": 0, "liver": 1, "tumor": 2}, "numTraining": 0, "file_ending": ".nii.gz",
+            "name": "HBTiny", "description": "tiny test model, random weights"}
+
+
+def make_v2_folder(root: Path, *, modality: str = "ct", folds=(0,), mirror_axes=(0, 1, 2), seed: int = 0,
+                   **plan_kw) -> Path:
+    """``root/nnUNetTrainer__nnUNetPlans__3d_fullres`` with one checkpoint per fold, as nnU-Net v2 writes them."""
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    plans, dataset = v2_plans(modality=modality, **plan_kw), v2_dataset(modality)
+    folder = root / "Dataset501_HBTiny" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    for fold in folds:
+        torch.manual_seed(seed + 97 * fold)
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     1, 3, allow_init=True, deep_supervision=True)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        logger = LocalLogger()
+        for epoch in range(2):
+            logger.log("mean_fg_dice", np.float64(0.1 * epoch), epoch)
+            logger.log("train_losses", float(np.float32(1.0 - 0.1 * epoch)), epoch)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
+        checkpoint = {
+            "network_weights": net.state_dict(), "optimizer_state": optimizer.state_dict(),
+            "grad_scaler_state": None, "logging": logger.get_checkpoint(), "_best_ema": np.float64(0.1),
+            "current_epoch": 2,
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": fold, "dataset_json": dataset,
+                          "device": torch.device("cpu")},
+            "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": tuple(mirror_axes),
+        }
+        (folder / f"fold_{fold}").mkdir()
+        torch.save(checkpoint, folder / f"fold_{fold}" / "checkpoint_final.pth")
+    return folder
+
+
+def nnunet_v2_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx, *, folds=(0,), mirror: bool = True):
+    """nnU-Net v2's own ``nnUNetPredictor`` on one image: (segmentation, softmax [C, z, y, x])."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirror,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
+                                                   checkpoint_name="checkpoint_final.pth")
+    seg, probs = predictor.predict_single_npy_array(image_zyx[None].astype(np.float32),
+                                                    {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
+    return seg, probs
