@@ -108,7 +108,8 @@ def load_pickle(path: str | Path) -> Any:
     return loads_pickle(data, path)
 
 
-_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# torch words it "Unsupported global: GLOBAL os.system" or "unsupported GLOBAL posix.system whose module ..."
+_UNSUPPORTED = re.compile(r"(?i)unsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
 def load_torch_checkpoint(path: str | Path) -> Any:

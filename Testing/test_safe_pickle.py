@@ -41,6 +41,7 @@ def test_payload_checkpoint_is_refused_and_does_not_run(tmp_path, kind):
     with pytest.raises(ModelError) as info:
         load_torch_checkpoint(path)
     assert str(path) in str(info.value) and "refused" in str(info.value)
+    assert kind.rsplit(".", 1)[1] in str(info.value)  # names the offending global
     assert not marker.exists()
 
 
