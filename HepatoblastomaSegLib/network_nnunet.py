@@ -40,6 +40,9 @@ class NnUNetDescription:
     seg_bias: bool = True
     norm_eps: float = 1e-5
     negative_slope: float = 1e-2
+    #: kernel of each decoder stage, deepest first; None: that of the encoder stage at the same resolution (v2).
+    #: nnU-Net v1 uses the kernel of the stage below instead.
+    decoder_kernel_sizes: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def n_stages(self) -> int:
@@ -105,8 +108,9 @@ class NnUNetPlainUNet(nn.Module):
             below, here = d.n_stages - 1 - i, d.n_stages - 2 - i
             self.transpconvs.append(nn.ConvTranspose3d(f[below], f[here], tuple(d.strides[below]),
                                                        tuple(d.strides[below]), bias=d.transpconv_bias))
-            self.decoder.append(_stack(2 * f[here], f[here], d.n_conv_per_stage_decoder[i], d.kernel_sizes[here],
-                                       (1,) * len(d.kernel_sizes[here]), d))
+            kernel = d.kernel_sizes[here] if d.decoder_kernel_sizes is None else d.decoder_kernel_sizes[i]
+            self.decoder.append(_stack(2 * f[here], f[here], d.n_conv_per_stage_decoder[i], kernel,
+                                       (1,) * len(kernel), d))
         self.seg = nn.Conv3d(f[0], d.num_classes, 1, bias=d.seg_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,80 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     total = a.sum() + b.sum()
     return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+# ------------------------------------------------------------------------------------------------ nnU-Net v1
+def v1_plans(plans_file: Path, *, modality: str = "ct", patch=(8, 16, 16), spacing_zyx=(10.0, 4.0, 4.0),
+             base_features: int = 4) -> dict:
+    """nnU-Net 1.7.1 plans (as ExperimentPlanner3D_v21 writes them) with one 3D stage."""
+    from collections import OrderedDict
+
+    props = OrderedDict({0: OrderedDict(mean=90.0, sd=45.0, median=95.0, mn=-200.0, mx=400.0,
+                                        percentile_00_5=-60.0, percentile_99_5=260.0)})
+    stage = {"batch_size": 2, "num_pool_per_axis": [1, 2, 2], "patch_size": np.array(patch),
+             "median_patient_size_in_voxels": np.array([20, 40, 40]), "current_spacing": np.array(spacing_zyx),
+             "original_spacing": np.array(spacing_zyx), "do_dummy_2D_data_aug": False,
+             "pool_op_kernel_sizes": [[1, 2, 2], [2, 2, 2]], "conv_kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}
+    return {"num_stages": 1, "num_modalities": 1, "modalities": {0: "CT" if modality == "ct" else "T2"},
+            "normalization_schemes": OrderedDict({0: "CT" if modality == "ct" else "nonCT"}),
+            "dataset_properties": {"intensityproperties": props}, "list_of_npz_files": [],
+            "original_spacings": [np.array(spacing_zyx)], "original_sizes": [np.array([20, 40, 40])],
+            "preprocessed_data_folder": str(plans_file.parent), "num_classes": 2, "all_classes": [1, 2],
+            "base_num_features": base_features, "use_mask_for_norm": OrderedDict({0: modality != "ct"}),
+            "keep_only_largest_region": None, "min_region_size_per_class": None, "min_size_per_class": None,
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "data_identifier": "nnUNetData_plans_v2.1", "plans_per_stage": {0: stage},
+            "preprocessor_name": "GenericPreprocessor", "conv_per_stage": 2}
+
+
+def make_v1_folder(root: Path, *, modality: str = "ct", folds=(0,), seed: int = 0, **plan_kw) -> Path:
+    """``root/3d_fullres/Task501_HBTiny/nnUNetTrainerV2__nnUNetPlansv2.1`` written by nnU-Net 1.7.1's own
+    ``nnUNetTrainerV2.save_checkpoint`` (``.model`` + ``.model.pkl``), weights randomised."""
+    import pickle
+
+    from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+
+    folder = root / "3d_fullres" / "Task501_HBTiny" / "nnUNetTrainerV2__nnUNetPlansv2.1"
+    folder.mkdir(parents=True)
+    plans_file = folder / "plans.pkl"
+    plans = v1_plans(plans_file, modality=modality, **plan_kw)
+    plans_file.write_bytes(pickle.dumps(plans))
+    for fold in folds:
+        torch.manual_seed(seed + 97 * fold)
+        trainer = nnUNetTrainerV2(str(plans_file), fold, str(folder), str(root), True, 0, True, False, False)
+        trainer.initialize(False)
+        with torch.no_grad():
+            for p in trainer.network.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+            for head in trainer.network.seg_outputs:
+                head.weight.mul_(8.0)
+        trainer.save_checkpoint(str(folder / f"fold_{fold}" / "model_final_checkpoint.model"))
+    return folder
+
+
+def nnunet_v1_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx, tmp: Path, *, folds=(0,),
+                      mirror: bool = True):
+    """nnU-Net 1.7.1's own ``predict_cases`` on one image written as NIfTI: (segmentation, softmax [C, z, y, x]
+    on the full grid; background 1 outside nnU-Net's crop box)."""
+    import pickle
+
+    import SimpleITK as sitk
+    from nnunet.inference.predict import predict_cases
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    itk = sitk.GetImageFromArray(image_zyx.astype(np.float32))
+    itk.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+    sitk.WriteImage(itk, str(tmp / "case_0000.nii.gz"))
+    out = tmp / "case.nii.gz"
+    predict_cases(str(folder), [[str(tmp / "case_0000.nii.gz")]], [str(out)], list(folds), save_npz=True,
+                  num_threads_preprocessing=1, num_threads_nifti_save=1, do_tta=mirror, mixed_precision=False,
+                  overwrite_existing=True, all_in_gpu=False, step_size=0.5,
+                  checkpoint_name="model_final_checkpoint", disable_postprocessing=True)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    softmax = np.load(tmp / "case.npz")["softmax"].astype(np.float32)
+    properties = pickle.loads((tmp / "case.pkl").read_bytes())
+    full = np.zeros((softmax.shape[0], *image_zyx.shape), dtype=np.float32)
+    full[0] = 1
+    box = tuple(slice(int(a), int(b)) for a, b in properties["crop_bbox"])
+    full[(slice(None), *box)] = softmax
+    return seg, full

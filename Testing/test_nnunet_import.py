@@ -1,13 +1,14 @@
-"""Imported nnU-Net v2 models against the real nnunetv2 package: same softmax, same masks.
+"""Imported nnU-Net models against the real packages (nnunetv2 and nnunet 1.7.1): same softmax, same masks.
 
-Each test builds a tiny nnU-Net v2 result folder with nnU-Net's own network builder and checkpoint layout
-(:mod:`helpers_nnunet`), runs nnU-Net's ``nnUNetPredictor`` on a small anisotropic phantom, imports the folder with
-``hbseg import nnunet`` and compares.
+Each test builds a tiny nnU-Net result folder with nnU-Net's own network builder and checkpoint layout
+(:mod:`helpers_nnunet`), runs nnU-Net's own predictor (v2: ``nnUNetPredictor``; v1: ``predict_cases``) on a small
+anisotropic phantom, imports the folder with ``hbseg import nnunet`` and compares.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -22,9 +23,12 @@ from HepatoblastomaSegLib.errors import ModelError  # noqa: E402
 from HepatoblastomaSegLib.infer.nnunet import NnUNetEngine  # noqa: E402
 from HepatoblastomaSegLib.infer.uncertainty import entropy_nats  # noqa: E402
 from HepatoblastomaSegLib.importers.nnunet import import_nnunet  # noqa: E402
-from helpers_nnunet import dice, make_v2_folder, nnunet_v2_predict, phantom_image  # noqa: E402
+from helpers_nnunet import (dice, make_v1_folder, make_v2_folder, nnunet_v1_predict, nnunet_v2_predict,  # noqa: E402
+                            phantom_image)
 from helpers_pickles import PAYLOADS  # noqa: E402
 
+# Building folders and running nnU-Net's predictors takes 5-40 s per test on the shared 2-core machine.
+pytestmark = pytest.mark.slow
 PLAN = {"patch": (8, 16, 16), "spacing_zyx": (10.0, 4.0, 4.0)}
 TUMOR = 2
 
@@ -125,3 +129,51 @@ def test_import_refuses_existing_output_and_unknown_fold(ct_folder, tmp_path):
     assert main(["import", "nnunet", str(ct_folder), "-o", str(tmp_path / "exists")]) == 2
     assert main(["import", "nnunet", str(ct_folder), "-o", str(tmp_path / "b"), "--folds", "3"]) == 2
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------------ nnU-Net v1
+@pytest.fixture(scope="module")
+def v1_ct_folder(tmp_path_factory):
+    pytest.importorskip("nnunet")
+    return make_v1_folder(tmp_path_factory.mktemp("nnunet1_ct"), modality="ct", folds=(0, 1), **PLAN)
+
+
+@pytest.fixture(scope="module")
+def v1_mri_folder(tmp_path_factory):
+    pytest.importorskip("nnunet")
+    return make_v1_folder(tmp_path_factory.mktemp("nnunet1_mri"), modality="mri", folds=(0, 1), seed=3, **PLAN)
+
+
+def _compare_v1(folder, tmp_path, modality, *, folds, mirror):
+    image, spacing = phantom_image(modality)
+    seg, probs = nnunet_v1_predict(folder, image, spacing, tmp_path / "v1", folds=folds, mirror=mirror)
+    bundle = import_nnunet(folder, tmp_path / "bundle", folds=",".join(map(str, folds)), tumor_label="2")
+    ours = NnUNetEngine(load_bundle(bundle)).probabilities(image[None], spacing, mirror=mirror)
+    # nnU-Net v1 stores its softmax as float16 (steps of 2^-11 below 1)
+    assert np.abs(ours - probs).max() < 1e-3
+    for label in (1, 2):
+        assert dice(ours.argmax(0) == label, seg == label) >= 0.999
+    assert min(np.bincount(seg.ravel(), minlength=3)) > 0
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_v1_one_fold_ct_matches_nnunet(v1_ct_folder, tmp_path, mirror):
+    _compare_v1(v1_ct_folder, tmp_path, "ct", folds=(0,), mirror=mirror)
+
+
+def test_v1_two_fold_ensemble_mri_matches_nnunet(v1_mri_folder, tmp_path):
+    # nonCT z-score inside the nonzero mask, which v1 resamples with the image, and zero outside it
+    _compare_v1(v1_mri_folder, tmp_path, "mri", folds=(0, 1), mirror=True)
+
+
+def test_v1_plans_pickle_with_payload_is_refused(v1_ct_folder, tmp_path):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    (folder / "fold_0").mkdir()
+    for name in ("fold_0/model_final_checkpoint.model", "fold_0/model_final_checkpoint.model.pkl"):
+        (folder / name).write_bytes((v1_ct_folder / name).read_bytes())
+    marker = tmp_path / "ran"
+    (folder / "plans.pkl").write_bytes(pickle.dumps({"plans_per_stage": PAYLOADS["builtins.eval"](marker)}))
+    with pytest.raises(ModelError, match="builtins.eval"):
+        import_nnunet(folder, tmp_path / "bundle")
+    assert not marker.exists() and not (tmp_path / "bundle").exists()

@@ -249,8 +249,79 @@ def _load_checkpoints(folder: Path, fold_names: list[str], checkpoint_file: str)
 
 
 # ------------------------------------------------------------------------------------------------ v1
+V1_SCHEMES = {"CT": "CTNormalization", "nonCT": "ZScoreNormalization", "noNorm": "NoNormalization"}
+V1_MAX_FEATURES_3D = 320  # Generic_UNet.MAX_NUM_FILTERS_3D
+
+
 def _read_v1(folder: Path, fold_names: list[str], checkpoint_file: str) -> dict:
-    raise ModelError("nnU-Net v1 folders are recognised but their import is not implemented yet", folder)
+    """nnU-Net v1: the plans the trainer ran with (``<checkpoint>.pkl``, else ``plans.pkl``) and each fold's
+    ``state_dict``. Generic_UNet as nnUNetTrainerV2 builds it: strided convolutions down, transposed convolutions
+    (no bias) up, output convolution without bias; mirroring on all three axes (nnUNetTrainerV2's 3D default)."""
+    plans = load_pickle(folder / "plans.pkl")
+    infos = {f: load_pickle(folder / f / f"{checkpoint_file}.pkl") for f in fold_names}
+    first = infos[fold_names[0]]
+    if isinstance(first, Mapping) and isinstance(first.get("plans"), Mapping):
+        plans = first["plans"]
+    if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
+        raise ModelError("not nnU-Net v1 plans (no plans_per_stage)", folder / "plans.pkl")
+    init = first.get("init", ()) if isinstance(first, Mapping) else ()
+    trainer = str(first.get("name", "nnUNetTrainerV2")) if isinstance(first, Mapping) else "nnUNetTrainerV2"
+    stages = plans["plans_per_stage"]
+    stage = init[5] if len(init) > 5 and isinstance(init[5], int) else max(stages.keys() if isinstance(stages, Mapping)
+                                                                            else range(len(stages)))
+    stage_plans = stages[stage]
+    if len(stage_plans["patch_size"]) != 3:
+        raise ModelError("only 3D nnU-Net configurations can be imported (3d_fullres, 3d_lowres)", folder)
+    kernels = _triples(stage_plans["conv_kernel_sizes"], len(stage_plans["conv_kernel_sizes"]))
+    n = len(kernels)
+    strides = ((1, 1, 1),) + _triples(stage_plans["pool_op_kernel_sizes"], n - 1)
+    base = int(plans.get("base_num_features", 32))
+    per_stage = int(plans.get("conv_per_stage", 2) or 2)
+    num_classes = int(plans["num_classes"]) + 1
+    n_ch = int(plans.get("num_modalities", 1))
+    description = NnUNetDescription(
+        n_ch, num_classes, tuple(min(base * 2 ** i, V1_MAX_FEATURES_3D) for i in range(n)), kernels, strides,
+        (per_stage,) * n, (per_stage,) * (n - 1), conv_bias=True, transpconv_bias=False, seg_bias=False,
+        decoder_kernel_sizes=tuple(kernels[-(u + 1)] for u in range(n - 1)))
+    schemes_raw = [plans["normalization_schemes"][c] for c in range(n_ch)]
+    unknown = [s for s in schemes_raw if s not in V1_SCHEMES]
+    if unknown:
+        raise ModelError(f"nnU-Net v1 normalisation {unknown} cannot be imported yet (supported: "
+                         f"{', '.join(V1_SCHEMES)})", folder / "plans.pkl")
+    props = plans.get("dataset_properties", {}).get("intensityproperties") or {}
+    intensity = []
+    for c in range(n_ch):
+        p = _float_dict(props.get(c, {}) or {})
+        if "sd" in p:
+            p["std"] = p.pop("sd")
+        intensity.append(p)
+    preprocessing = NnUNetPreprocessing(
+        target_spacing_mm=tuple(float(v) for v in stage_plans["current_spacing"]),
+        normalization_schemes=tuple(V1_SCHEMES[s] for s in schemes_raw),
+        use_mask_for_norm=tuple(bool(plans.get("use_mask_for_norm", {}).get(c, False)) for c in range(n_ch)),
+        intensity_properties=tuple(intensity),
+        transpose_forward=tuple(int(i) for i in plans.get("transpose_forward", (0, 1, 2))),
+        data_resampling=ResamplingRule(3, 0, None), probabilities_resampling=ResamplingRule(1, 0, None),
+        normalize_before_resampling=False)
+    preprocessing.check(str(folder / "plans.pkl"))
+    weights = {}
+    for fold in fold_names:
+        path = folder / fold / checkpoint_file
+        checkpoint = load_torch_checkpoint(path)
+        if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+            raise ModelError("not an nnU-Net v1 checkpoint (no state_dict)", path)
+        weights[fold] = weights_from_v1(checkpoint["state_dict"], description, str(path))
+    modalities = plans.get("modalities", {0: "CT"})
+    classes = [int(c) for c in plans.get("all_classes", range(1, num_classes))]
+    dataset = _read_json(folder / "dataset.json") if (folder / "dataset.json").is_file() else {}
+    names = {int(k): str(v) for k, v in (dataset.get("labels") or {}).items() if str(k).isdigit()}
+    labels = {names.get(v, "background" if v == 0 else f"label_{v}"): v for v in [0, *classes]}
+    return {"flavour": "v1", "folder": folder, "plans_raw": plans, "dataset_raw": dataset, "labels": labels,
+            "channels": {str(k): v for k, v in modalities.items()}, "description": description,
+            "preprocessing": preprocessing, "patch_size": tuple(int(p) for p in stage_plans["patch_size"]),
+            "mirror_axes": (0, 1, 2), "average": "probabilities", "weights": weights, "trainer": trainer,
+            "configuration": f"3d stage {stage}", "plans_name": str(plans.get("data_identifier", "")),
+            "checkpoint_file": checkpoint_file, "dataset_name": folder.parent.name}
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -368,8 +439,8 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     tensors = {f"{fold}.{key}": value for fold, weights in model["weights"].items() for key, value in weights.items()}
     weights_bytes = save_safetensors(tensors, metadata={"name": name, "version": version, "format": "pt",
                                                         "source": f"nnU-Net {model['flavour']}"})
-    extra = {NNUNET_PLANS_FILE: (json.dumps(model["plans_raw"], indent=2, default=_json_default) + "\n").encode(),
-             NNUNET_DATASET_FILE: (json.dumps(model["dataset_raw"], indent=2, default=_json_default) + "\n").encode()}
+    extra = {NNUNET_PLANS_FILE: (json.dumps(_jsonable(model["plans_raw"]), indent=2) + "\n").encode(),
+             NNUNET_DATASET_FILE: (json.dumps(_jsonable(model["dataset_raw"]), indent=2) + "\n").encode()}
     inference = NnUNetInference(patch_size=model["patch_size"], mirror_axes=model["mirror_axes"],
                                 folds=tuple(model["weights"]), average=model["average"])
     section = {
@@ -413,15 +484,18 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     return output
 
 
-def _json_default(value: Any) -> Any:
+def _jsonable(value: Any) -> Any:
+    """nnU-Net's plans as JSON: numpy arrays and scalars as lists and numbers, mapping keys as strings."""
+    if isinstance(value, Mapping):
+        return {str(k.item() if isinstance(k, np.generic) else k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, torch.device):
-        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     return str(value)
 
 

@@ -108,9 +108,9 @@ class NnUNetEngine:
             logits = resample_to_shape(output.numpy(), case.shape_after_cropping, spec.target_spacing_mm,
                                        case.spacing_mm, spec.probabilities_resampling)
             probs = torch.softmax(torch.from_numpy(logits).float(), 0).numpy()
-        else:
-            probs = resample_to_shape(output.float().numpy(), case.shape_after_cropping, spec.target_spacing_mm,
-                                      case.spacing_mm, spec.probabilities_resampling)
+        else:  # v1: softmax back; its thick-slice rule looks at the input spacing first
+            probs = resample_to_shape(output.float().numpy(), case.shape_after_cropping, case.spacing_mm,
+                                      spec.target_spacing_mm, spec.probabilities_resampling)
         probs = uncrop_probabilities(probs, case.bbox, case.shape_before_cropping)
         return np.ascontiguousarray(probs.transpose((0, *[i + 1 for i in spec.transpose_backward])),
                                     dtype=np.float32)

@@ -142,6 +142,8 @@ def normalize(data: np.ndarray, nonzero: np.ndarray, spec: NnUNetPreprocessing, 
             np.clip(image, props["percentile_00_5"], props["percentile_99_5"], out=image)
             image -= props["mean"]
             image /= max(props["std"], 1e-8)
+            if use_mask and zero_outside_mask:  # nnU-Net v1
+                image[~nonzero] = 0
         elif scheme == "ZScoreNormalization":
             if use_mask:
                 values = image[nonzero]
@@ -223,10 +225,11 @@ def _resample_grid(volume: np.ndarray, new_shape: Sequence[int], order: int) -> 
 
 def resample_mask(mask: np.ndarray, new_shape: Sequence[int], current_mm: Sequence[float], new_mm: Sequence[float]
                   ) -> np.ndarray:
-    """A boolean mask onto ``new_shape`` (nearest neighbour, same anisotropy rule as the data)."""
+    """The nonzero mask onto ``new_shape`` as nnU-Net v1 resamples its segmentation: each label's indicator first
+    order (nearest neighbour along a thick-slice axis), the larger one wins (for two labels: inside > 0.5)."""
     if tuple(mask.shape) == tuple(new_shape):
         return mask
-    resampled = resample_to_shape(mask[None].astype(np.float32), new_shape, current_mm, new_mm, ResamplingRule(0, 0))
+    resampled = resample_to_shape(mask[None].astype(np.float32), new_shape, current_mm, new_mm, ResamplingRule(1, 0))
     return resampled[0] > 0.5
 
 
