@@ -211,9 +211,21 @@ def resample_to_shape(data: np.ndarray, new_shape: Sequence[int], current_mm: Se
             staged[index] = resize(channel[index], inplane, rule.order, mode="edge", anti_aliasing=False)
         if shape[axis] == new_shape[axis]:
             out[c] = staged
+        elif rule.order_z == 0:
+            out[c] = _nearest_along(staged, axis, new_shape[axis])
         else:
             out[c] = _resample_grid(staged, new_shape, rule.order_z)
     return out
+
+
+def _nearest_along(volume: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """What :func:`_resample_grid` with ``order=0`` gives when only ``axis`` changes size: whole slices picked by
+    nearest neighbour. The picks come from :func:`map_coordinates` itself (on the slice indices), so rounding of
+    half-way positions is scipy's; memory is that of the output instead of three float64 coordinate grids."""
+    old = volume.shape[axis]
+    positions = (old / size) * (np.arange(size, dtype=float) + 0.5) - 0.5
+    picks = map_coordinates(np.arange(old, dtype=float), positions[None], order=0, mode="nearest")
+    return np.take(volume, picks.astype(np.intp), axis=axis)
 
 
 def _resample_grid(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
