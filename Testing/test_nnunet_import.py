@@ -88,7 +88,8 @@ def test_hbseg_segment_on_imported_bundle_gives_nnunets_mask(ct_folder, tmp_path
     itk.SetSpacing(spacing[::-1])
     sitk.WriteImage(itk, str(tmp_path / "scan.nii.gz"))
     assert main(["import", "nnunet", str(ct_folder), "-o", str(tmp_path / "bundle")]) == 0
-    assert main(["segment", str(tmp_path / "scan.nii.gz"), "--model", str(tmp_path / "bundle"), "--device", "cpu", "--modality", "ct",
+    assert main(["segment", str(tmp_path / "scan.nii.gz"), "--model", str(tmp_path / "bundle"), "--device", "cpu",
+                 "--modality", "ct",
                  "-o", str(tmp_path / "out"), "--progress", "none"]) == 0
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "segmentation.nii.gz")))
     entropy = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "entropy.nii.gz")))

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "Testing"))
 
-from helpers_nnunet import dice, make_v2_folder, nnunet_v2_predict  # noqa: E402
+from helpers_nnunet import dice, make_v2_folder  # noqa: E402
 
 
 def _ints(text: str) -> tuple[int, ...]:

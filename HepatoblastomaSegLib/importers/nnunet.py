@@ -6,7 +6,8 @@ What is read (nothing is executed: JSON, :func:`~..safe_pickle.load_pickle` for 
 - **v2** (``nnUNetTrainer__nnUNetPlans__3d_fullres/``): ``plans.json``, ``dataset.json``,
   ``fold_N/checkpoint_final.pth`` (or ``checkpoint_best.pth``): ``network_weights``, ``init_args.configuration``,
   ``inference_allowed_mirroring_axes``;
-- **v1** (``nnUNetTrainerV2__nnUNetPlansv2.1/``): ``plans.pkl``, ``fold_N/model_final_checkpoint.model`` (``state_dict``)
+- **v1** (``nnUNetTrainerV2__nnUNetPlansv2.1/``): ``plans.pkl``, ``fold_N/model_final_checkpoint.model``
+  (``state_dict``)
   and its ``.model.pkl`` (the plans the trainer ran with).
 
 What is written: an ordinary bundle (``bundle.json``, ``plans.json``, ``model.safetensors``, ``model_card.md``) whose
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import __version__
 from ..bundle import BUNDLE_FORMAT_VERSION, BUNDLE_JSON, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE
@@ -343,7 +343,8 @@ def _choose_tumor(labels: Mapping[str, int], wanted: str | None, source: Path) -
         return matches[0]
     if len(labels) == 2:
         return next(n for n, v in labels.items() if v == 1)
-    raise ConfigError(f"cannot tell which of the labels {dict(labels)} is the tumour; say it with --tumor-label", source)
+    raise ConfigError(f"cannot tell which of the labels {dict(labels)} is the tumour; say it with --tumor-label",
+                      source)
 
 
 def _our_labels(labels: Mapping[str, int], tumor: str) -> dict[str, int]:
