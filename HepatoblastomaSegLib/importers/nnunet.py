@@ -7,8 +7,7 @@ What is read (nothing is executed: JSON, :func:`~..safe_pickle.load_pickle` for 
   ``fold_N/checkpoint_final.pth`` (or ``checkpoint_best.pth``): ``network_weights``, ``init_args.configuration``,
   ``inference_allowed_mirroring_axes``;
 - **v1** (``nnUNetTrainerV2__nnUNetPlansv2.1/``): ``plans.pkl``, ``fold_N/model_final_checkpoint.model``
-  (``state_dict``)
-  and its ``.model.pkl`` (the plans the trainer ran with).
+  (``state_dict``) and its ``.model.pkl`` (the plans the trainer ran with).
 
 What is written: an ordinary bundle (``bundle.json``, ``plans.json``, ``model.safetensors``, ``model_card.md``) whose
 ``model.safetensors`` holds every fold's weights (keys ``fold_0.…``), whose ``plans.json`` describes the model in our
