@@ -1,4 +1,7 @@
-"""``hbseg import``: bring a model trained elsewhere in as a bundle (``hbseg import nnunet FOLDER -o BUNDLE``)."""
+"""``hbseg import``: bring a model trained elsewhere in as a bundle (``hbseg import nnunet FOLDER -o BUNDLE``).
+
+(The module is named like the command, as every subcommand module is; ``import`` being a Python keyword, the CLI
+loads it with :func:`importlib.import_module`.)"""
 
 from __future__ import annotations
 
