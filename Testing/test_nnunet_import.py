@@ -23,6 +23,7 @@ from HepatoblastomaSegLib.errors import ModelError  # noqa: E402
 from HepatoblastomaSegLib.infer.nnunet import NnUNetEngine  # noqa: E402
 from HepatoblastomaSegLib.infer.uncertainty import entropy_nats  # noqa: E402
 from HepatoblastomaSegLib.importers.nnunet import import_nnunet  # noqa: E402
+from HepatoblastomaSegLib.safe_pickle import load_torch_checkpoint  # noqa: E402
 from helpers_nnunet import (dice, make_v1_folder, make_v2_folder, nnunet_v1_predict, nnunet_v2_predict,  # noqa: E402
                             phantom_image)
 from helpers_pickles import PAYLOADS  # noqa: E402
@@ -109,7 +110,7 @@ def test_import_refuses_checkpoint_with_payload(ct_folder, tmp_path, capsys):
     for name in ("plans.json", "dataset.json"):
         (folder / name).write_bytes((ct_folder / name).read_bytes())
     (folder / "fold_0").mkdir()
-    checkpoint = torch.load(ct_folder / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    checkpoint = load_torch_checkpoint(ct_folder / "fold_0" / "checkpoint_final.pth")
     checkpoint["logging"] = {"train_losses": PAYLOADS["os.system"](marker)}
     torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
     assert main(["import", "nnunet", str(folder), "-o", str(tmp_path / "bundle")]) == 2
