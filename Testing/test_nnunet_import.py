@@ -99,6 +99,7 @@ def test_hbseg_segment_on_imported_bundle_gives_nnunets_mask(ct_folder, tmp_path
     assert np.abs(entropy - entropy_nats(torch.stack((1 - p, p))).numpy()).max() < 2e-3
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["nnunet"]["folds"] == ["fold_0", "fold_1"] and summary["nnunet"]["mirror_axes"] == [0, 1, 2]
+    assert summary["sliding_windows"] == 8  # 2 x 2 x 2 windows of 8x16x16 on the 10x21x21 resampled image
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert meta["nnunet"]["source"]["trainer"] == "nnUNetTrainer" and meta["labels"][2]["name"] == "tumor"
 

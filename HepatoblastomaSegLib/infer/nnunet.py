@@ -103,7 +103,9 @@ class NnUNetEngine:
 
     def probabilities(self, channels_zyx: np.ndarray, spacing_mm_zyx: Sequence[float], *, mirror: bool = True,
                       on_window=None) -> np.ndarray:
-        """nnU-Net's softmax [classes, z, y, x] (float32) for ``channels_zyx`` [C, z, y, x] on its own grid."""
+        """nnU-Net's softmax [classes, z, y, x] (float32) for ``channels_zyx`` [C, z, y, x] on its own grid.
+
+        ``on_window(windows_per_fold)`` is called before each window of each fold (for progress)."""
         spec = self.preprocessing
         case = prepare_case(channels_zyx, spacing_mm_zyx, spec)
         output = self.network_output(torch.from_numpy(case.data), mirror=mirror, on_window=on_window)
@@ -118,11 +120,6 @@ class NnUNetEngine:
         probs = uncrop_probabilities(probs, case.bbox, case.shape_before_cropping)
         return np.ascontiguousarray(probs.transpose((0, *[i + 1 for i in spec.transpose_backward])),
                                     dtype=np.float32)
-
-    def count_windows(self, shape: Sequence[int]) -> int:
-        padded = [max(s, p) for s, p in zip(shape, self.inference.patch_size)]
-        return math.prod(len(s) for s in window_starts(padded, self.inference.patch_size,
-                                                        self.inference.tile_step_size))
 
     @torch.inference_mode()
     def network_output(self, data: torch.Tensor, *, mirror: bool = True, on_window=None) -> torch.Tensor:
@@ -147,7 +144,10 @@ class NnUNetEngine:
         weights = torch.zeros(padded.shape[1:], dtype=dtype, device=self.device)
         axes = inf.mirror_axes if mirror else ()
         combos = [c for i in range(len(axes)) for c in itertools.combinations([a + 2 for a in axes], i + 1)]
+        windows = math.prod(len(s) for s in starts)
         for corner in itertools.product(*starts):
+            if on_window is not None:
+                on_window(windows)
             box = tuple(slice(s, s + p) for s, p in zip(corner, patch))
             window = padded[(slice(None), *box)][None].to(self.device)
             out = self._forward(network, window, logits_space)
@@ -156,8 +156,6 @@ class NnUNetEngine:
             out /= len(combos) + 1
             accumulated[(slice(None), *box)] += out[0] * gaussian
             weights[box] += gaussian
-            if on_window is not None:
-                on_window()
         accumulated /= weights
         return accumulated[(slice(None), *unpad)].cpu()
 
@@ -259,9 +257,12 @@ class NnUNetBundlePredictor:
         spacing_zyx = tuple(float(s) for s in volume.spacing_mm[::-1])
         done = [0]
 
-        def on_window() -> None:
+        folds = len(self.engine.networks)
+
+        def on_window(windows_per_fold: int) -> None:
+            total = windows_per_fold * folds
+            progress("inference", done[0] / total, f"window {done[0] + 1}/{total} (nnU-Net, {folds} fold(s))")
             done[0] += 1
-            progress("inference", 0.0, f"window {done[0]} (nnU-Net, {len(self.engine.networks)} fold(s))")
 
         probs = self.engine.probabilities(volume.array[None], spacing_zyx, mirror=self.tta, on_window=on_window)
         seconds = {"network": time.perf_counter() - t0}
@@ -286,7 +287,7 @@ class NnUNetBundlePredictor:
             "body_crop": None, "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()}, "peak_gpu_memory_gib": None,
             "patches_per_network_call": 1, "warnings": [],
-            "sliding_windows": done[0] // max(1, len(self.engine.networks)),
+            "sliding_windows": done[0] // max(1, folds),
             "nnunet": {"format": section.get("format"), "folds": list(self.engine.inference.folds),
                        "mirror_axes": list(self.engine.inference.mirror_axes) if self.tta else [],
                        "tumor_label": section.get("tumor_label")},
