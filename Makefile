@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: the tested version (a CPU build here); later installs then keep it.
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e ".[test,slicer-testing]"
+	# The constraint keeps that torch: nnunetv2 (test extra) pulls the newest torchvision, which wants a newer torch.
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
+	$(PIP) install --quiet -c $(VENV)/constraints.txt -e ".[test,slicer-testing]"
 	touch $@
 
 install: $(VENV)/.installed

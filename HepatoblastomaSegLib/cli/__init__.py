@@ -21,7 +21,7 @@ from .. import __version__
 from ..errors import HepatoblastomaSegError
 
 #: Subcommand modules, in the order ``hbseg --help`` lists them (the pipeline's order).
-SUBCOMMANDS = ("phantom", "plan", "train", "segment", "serve", "consensus", "evaluate", "demo")
+SUBCOMMANDS = ("phantom", "plan", "train", "import", "segment", "serve", "consensus", "evaluate", "demo")
 
 EPILOG = textwrap.dedent("""\
     typical use:

@@ -197,6 +197,11 @@ class Predictor:
                                  f"--model DIR, or train one with 'hbseg train'") from exc
         else:
             bundle = load_bundle(options.model, modality=wanted)
+        from .nnunet import NnUNetBundlePredictor, is_nnunet_bundle  # imported nnU-Net models run nnU-Net's way
+
+        if is_nnunet_bundle(bundle):
+            return NnUNetBundlePredictor(bundle, device=options.device, tta=options.tta,
+                                         keep_largest=options.keep_largest, min_component_ml=options.min_component_ml)
         liver = None
         default_liver = DEFAULT_LIVER_MODELS[bundle.modality]
         if options.liver_model is not None:

@@ -1,0 +1,1 @@
+"""Importing models trained elsewhere into bundles of ours (``hbseg import``)."""
