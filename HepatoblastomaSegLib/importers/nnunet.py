@@ -471,8 +471,9 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
         NNUNET_KEY: section,
     }
     contents = {WEIGHTS_FILE: weights_bytes, PLANS_JSON: plans.to_json().encode(),
-                CARD_FILE: _card(model, name, source_labels, tumor, modality).encode(), **extra,
-                BUNDLE_JSON: (json.dumps(meta, indent=2) + "\n").encode()}
+                CARD_FILE: _card(model, name, source_labels, tumor, modality).encode(), **extra}
+    meta["files"] = {file: hashlib.sha256(data).hexdigest() for file, data in sorted(contents.items())}
+    contents[BUNDLE_JSON] = (json.dumps(meta, indent=2) + "\n").encode()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
     try:
