@@ -67,11 +67,11 @@ def export_dicom_seg(segmentation_node, volume_node, path: str | Path, *, segmen
 
 
 def add_to_dicom_database(path: str | Path, database: Any = None) -> None:
-    """Index the written SEG in Slicer's DICOM database (application only), so it appears under its study."""
-    import ctk
-    import slicer
+    """Index the written SEG's folder in Slicer's DICOM database (application only: Slicer's own DICOMLib, which
+    skips files that are not DICOM), so the SEG appears under its study."""
+    from DICOMLib import DICOMUtils
 
-    ctk.ctkDICOMIndexer().addFile(database or slicer.dicomDatabase, str(path), True)
+    DICOMUtils.importDicom(str(Path(path).parent), database)
 
 
 def _summary_of_linked_ai(segmentation_node) -> dict:
