@@ -142,6 +142,17 @@ def test_gantry_tilt_is_refused_naming_the_file(series_copy):
     assert "IM00" in str(info.value) and "12 degrees" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_series_over_the_voxel_limit_is_refused_before_decoding(plain_series, monkeypatch):
+    """The voxel limit of every reader (HBSEG_MAX_VOXELS) applies to DICOM folders too, from the headers alone."""
+    folder, volume = plain_series
+    monkeypatch.setenv("HBSEG_MAX_VOXELS", str(volume.array.size - 1))
+    with pytest.raises(InputError, match="more than the limit of") as info:
+        read_volume(folder)
+    assert str(folder) in str(info.value) and "HBSEG_MAX_VOXELS" in str(info.value)
+    monkeypatch.setenv("HBSEG_MAX_VOXELS", str(volume.array.size))
+    np.testing.assert_array_equal(read_volume(folder).array, volume.array)
+
+
 def test_straight_stack_with_a_tilt_tag_is_read(series_copy, plain_series):
     """A scanner that corrected the tilt itself leaves the tag: positions decide, not the tag."""
     edit_slices(series_copy, lambda k, ds: setattr(ds, "GantryDetectorTilt", 12.0))

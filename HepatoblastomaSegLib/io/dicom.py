@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .dicom_headers import FolderScan, SliceHeader, check_stack, scan_folder
+from .headers import MAX_VOXELS_ENV, max_voxels
 from .volume import Volume
 
 _SOP_CLASS = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -92,6 +93,7 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     if len(slices) < 2:
         raise InputError(f"series {chosen} has a single slice; a 3D volume needs at least 2", folder)
     slices = check_stack(slices, folder)
+    _check_voxel_limit(slices, chosen, folder)
     image = _read_pixels(slices, chosen, folder)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"series {chosen} is not greyscale ({image.GetNumberOfComponentsPerPixel()} components)",
@@ -106,6 +108,16 @@ def read_dicom_series(folder: str | Path, *, series_uid: str | None = None) -> V
     return Volume.from_sitk(image, folder, dicom={
         "series_uid": chosen, "n_slices": len(slices), "reason": reason, "other_series": others,
         "skipped": scan.skipped, "transfer_syntax": str(slices[0].transfer_syntax.name)})
+
+
+def _check_voxel_limit(slices: list[SliceHeader], uid: str, folder: Path) -> None:
+    """Refuse, before a pixel is decoded, a series larger than the voxel limit that every reader applies."""
+    n_voxels = len(slices) * slices[0].rows * slices[0].columns
+    limit = max_voxels()
+    if n_voxels > limit:
+        raise InputError(f"series {uid} has {n_voxels} voxels ({slices[0].columns}x{slices[0].rows}x{len(slices)}), "
+                         f"more than the limit of {limit}; no clinical scan is that large (set {MAX_VOXELS_ENV} to "
+                         "raise the limit)", folder)
 
 
 def _choose_series(scan: FolderScan, series_uid: str | None, folder: Path) -> tuple[str, str]:
