@@ -169,6 +169,7 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.showLogButton.connect("clicked(bool)", self.onShowLog)
         self.ui.rescoreButton.connect("clicked(bool)", self.onRescore)
         self.ui.editSegmentButton.connect("clicked(bool)", self.onEditSegment)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.nextUncertainButton.connect("clicked(bool)", self.onNextUncertainRegion)
         self.ui.entropyOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.annotatorsSelector.connect("checkedNodesChanged()", self.updateButtons)
@@ -343,7 +344,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                                        _("Segment the tumour in a background process.") if canRun else
                                        _("Choose an input volume and a model."))
         result = self.currentResult()
-        for button in (self.ui.rescoreButton, self.ui.nextUncertainButton, self.ui.editSegmentButton):
+        for button in (self.ui.rescoreButton, self.ui.nextUncertainButton, self.ui.editSegmentButton,
+                       self.ui.exportDicomSegButton):
             button.enabled = result is not None
         self.ui.consensusButton.enabled = len(self.ui.annotatorsSelector.checkedNodes()) >= 2
         self.ui.showLogButton.enabled = bool(self._lastLog) or running
@@ -509,6 +511,17 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             editor.setSourceVolumeNode(result.volume_node)
         else:  # Slicer < 5.2
             editor.setMasterVolumeNode(result.volume_node)
+
+    def onExportDicomSeg(self):
+        result = self.currentResult()
+        if result is None:
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
+                path = self.logic.exportDicomSeg(result.segmentation_node, result.volume_node)
+                self.setStatus(_("DICOM SEG saved and added to the DICOM database: {p}").format(p=path))
+        except Exception as exc:  # noqa: BLE001 - already shown by tryWithErrorDisplay; keep it in the status line
+            self.setStatus(str(exc), "error")
 
     def onNextUncertainRegion(self):
         result = self.currentResult()
@@ -862,6 +875,20 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
         from HepatoblastomaSegMRML import nodes, review
 
         return review.review_flag_text(nodes.stored_summary(segmentationNode)) if segmentationNode else ""
+
+    @staticmethod
+    def exportDicomSeg(segmentationNode, volumeNode, folder=None) -> Path:
+        """Write the result's tumour segment as a DICOM SEG of the volume's source series (AUTOMATIC for the AI mask,
+        SEMIAUTOMATIC once edited) into ``folder`` (default: a new folder in Slicer's temporary folder), index it in
+        Slicer's DICOM database, and return the file's path."""
+        import tempfile
+
+        from HepatoblastomaSegMRML import dicom_export
+
+        folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="hbseg-seg-", dir=slicer.app.temporaryPath))
+        path = dicom_export.export_dicom_seg(segmentationNode, volumeNode, folder / "segmentation.dcm")
+        dicom_export.add_to_dicom_database(path)
+        return path
 
     def uncertainRegions(self, segmentationNode, **options):
         from HepatoblastomaSegMRML import review
