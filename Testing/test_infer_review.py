@@ -172,7 +172,8 @@ def test_cohort_table_and_evaluate_read_the_flag(tmp_path, ct_case):
         return Prediction(ct_case.tumor, ct_case.tumor.with_array(np.zeros(ct_case.tumor.array.shape, np.float32)),
                           summary)
 
-    cases = [CohortCase("a", tmp_path / "a.nii.gz", "ct"), CohortCase("b", tmp_path / "b.nii.gz", "ct")]
+    cases = [CohortCase("a", write_volume(ct_case.image, tmp_path / "a.nii.gz"), "ct"),
+             CohortCase("b", write_volume(ct_case.image, tmp_path / "b.nii.gz"), "ct")]
     result = run_cohort(cases, tmp_path / "out", predict)
     assert result.n_flagged == 1
     table = (tmp_path / "out" / "cohort_summary.csv").read_text(encoding="utf-8").splitlines()

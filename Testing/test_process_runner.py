@@ -197,7 +197,7 @@ def test_a_missing_executable_fails_at_start(tmp_path):
 
 def test_overall_progress_follows_the_stage_order_and_never_goes_back():
     order = [name for name, _ in STAGE_WEIGHTS]
-    assert order == ["read", "preprocess", "inference", "resample", "write"]
+    assert order == ["read", "preprocess", "inference", "resample", "liver", "write"]  # the predictor's order
     assert sum(w for _, w in STAGE_WEIGHTS) == pytest.approx(1.0)
     values, previous = [], 0.0
     for stage in order:
@@ -216,7 +216,7 @@ def test_progress_text_and_durations():
     update = ProgressUpdate.from_record({"event": "progress", "stage": "inference", "fraction": 0.42,
                                          "eta_s": 3.1, "message": "window batch 2/4"})
     assert update.text() == "Running the network: 42 %, about 3 s left (window batch 2/4)"
-    assert update.percent == round(100 * (0.05 + 0.15 + 0.65 * 0.42))
+    assert update.percent == round(100 * (0.05 + 0.15 + 0.55 * 0.42))
 
 
 def test_real_hbseg_progress_lines_are_what_the_runner_reads(tmp_path):

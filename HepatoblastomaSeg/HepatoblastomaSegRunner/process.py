@@ -38,11 +38,13 @@ from typing import Any
 from HepatoblastomaSegLib.progress import parse_json_line
 
 #: Rough share of the run time of each ``hbseg segment`` stage (the order they run in), for one overall bar.
-STAGE_WEIGHTS = (("read", 0.05), ("preprocess", 0.15), ("inference", 0.65), ("resample", 0.10), ("write", 0.05))
+STAGE_WEIGHTS = (("read", 0.05), ("preprocess", 0.15), ("inference", 0.55), ("resample", 0.10), ("liver", 0.10),
+                 ("write", 0.05))
 
 #: What people read for each stage name the library reports.
 STAGE_LABELS = {"read": "Reading the image", "preprocess": "Preprocessing", "inference": "Running the network",
-                "resample": "Back to the input grid", "write": "Writing the results", "done": "Finished"}
+                "resample": "Back to the input grid", "liver": "Finding the liver", "write": "Writing the results",
+                "done": "Finished"}
 
 _STREAMS_DONE = object()
 #: How long the pipes may stay open after the child exited before the run is concluded anyway (s).

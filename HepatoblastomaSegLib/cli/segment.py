@@ -63,7 +63,8 @@ def register(subparsers) -> None:
                                         "of the modality: ct-demo or mri-demo)")
     parser.add_argument("--liver-model", help="liver model bundle: MRI for the Nyul mask (default: mri-liver-demo when "
                                               "bundled, else the body outline, with a warning); CT for the liver "
-                                              "anchor and the review flag (default: ct-liver-demo when bundled)")
+                                              "anchor and the review flag (default: ct-liver-demo with the bundled CT "
+                                              "models and with --liver-anchor; none for your own CT model)")
     parser.add_argument("--modality", choices=("ct", "mri"),
                         help="modality of the image (default: the model's; with no model, guessed from intensities)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

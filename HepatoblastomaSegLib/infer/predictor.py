@@ -206,7 +206,7 @@ class Predictor:
         default_liver = DEFAULT_LIVER_MODELS[bundle.modality]
         if options.liver_model is not None:
             liver = load_bundle(options.liver_model, modality=bundle.modality)
-        elif options.model is None or default_liver in _bundled_names(bundle.modality):
+        elif _default_liver_applies(options, bundle.modality, default_liver):
             try:
                 liver = load_bundle(default_liver, modality=bundle.modality)
             except ModelError:
@@ -478,6 +478,20 @@ def count_windows(shape_zyx: tuple[int, ...], patch_zyx: list[int], overlap: flo
         interval = max(int(roi * (1 - overlap)), 1)
         total *= math.ceil((size - roi) / interval) + 1
     return total
+
+
+def _default_liver_applies(options: PredictorOptions, modality: str, default_liver: str) -> bool:
+    """Whether to load the bundled default liver model when ``--liver-model`` is not given.
+
+    MRI: whenever it is bundled (Nyul needs a liver mask). CT: with a bundled tumour model, or when the liver anchor
+    was asked for explicitly; a user's own or imported CT model is not anchored to the phantom-trained demo liver
+    model unless asked (a weak liver mask would cut real tumours away).
+    """
+    if default_liver not in _bundled_names(modality):
+        return False
+    if modality == "mri":
+        return True
+    return options.model is None or options.model in _bundled_names(modality) or options.liver_anchor is True
 
 
 def _bundled_names(modality: str = "mri") -> list[str]:
