@@ -205,3 +205,18 @@ def test_hbseg_segment_reports_the_liver_anchor_and_the_review(tmp_path, ct_case
     assert off["postprocessing"]["liver_anchor"] == {"on": False, "applied": False, "components_dropped": 0,
                                                       "ml_dropped": 0.0}
     assert off["tumor_volume_ml"] >= summary["tumor_volume_ml"]
+
+
+def test_the_demo_liver_model_anchors_only_the_bundled_ct_models_unless_asked(tmp_path):
+    """A user's own (or imported) CT model is not cut down to the phantom-trained demo liver mask by default."""
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
+
+    from tiny_models import tiny_bundle
+
+    own = str(tiny_bundle(tmp_path))
+    assert Predictor.from_options(PredictorOptions(modality="ct")).liver_bundle.name == "ct-liver-demo"
+    assert Predictor.from_options(PredictorOptions(model=own)).liver_bundle is None
+    asked = Predictor.from_options(PredictorOptions(model=own, liver_anchor=True))
+    assert asked.liver_bundle.name == "ct-liver-demo" and asked.liver_anchor is True
+    given = Predictor.from_options(PredictorOptions(model=own, liver_model="ct-liver-demo"))
+    assert given.liver_bundle.name == "ct-liver-demo"
