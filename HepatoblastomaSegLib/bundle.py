@@ -397,6 +397,24 @@ def _labels_for(plans: Plans, labels: Sequence[BundleLabel | Mapping] | Mapping[
     return out
 
 
+
+def stage_bundle(folder: Path, contents: Mapping[str, bytes], meta: dict) -> Path:
+    """Write ``contents`` and their ``bundle.json`` (``meta`` plus the SHA256 of every file, :data:`CHECKSUMS_KEY`)
+    into a new hidden ``.partial`` folder beside ``folder``; the caller renames it into place, then removes what is
+    left of it. Every writer of bundles (training, importers) goes through here, so every bundle checksums every file.
+    """
+    meta[CHECKSUMS_KEY] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
+    files = {**contents, BUNDLE_JSON: (json.dumps(meta, indent=2) + "\n").encode()}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        for file, data in files.items():
+            (staging / file).write_bytes(data)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
 def save_bundle(folder: str | Path, state_dict: Mapping[str, torch.Tensor] | torch.nn.Module, plans: Plans, *,
                 name: str, version: str, modality: str, card_markdown: str,
                 labels: Sequence[BundleLabel | Mapping] | Mapping[str, Sequence[int]] | None = None,
@@ -452,13 +470,8 @@ def save_bundle(folder: str | Path, state_dict: Mapping[str, torch.Tensor] | tor
     }
     contents = {WEIGHTS_FILE: weights, PLANS_JSON: plans.to_json().encode(),
                 CARD_FILE: card_markdown.rstrip("\n").encode() + b"\n"}
-    meta[CHECKSUMS_KEY] = {name: hashlib.sha256(data).hexdigest() for name, data in sorted(contents.items())}
-    contents[BUNDLE_JSON] = (json.dumps(meta, indent=2) + "\n").encode()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    staging = stage_bundle(folder, contents, meta)
     try:
-        for file, data in contents.items():
-            (staging / file).write_bytes(data)
         if not folder.exists():
             try:
                 os.replace(staging, folder)

@@ -63,6 +63,18 @@ class RunState(str, enum.Enum):
         return self in (RunState.DONE, RunState.FAILED, RunState.CANCELLED)
 
 
+def wait_while_running(run: Any, timeout_s: float | None = None, poll_interval_s: float = 0.05) -> RunState:
+    """Poll ``run`` (anything with ``poll()`` and ``state``) until it is no longer running or ``timeout_s`` passes;
+    returns its state. For scripts and tests: the GUI polls from its timer instead."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while run.state is RunState.RUNNING:
+        run.poll()
+        if run.state is not RunState.RUNNING or (deadline is not None and time.monotonic() > deadline):
+            break
+        time.sleep(poll_interval_s)
+    return run.state
+
+
 def format_duration(seconds: float | None) -> str:
     """``12 s``, ``3 min 05 s``, ``1 h 02 min``; ``""`` when unknown."""
     if seconds is None or seconds != seconds or seconds < 0:
@@ -236,15 +248,7 @@ class ProcessRunner:
 
     def wait(self, timeout_s: float | None = None, poll_interval_s: float = 0.05) -> RunState:
         """Block until the run ends or ``timeout_s`` passes (for scripts and tests; the GUI polls instead)."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.state is RunState.RUNNING:
-            self.poll()
-            if self.state is not RunState.RUNNING:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(poll_interval_s)
-        return self.state
+        return wait_while_running(self, timeout_s, poll_interval_s)
 
     # ------------------------------------------------------------------------------------------------ views
     @property

@@ -26,7 +26,7 @@ from typing import Any
 
 from HepatoblastomaSegLib.progress import parse_json_line
 
-from .process import ProgressUpdate, RunState, kill_process_tree
+from .process import ProgressUpdate, RunState, kill_process_tree, wait_while_running
 
 #: Seconds a cancelled request may take to stop at its next window batch before the worker is killed (and a fresh
 #: one started for the next click).
@@ -93,13 +93,7 @@ class WorkerRun:
         return True
 
     def wait(self, timeout_s: float | None = None, poll_interval_s: float = 0.05) -> RunState:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.state is RunState.RUNNING:
-            self.poll()
-            if self.state is not RunState.RUNNING or (deadline is not None and time.monotonic() > deadline):
-                break
-            time.sleep(poll_interval_s)
-        return self.state
+        return wait_while_running(self, timeout_s, poll_interval_s)
 
     def log_text(self, last: int | None = None) -> str:
         lines = list(self.log_lines)

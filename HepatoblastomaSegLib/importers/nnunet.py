@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..bundle import BUNDLE_FORMAT_VERSION, BUNDLE_JSON, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE
+from ..bundle import BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, stage_bundle
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.nnunet import NNUNET_KEY, NnUNetInference
 from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
@@ -472,13 +471,8 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     }
     contents = {WEIGHTS_FILE: weights_bytes, PLANS_JSON: plans.to_json().encode(),
                 CARD_FILE: _card(model, name, source_labels, tumor, modality).encode(), **extra}
-    meta["files"] = {file: hashlib.sha256(data).hexdigest() for file, data in sorted(contents.items())}
-    contents[BUNDLE_JSON] = (json.dumps(meta, indent=2) + "\n").encode()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
+    staging = stage_bundle(output, contents, meta)
     try:
-        for file, data in contents.items():
-            (staging / file).write_bytes(data)
         os.replace(staging, output)  # the bundle appears complete or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
