@@ -296,7 +296,7 @@ def load_bundle(name_or_dir: str | Path, *, modality: str | None = None, verify_
             raise ModelError(f"bundle.json lists two different SHA256 for {WEIGHTS_FILE}", folder)
         _verify_checksums(folder, listed, skip=() if verify_weights else (WEIGHTS_FILE,))
     elif verify_weights:
-        digest = _sha256_file(bundle.weights_path)
+        digest = sha256_file(bundle.weights_path)
         if digest != bundle.sha256:
             raise ModelError(f"{WEIGHTS_FILE} is corrupt or was replaced: its SHA256 is {digest[:16]}..., "
                              f"bundle.json says {bundle.sha256[:16]}...", folder)
@@ -310,7 +310,7 @@ def bundle_checksums(folder: str | Path, names: Sequence[str] | None = None) -> 
     if names is None:
         names = [p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
                  and p.name != BUNDLE_JSON]
-    return {name: _sha256_file(folder / name) for name in sorted(names)}
+    return {name: sha256_file(folder / name) for name in sorted(names)}
 
 
 def refresh_bundle_checksums(folder: str | Path, names: Sequence[str] | None = None) -> Path:
@@ -348,7 +348,7 @@ def _verify_checksums(folder: Path, listed: Any, *, skip: Sequence[str] = ()) ->
         if name in skip:
             continue
         try:
-            digest = _sha256_file(folder / name)
+            digest = sha256_file(folder / name)
         except FileNotFoundError as exc:
             raise ModelError(f"missing file {name} (listed in bundle.json)", folder) from exc
         if digest != expected:
@@ -357,7 +357,8 @@ def _verify_checksums(folder: Path, listed: Any, *, skip: Sequence[str] = ()) ->
                              "HepatoblastomaSegLib.bundle.refresh_bundle_checksums)", folder)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA256 of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 22):

@@ -17,7 +17,7 @@ What the paper describes (nnU-Net 3d_fullres, v1.7.1 Generic_UNet) and how it ma
 Axis order: the network sees tensors [B, C, z, y, x] (the library's array order) and the plans' kernels and strides
 are (z, y, x), so they are passed through unchanged; nothing is reversed into MONAI's RAS (x, y, z) order.
 
-DynUNet differs from Generic_UNet in two harmless ways (PIPELINE_NOTES 2.2): conv bias is off (instance norm with
+DynUNet differs from nnU-Net's Generic_UNet in two harmless ways: conv bias is off (instance norm with
 affine makes it redundant) and the full-resolution decoder uses the next-deeper stage's kernel, exactly like v1.
 """
 

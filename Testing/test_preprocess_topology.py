@@ -1,4 +1,4 @@
-"""The patch/topology planner against nnU-Net v1.7.1's plans (PIPELINE_NOTES 1.2 table) and its own invariants."""
+"""The patch/topology planner against nnU-Net v1.7.1's 3d_fullres plans and its own invariants."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ EPILOG = textwrap.dedent("""\
       nnU-Net v2   .../DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres/  (plans.json, dataset.json,
                    fold_N/checkpoint_final.pth)
       nnU-Net v1   .../TaskXXX_Name/nnUNetTrainerV2__nnUNetPlansv2.1/  (plans.pkl, fold_N/model_final_checkpoint.model)
-    Nothing in it is executed: plans and checkpoints are read with a restricted unpickler / torch.load(weights_only).
+    Nothing in it is executed: plans and checkpoints are read with a restricted unpickler and
+    torch.load(weights_only=True).
 
     The bundle runs nnU-Net's own preprocessing (crop to nonzero, its resampling and normalisation) and inference
     (Gaussian sliding window, overlap 0.5, mirroring as the checkpoint allows, folds averaged), so

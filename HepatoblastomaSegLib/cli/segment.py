@@ -84,10 +84,9 @@ def register(subparsers) -> None:
                              "network time under TTA). Use 8 on a GPU shared with Slicer's rendering or other jobs")
     parser.add_argument("--compile", action="store_true",
                         help="compile the network with torch.compile, for long cohorts on a GPU: the first case "
-                             "pays the compilation (tens of seconds), later windows run faster (paper network on an "
-                             "H200: +29%% windows/s in a probe, PIPELINE_NOTES; ct-demo on 2 CPU cores: about 6%%). "
-                             "If compilation fails, the network runs uncompiled and each summary says so "
-                             "(default: off)")
+                             "pays the compilation (tens of seconds), later windows run faster (the README's "
+                             "measured figures say by how much). If compilation fails, the network runs "
+                             "uncompiled and each summary says so (default: off)")
     parser.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=True,
                         help="CT: run the network on the child's trunk only (the box of what lies above -500 HU "
                              "and is thicker than 10 mm, so not the table, plus 10 mm, at least one patch wide); "

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..bundle import BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, stage_bundle
+from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file,
+                      stage_bundle)
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.nnunet import NNUNET_KEY, NnUNetInference
 from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
@@ -452,7 +453,7 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
         "source": {"folder": str(model["folder"].resolve()), "trainer": model["trainer"],
                    "plans": model["plans_name"], "configuration": model["configuration"],
                    "checkpoint": model["checkpoint_file"], "folds": list(model["weights"]),
-                   "checkpoint_sha256": {f: _sha256_file(model["folder"] / f / model["checkpoint_file"])
+                   "checkpoint_sha256": {f: sha256_file(model["folder"] / f / model["checkpoint_file"])
                                          for f in model["weights"]}},
         "files_sha256": {file: hashlib.sha256(data).hexdigest() for file, data in extra.items()},
     }
@@ -494,9 +495,3 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()

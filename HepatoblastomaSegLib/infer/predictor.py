@@ -124,8 +124,8 @@ def window_batching(device: torch.device, tta: bool, batch_size: int | None,
                     ) -> tuple[int, int]:
     """(windows per sliding-window call, patches per network call) for ``device``.
 
-    GPU: one network call of several patches is faster per patch than one patch per call (PIPELINE_NOTES section 7),
-    so with TTA a window's flips go together and without TTA up to 4 windows do, within
+    GPU: one network call of several patches is faster per patch than one patch per call (fewer,
+    larger kernel launches), so with TTA a window's flips go together and without TTA up to 4 windows do, within
     :func:`patch_voxel_budget` of a GPU of ``memory_gb`` (at most 8 patches; at least 1). CPU: 2 windows and one
     flip per call, which bounds the memory of a full-width network. ``batch_size`` (``--batch-size``) overrides the
     windows per call.

@@ -4,9 +4,9 @@
 (nnU-Net 1.7.1) would then apply its CT scheme to the windowed images: clip to the [0.5, 99.5] percentiles of the
 **foreground voxels pooled over the training set** and z-score with their mean and SD. We do exactly that composition:
 the foreground statistics (:func:`ct_foreground_statistics`) are computed on the *windowed* training foreground, so
-the percentile clip lies inside the window (the effective window is the intersection of the two, as PIPELINE_NOTES 1.3
-says). Foreground = the training label voxels (tumour for the tumour model, as nnU-Net would with tumour-only
-labels; liver for a liver model). nnU-Net v1 keeps every 10th foreground voxel of every case; we keep every voxel up
+the percentile clip lies inside the window (the effective window is the intersection of the two). Foreground = the
+training label voxels (tumour for the tumour model, as nnU-Net would with tumour-only labels; liver for a liver
+model). nnU-Net v1 keeps every 10th foreground voxel of every case; we keep every voxel up
 to :data:`MAX_FOREGROUND_SAMPLES_PER_CASE` per case (an even stride beyond that), which gives the same statistics.
 
 The window is applied on the original grid (the paper's preprocessing), the percentile clip and z-score after

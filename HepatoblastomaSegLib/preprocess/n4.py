@@ -1,9 +1,10 @@
 """N4 bias-field correction (MRI) with SimpleITK: fitted on a shrunk image, applied at full resolution.
 
 The B-spline bias field is smooth (4 control points per axis at the coarsest level), so fitting it on an image
-shrunk 4x in-plane loses nothing measurable and is 3-14x faster than full resolution (PIPELINE_NOTES 5: 10.8 s vs
-147 s for a 40x320x320 T2, same residual). The shrink along z is chosen so the shrunk voxels do not become much
-coarser along z than in-plane: ``shrink_z = clamp(round(shrink_inplane * spacing_xy / spacing_z), 1, max_shrink_z)``
+shrunk 4x in-plane loses nothing measurable and is 3-14x faster than full resolution with the same
+residual (measured on T2-like volumes; `benchmarks/`). The shrink along z is chosen so the shrunk voxels do not
+become much coarser along z than in-plane:
+``shrink_z = clamp(round(shrink_inplane * spacing_xy / spacing_z), 1, max_shrink_z)``
 (1 for 5-6 mm T2 slices). The fitted log bias field is then evaluated on the full-resolution grid
 (``GetLogBiasFieldAsImage``) and divided out: ``corrected = image / exp(log_bias)``.
 

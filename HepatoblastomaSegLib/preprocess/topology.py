@@ -5,7 +5,7 @@ This is our own implementation of the rules nnU-Net v1.7.1 uses for its ``3d_ful
 **(z, y, x)**, i.e. the slice axis first, exactly like nnU-Net's lists after its ``transpose_forward`` (which moves the
 coarsest axis first; for axial CT and MRI that is already the slice axis, so no transposition is needed).
 
-Rules (PIPELINE_NOTES 1.2):
+Rules (nnU-Net v1.7.1's):
 
 1. Starting patch: isotropic in millimetres with its shortest edge 512 voxels, clipped to the median image shape on
    the target grid.

@@ -1,7 +1,7 @@
 """What a training run is asked to do: :class:`TrainConfig` (the ``hbseg train`` options) and its checks.
 
 Defaults are the paper's recipe where it states one (MPCT/MPMRI, Modanwal et al. 2026) and nnU-Net v1.7.1 where it
-does not (PIPELINE_NOTES 1.5):
+does not:
 
 ==========================  ===========================================================================
 paper                       generalised Dice loss; SGD lr 1e-2, weight decay 3e-5; LR reduced on plateau of

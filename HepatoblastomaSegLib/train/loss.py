@@ -5,7 +5,7 @@ for it, ``nnUNetTrainerV2_Loss_CEGDL``, uses simple 1/V weights, leaves the back
 ("batch dice") and adds cross-entropy 1:1. We follow that variant, built from MONAI's ``GeneralizedDiceLoss``
 (``w_type="simple"``, ``include_background=False``, ``batch=True``, softmax on the logits, one-hot targets);
 ``use_ce=False`` drops the cross-entropy term (the paper's text taken literally). MONAI's defaults (squared
-weights, background included, per sample) would be a different loss (PIPELINE_NOTES pitfall 9).
+weights, background included, per sample) would be a different loss.
 
 Deep supervision: DynUNet returns [B, 1 + H, C, z, y, x] in training mode, every head already upsampled to full
 size, so all heads are compared with the full-resolution target (nnU-Net downsamples the target instead; same idea,
