@@ -173,13 +173,7 @@ def test_the_runner_package_needs_neither_qt_nor_mrml():
 
 def test_the_qt_free_package_never_imports_qt():
     for path in sorted([*MRML_DIR.glob("*.py"), *RUNNER_DIR.glob("*.py")]):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        names = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module.split(".")[0])
+        names = _imported_top_names(ast.parse(path.read_text(encoding="utf-8")))
         assert not names & {"qt", "ctk", "PythonQt", "PyQt5", "PySide2"}, f"{path.name} imports Qt"
         uses_app = any(isinstance(n, ast.Attribute) and n.attr == "app" and isinstance(n.value, ast.Name)
                        and n.value.id == "slicer" for n in ast.walk(tree))
