@@ -155,7 +155,8 @@ def test_the_runner_package_needs_neither_qt_nor_mrml():
     MRML glue (checked in the source, and by importing every module in a Python where slicer cannot be found)."""
     modules = sorted(RUNNER_DIR.glob("*.py"))
     for path in modules:
-        names = _imported_top_names(ast.parse(path.read_text(encoding="utf-8")))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = _imported_top_names(tree)
         assert not names & {"qt", "ctk", "slicer", "vtk", "vtkmodules", "HepatoblastomaSegMRML"}, path.name
     code = ("import sys\n"
             "class Block:\n"
@@ -173,7 +174,8 @@ def test_the_runner_package_needs_neither_qt_nor_mrml():
 
 def test_the_qt_free_package_never_imports_qt():
     for path in sorted([*MRML_DIR.glob("*.py"), *RUNNER_DIR.glob("*.py")]):
-        names = _imported_top_names(ast.parse(path.read_text(encoding="utf-8")))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = _imported_top_names(tree)
         assert not names & {"qt", "ctk", "PythonQt", "PyQt5", "PySide2"}, f"{path.name} imports Qt"
         uses_app = any(isinstance(n, ast.Attribute) and n.attr == "app" and isinstance(n.value, ast.Name)
                        and n.value.id == "slicer" for n in ast.walk(tree))
