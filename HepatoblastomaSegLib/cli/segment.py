@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..infer.options import PredictorOptions, add_arguments
 from ..progress import JsonLinesProgress, NullProgress, Progress, TqdmProgress
 
 EPILOG = textwrap.dedent("""\
@@ -59,51 +60,7 @@ def register(subparsers) -> None:
     parser.add_argument("--push", action="store_true",
                         help="with --dicomweb: store the DICOM SEG (and a dicom-pm entropy map) back in the study "
                              "with STOW-RS")
-    parser.add_argument("--model", help="model bundle folder or bundled model name (default: the bundled demo model "
-                                        "of the modality: ct-demo or mri-demo)")
-    parser.add_argument("--liver-model", help="liver model bundle: MRI for the Nyul mask (default: mri-liver-demo when "
-                                              "bundled, else the body outline, with a warning); CT for the liver "
-                                              "anchor and the review flag (default: ct-liver-demo with the bundled CT "
-                                              "models and with --liver-anchor; none for your own CT model)")
-    parser.add_argument("--modality", choices=("ct", "mri"),
-                        help="modality of the image (default: the model's; with no model, guessed from intensities)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where the network runs; auto = CUDA when available (default: %(default)s)")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
-                        help="average the softmax over all 8 axis flips, as the paper's nnU-Net does: about 8x the "
-                             "network time, smoother masks and better-calibrated entropy (default: on)")
-    parser.add_argument("--overlap", type=float, default=0.5,
-                        help="sliding-window overlap, 0..0.9 (default: %(default)s, nnU-Net's; MONAI's default is 0.25)")
-    parser.add_argument("--batch-size", type=int, help="windows per sliding-window step (default: 4 on a GPU, 1 with "
-                        "TTA there since a window's flips run together, as many as fit --gpu-memory-gb; 2 on the "
-                        "CPU)")
-    parser.add_argument("--gpu-memory-gb", type=float, metavar="GB",
-                        help="plan the network calls for a GPU of this many GB (default: the card's own memory). "
-                             "Under 20 GB, fewer patches go through the network at once: the paper network then "
-                             "peaks at about 7 GB on a 512x512x200 CT (13.4 GB otherwise, with about a fifth less "
-                             "network time under TTA). Use 8 on a GPU shared with Slicer's rendering or other jobs")
-    parser.add_argument("--compile", action="store_true",
-                        help="compile the network with torch.compile, for long cohorts on a GPU: the first case "
-                             "pays the compilation (tens of seconds), later windows run faster (the README's "
-                             "measured figures say by how much). If compilation fails, the network runs "
-                             "uncompiled and each summary says so (default: off)")
-    parser.add_argument("--crop-to-body", action=argparse.BooleanOptionalAction, default=True,
-                        help="CT: run the network on the child's trunk only (the box of what lies above -500 HU "
-                             "and is thicker than 10 mm, so not the table, plus 10 mm, at least one patch wide); "
-                             "outside it the mask is 0 and the entropy 0. On a CT "
-                             "with air around the child this needs 2-4.5x fewer windows (paper network, issue-size "
-                             "phantom CT: 80 -> 20). The window grid changes with it, and so can the mask: ct-demo's "
-                             "masks with and without the crop agree with Dice 0.92 on that CT (0.96-0.99 on two "
-                             "others; mean Dice with the truth on 8 held-out phantoms 0.942 vs 0.944). MRI is never "
-                             "cropped (default: on)")
-    parser.add_argument("--liver-anchor", action=argparse.BooleanOptionalAction, default=None,
-                        help="drop tumour components that neither overlap nor touch the liver mask (hepatoblastoma "
-                             "arises in the liver; a tumour bulging out of the liver touches it and is kept whole). "
-                             "The summary reports what was dropped (default: on for CT, off for MRI)")
-    parser.add_argument("--keep-largest", action="store_true",
-                        help="keep only the largest connected tumour component (off by default)")
-    parser.add_argument("--min-component-ml", type=float, default=0.0,
-                        help="drop tumour components smaller than this many mL (default: keep all)")
+    add_arguments(parser)  # the options of PredictorOptions, defined once in infer/options.py
     parser.add_argument("--format", choices=("nifti", "nrrd", "dicom-seg"),
                         help="nifti: .nii.gz files; nrrd: Slicer .seg.nrrd + .nrrd; dicom-seg: a DICOM Segmentation "
                              "segmentation.dcm in the source study (DICOM input only) (default: nifti; dicom-seg "
@@ -183,22 +140,9 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
 
 
-def predictor_options(args: argparse.Namespace):
-    """The parsed ``hbseg segment`` options as :class:`~..infer.predictor.PredictorOptions`, checked (also what
-    ``hbseg serve`` uses for each request's options)."""
-    from ..infer.predictor import PredictorOptions
-
-    if not 0.0 <= args.overlap < 1.0:
-        raise ConfigError(f"--overlap must be in [0, 1), got {args.overlap}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
-        raise ConfigError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb}")
-    return PredictorOptions(model=args.model, liver_model=args.liver_model, modality=args.modality,
-                            device=args.device, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
-                            compile=args.compile, keep_largest=args.keep_largest,
-                            min_component_ml=args.min_component_ml, gpu_memory_gb=args.gpu_memory_gb,
-                            crop_to_body=args.crop_to_body, liver_anchor=args.liver_anchor)
+def predictor_options(args: argparse.Namespace) -> PredictorOptions:
+    """The parsed ``hbseg segment`` options, checked (also what ``hbseg serve`` uses for each request's options)."""
+    return PredictorOptions.from_namespace(args)
 
 
 def _finish(progress: Progress, message: str, kind: str) -> None:

@@ -33,6 +33,7 @@ from ..io.tables import neutralise_formula, read_csv_rows
 from ..progress import NullProgress, Progress
 from .outputs import (SUMMARY_NAME, check_output_folder, input_sha256, resume_key, why_recompute,
                       write_prediction)
+from .options import RESULT_OPTIONS
 from .result import Prediction
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "cohort_summary.csv"
 #: The cohort table and the progress line are refreshed at most this often (seconds), and after the last case.
 TABLE_EVERY_S = 2.0
-#: The options that change a case's result; a rerun with any of them changed recomputes the case.
-RESULT_OPTIONS = ("model", "liver_model", "modality", "tta", "overlap", "keep_largest", "min_component_ml",
-                  "crop_to_body")
-
 SUMMARY_COLUMNS = ("case", "status", "modality", "tumor_volume_ml", "largest_diameter_mm", "mean_entropy_nats",
                    "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error",
                    "review_needed", "review_reasons")

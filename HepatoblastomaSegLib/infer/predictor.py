@@ -34,7 +34,6 @@ the uncompiled network with a warning in every summary.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ from .postprocess import keep_components_touching, keep_largest_component, remov
 from .result import Prediction
 from .review import measure_image, review, review_settings
 from .summary import case_summary
+from .options import PredictorOptions  # noqa: F401 (re-exported: defined once there)
 from .tta import ALL_FLIPS, SoftmaxPredictor
 from .uncertainty import entropy_nats, round_to_step
 
@@ -62,26 +62,6 @@ DEFAULT_MODELS = {"ct": "ct-demo", "mri": "mri-demo"}
 DEFAULT_LIVER_MODEL = "mri-liver-demo"
 #: Bundled liver models per modality (CT: for the liver-anchored tumour step and the review flag).
 DEFAULT_LIVER_MODELS = {"ct": "ct-liver-demo", "mri": DEFAULT_LIVER_MODEL}
-
-
-@dataclasses.dataclass
-class PredictorOptions:
-    """What a user chooses (the ``hbseg segment`` options); :meth:`Predictor.from_options` turns it into a predictor."""
-
-    model: str | None = None
-    liver_model: str | None = None
-    modality: str | None = None
-    device: str = "auto"
-    tta: bool = True
-    overlap: float = 0.5
-    batch_size: int | None = None
-    compile: bool = False
-    keep_largest: bool = False
-    min_component_ml: float = 0.0
-    gpu_memory_gb: float | None = None
-    crop_to_body: bool = True
-    #: Drop tumour components that do not touch the liver mask; None = on for CT, off for MRI.
-    liver_anchor: bool | None = None
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:

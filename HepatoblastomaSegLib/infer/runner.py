@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,7 @@ def segment_cohort(manifest: str | Path, out_dir: str | Path, options: Predictor
         import torch.distributed as dist
 
         if options.device in ("auto", "cuda") and torch.cuda.is_available():
-            options = PredictorOptions(**{**options.__dict__, "device": f"cuda:{local_rank}"})
+            options = dataclasses.replace(options, device=f"cuda:{local_rank}")
         if not dist.is_initialized():
             dist.init_process_group("gloo")  # a barrier and nothing else: gloo works with and without GPUs
     predictors: dict[str, Predictor] = {}
