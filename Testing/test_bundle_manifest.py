@@ -18,6 +18,9 @@ from HepatoblastomaSegLib.infer.review import review_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MODULE_DIR = REPO / "HepatoblastomaSeg"
+sys.path.insert(0, str(MODULE_DIR))
+
+from HepatoblastomaSegRunner import models  # noqa: E402
 
 #: Run in a fresh Python where torch, numpy and MONAI cannot be imported: read, list and verify the bundled models,
 #: import one into a user folder with the module's catalogue, and report which blocked packages were loaded.
@@ -112,6 +115,8 @@ def test_kind_comes_from_the_importer_section_and_unknown_keys_are_ignored(tmp_p
     manifest = read_manifest(folder)
     assert manifest.kind == "nnunet" and manifest.section("nnunet") == {"format": "nnunet-v2"}
     assert manifest.section("a_future_key") == {"x": 1} and manifest.section("absent") is None
+    assert models.read_entry(folder, "imported").label == "ct-demo 1.0.0 (CT, nnU-Net)"
+    assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == "ct-demo 1.0.0 (CT)"
     _edit_meta(folder, monai={"format": "monai-bundle"})
     with pytest.raises(ModelError, match="two kinds of model"):
         read_manifest(folder)

@@ -31,6 +31,8 @@ DEFAULT_MODEL_NAMES = {"ct": "ct-demo", "mri": "mri-demo"}
 #: Bundles that are helpers, not tumour models (the liver models: MRI Nyul masks, the CT liver anchor).
 HELPER_MODEL_NAMES = ("mri-liver-demo", "ct-liver-demo")
 MODALITY_LABELS = {"ct": "CT", "mri": "T2 MRI"}
+#: How an imported model is named in the model list (the library's own models need no note).
+KIND_LABELS = {"nnunet": "nnU-Net", "monai": "MONAI bundle"}
 
 #: Same rule as the library's ``preprocess.checks``: a CT in HU holds air; MRI magnitudes are never below it.
 AIR_THRESHOLD_HU = -500.0
@@ -68,7 +70,11 @@ class ModelEntry:
 
     @property
     def label(self) -> str:
-        return f"{self.name} {self.version} ({MODALITY_LABELS.get(self.modality, self.modality)})"
+        """``ct-demo 1.0.0 (CT)``; an imported model says its kind: ``liver 1.0.0 (CT, nnU-Net)``."""
+        notes = [MODALITY_LABELS.get(self.modality, self.modality)]
+        if self.manifest.kind in KIND_LABELS:
+            notes.append(KIND_LABELS[self.manifest.kind])
+        return f"{self.name} {self.version} ({', '.join(notes)})"
 
     def card(self) -> str:
         """The model card (Markdown); a note when the file cannot be read."""
