@@ -168,3 +168,24 @@ def test_listing_skips_broken_bundles_and_keeps_the_first_of_a_name(tmp_path):
     with pytest.raises(ModelError, match="model_card.md is empty"):
         read_manifest(broken)
     assert bundle_manifest.models_dirs()[-1] == RESOURCES_MODELS_DIR
+
+
+@pytest.mark.slow
+def test_an_imported_nnunet_model_is_listed_as_such_and_imported_whole(tmp_path):
+    """An nnU-Net import (the real nnunetv2 layout) reads as kind "nnunet", and the module's import copies its
+    nnU-Net plans and dataset files with the rest (copying only the four core files lost them)."""
+    pytest.importorskip("nnunetv2")
+    from helpers_nnunet import make_v2_folder
+
+    from HepatoblastomaSegLib.importers.nnunet import import_nnunet
+
+    folder = make_v2_folder(tmp_path / "nnunet", modality="ct", folds=(0,), patch=(8, 16, 16),
+                            spacing_zyx=(10.0, 4.0, 4.0))
+    bundle = import_nnunet(folder, tmp_path / "bundle", folds="0")
+    manifest = read_manifest(bundle)
+    assert manifest.kind == "nnunet" and load_bundle(bundle).kind == "nnunet"
+    extra = set(manifest.checksums) - {"plans.json", "model.safetensors", "model_card.md"}
+    assert extra, "the import writes nnU-Net's own plans and dataset description"
+    entry = models.import_model_folder(bundle, tmp_path / "user")
+    assert entry.label.endswith("(CT, nnU-Net)") and extra <= {p.name for p in entry.path.iterdir()}
+    assert load_bundle(entry.path).manifest.checksums == manifest.checksums
