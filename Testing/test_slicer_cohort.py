@@ -338,3 +338,18 @@ def test_a_second_run_into_the_same_folder_is_refused(script, cohort, tmp_path, 
         code = script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=Predictor(cases))
     assert code == 2 and "another hbseg run is writing into this output folder" in capsys.readouterr().err
     assert not (out / "hb001").exists()
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(script, cohort, tmp_path, capsys):
+    manifest, cases = cohort
+    out = tmp_path / "results"
+    image = out / "hb001" / "hb001_entropy.nrrd"  # hb001's image lies where its entropy map would go
+    write_volume(cases["hb001"].image, image)
+    before = image.read_bytes()
+    rows = manifest.read_text().splitlines()
+    rows[1] = rows[1].replace("hb001/image.nii.gz", str(image))
+    manifest.write_text("\n".join(rows) + "\n")
+    predictor = Predictor(cases)
+    assert script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=predictor) == 1
+    assert "would overwrite the input" in capsys.readouterr().err and len(predictor.seen) == 2
+    assert image.read_bytes() == before

@@ -183,6 +183,22 @@ def done_path(out_dir: Path, case: Case) -> Path:
     return case_folder(out_dir, case) / f"{mrml.storage.file_stem(case.case)}{DONE_SUFFIX}"
 
 
+def output_files(out_dir: Path, case: Case) -> list[Path]:
+    """Every file the script writes for ``case`` (module docstring)."""
+    paths = mrml.storage.result_paths(case_folder(out_dir, case), case.case)
+    stem, folder = mrml.storage.file_stem(case.case), case_folder(out_dir, case)
+    tables = [paths["metrics"], folder / f"{stem}_agreement.tsv"]
+    return [paths["segmentation"], paths["entropy"], *tables, *(t.with_suffix(".schema.tsv") for t in tables),
+            folder / f"{stem}_consensus.seg.nrrd", done_path(out_dir, case)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 def is_done(out_dir: Path, case: Case) -> bool:
     """True when the case's done file exists and every file it lists has the recorded checksum."""
     return _done_record(done_path(out_dir, case)) is not None
@@ -250,8 +266,16 @@ class SlicerCaseOutputs(_CaseOutputs):
         return dict((record or {}).get("summary") or {})
 
     def check(self, cohort_case, case_dir: Path) -> None:
+        """Refuse, before the network runs, a case folder that is a file or whose files would overwrite one of the
+        case's inputs (its image or an annotator's mask)."""
         if case_dir.exists() and not case_dir.is_dir():
             raise InputError("the case's output must be a folder, but this is an existing file", case_dir)
+        case = self.cases[cohort_case.case]
+        for target in output_files(case_dir.parent, case):
+            for source in (case.image, *case.annotators.values()):
+                if _same_file(target, source):
+                    raise InputError(f"writing the output {target.name} would overwrite the input {source}; choose "
+                                     "another output folder", case_dir)
 
     def predict(self, cohort_case, progress) -> object:
         """The library's ``predict(case, progress)``: the image as a volume node on the file's exact grid,
