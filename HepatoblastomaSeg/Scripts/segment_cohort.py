@@ -96,10 +96,10 @@ EPILOG = textwrap.dedent("""\
       python segment_cohort.py --manifest cohort.csv --out results/ --model bundles/ct --device cuda --no-tta
 
     Re-run the same command to resume: finished cases (verified checksums; same image, annotators and options) are
-    skipped. A failing case is
-    reported and the others go on; the exit status is then 1 (also after an unexpected error, with its traceback;
-    2: bad arguments, manifest or model, or torch/MONAI not installed; 130: interrupted). Inside 3D Slicer every
-    ending closes the application with that status. Without matplotlib the report has no figures (a warning says so).""")
+    skipped. A failing case is reported and the others go on; the exit status is then 1 (also after an unexpected
+    error, with its traceback; 2: bad arguments, manifest or model, torch/MONAI not installed, or another run
+    writing into OUT; 130: interrupted). Inside 3D Slicer every ending closes the application with that status.
+    Without matplotlib the report has no figures (a warning says so).""")
 
 
 @dataclasses.dataclass(frozen=True)
