@@ -16,6 +16,9 @@ A bundle folder holds four files:
 given an MRI. :meth:`ModelBundle.build_network` re-hashes the very bytes it loads, so weights swapped after loading
 are refused too.
 
+Reading ``bundle.json`` (finding bundles, their fields, checksums) is :mod:`.bundle_manifest`'s, which needs neither
+torch nor numpy (the 3D Slicer module reads it too); this module adds the plans and the network.
+
 Where bundles live: a path to a folder, or a name looked up in each folder of ``$HBSEG_MODELS_DIR``
 (``os.pathsep``-separated) and then in ``Resources/Models/<name>/`` of the repository (the parent of the
 ``HepatoblastomaSegLib`` package).
@@ -30,43 +33,30 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import __version__
+from .bundle_manifest import (BUNDLE_FILES, BUNDLE_FORMAT_VERSION, BUNDLE_JSON, CARD_FILE, CHECKSUMS_KEY, MODELS_ENV,
+                              NAME_PATTERN, PLANS_JSON, RESOURCES_MODELS_DIR, WEIGHTS_FILE, BundleLabel,
+                              BundleManifest, check_weights_digest, find_bundle, list_bundles, models_dirs,
+                              read_json_object, read_manifest, sha256_file, version_tuple)
 from .errors import ConfigError, ModelError
 from .preprocess.plans import Plans
 
-BUNDLE_FORMAT_VERSION = 1
-BUNDLE_JSON, PLANS_JSON, WEIGHTS_FILE, CARD_FILE = "bundle.json", "plans.json", "model.safetensors", "model_card.md"
-BUNDLE_FILES = (BUNDLE_JSON, PLANS_JSON, WEIGHTS_FILE, CARD_FILE)
-#: bundle.json key of the {file: SHA256} manifest of every other file of the bundle.
-CHECKSUMS_KEY = "files"
-MODELS_ENV = "HBSEG_MODELS_DIR"
-#: The repository's bundled models: <repo root>/Resources/Models, the repo root being the package's parent.
-RESOURCES_MODELS_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Models"
+__all__ = ["BUNDLE_FILES", "BUNDLE_FORMAT_VERSION", "BUNDLE_JSON", "CARD_FILE", "CHECKSUMS_KEY", "DEFAULT_COLORS",
+           "MODELS_ENV", "PLANS_JSON", "RESOURCES_MODELS_DIR", "WEIGHTS_FILE", "BundleLabel", "BundleManifest",
+           "ModelBundle", "bundle_checksums", "find_bundle", "list_bundles", "load_bundle", "model_card",
+           "models_dirs", "refresh_bundle_checksums", "save_bundle", "sha256_file", "stage_bundle"]
+
 DEFAULT_COLORS = {"background": (0, 0, 0), "tumor": (230, 60, 60), "liver": (221, 130, 101)}
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.-]+)?$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class BundleLabel:
-    """One output channel: its value in the label map, name and display colour (RGB 0-255)."""
-
-    value: int
-    name: str
-    color_rgb: tuple[int, int, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "name": self.name, "color_rgb": list(self.color_rgb)}
+_NAME = NAME_PATTERN
+_version_tuple = version_tuple
 
 
 @dataclasses.dataclass
@@ -85,11 +75,18 @@ class ModelBundle:
     weights_dtype: str = "float32"
     min_library_version: str = "0.0.0"
     created_utc: str = ""
+    #: What bundle.json says (kind, review thresholds, checksums, importers' sections).
+    manifest: BundleManifest | None = dataclasses.field(default=None, repr=False, compare=False)
     _networks: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
+
+    @property
+    def kind(self) -> str:
+        """"own", "nnunet" or "monai" (:data:`~HepatoblastomaSegLib.bundle_manifest.KINDS`)."""
+        return self.manifest.kind if self.manifest is not None else "own"
 
     def require_modality(self, modality: str) -> None:
         """Raise :class:`ModelError` unless this model is for ``modality`` ("ct" or "mri")."""
@@ -106,10 +103,7 @@ class ModelBundle:
             data = self.weights_path.read_bytes()
         except FileNotFoundError as exc:
             raise ModelError(f"missing file {WEIGHTS_FILE}", self.path) from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != self.sha256:
-            raise ModelError(f"{WEIGHTS_FILE} is corrupt or was replaced: its SHA256 is {digest[:16]}..., "
-                             f"bundle.json says {self.sha256[:16]}...", self.path)
+        check_weights_digest(self.path, hashlib.sha256(data).hexdigest(), self.sha256)
         try:
             return load_safetensors(data)
         except Exception as exc:  # safetensors raises its own error types
@@ -145,161 +139,29 @@ class ModelBundle:
         return self._networks[key]
 
 
-# ------------------------------------------------------------------------------------------------ finding
-def models_dirs() -> list[Path]:
-    """Folders searched for bundles by name, in order."""
-    dirs = [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p.strip()]
-    return dirs + [RESOURCES_MODELS_DIR]
-
-
-def list_bundles(modality: str | None = None) -> list[str]:
-    """Names of the bundles found in :func:`models_dirs` (optionally only those for ``modality``)."""
-    names: list[str] = []
-    for folder in models_dirs():
-        if not folder.is_dir():
-            continue
-        for sub in sorted(folder.iterdir()):
-            meta = sub / BUNDLE_JSON
-            if sub.name in names or not meta.is_file():
-                continue
-            if modality is not None:
-                try:
-                    if json.loads(meta.read_text(encoding="utf-8")).get("modality") != modality:
-                        continue
-                except (OSError, ValueError):
-                    continue
-            names.append(sub.name)
-    return names
-
-
-def find_bundle(name_or_dir: str | Path) -> Path:
-    """The folder of a bundle given as a path or a name (see module docstring)."""
-    candidate = Path(name_or_dir).expanduser()
-    if candidate.is_dir():
-        return candidate
-    text = str(name_or_dir)
-    if os.sep in text or "/" in text or not _NAME.match(text):
-        raise ModelError("model bundle folder not found", candidate)
-    looked = []
-    for folder in models_dirs():
-        path = folder / text
-        looked.append(str(path))
-        if path.is_dir():
-            return path
-    available = list_bundles()
-    raise ModelError(f"model bundle '{text}' not found; looked in {', '.join(looked)} (set {MODELS_ENV} to add "
-                     f"folders); available: {', '.join(available) or 'none'}")
-
-
 # ------------------------------------------------------------------------------------------------ loading
-def _version_tuple(text: str) -> tuple[int, int, int] | None:
-    match = _SEMVER.match(text) if isinstance(text, str) else None
-    return None if match is None else tuple(int(g) for g in match.groups())
-
-
-def _read_json(path: Path, folder: Path) -> dict:
-    if not path.is_file():
-        raise ModelError(f"missing file {path.name} (an incomplete or wrong bundle folder? it needs "
-                         f"{', '.join(BUNDLE_FILES)})", folder)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path.name} is not valid JSON ({exc})", folder) from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path.name} must hold a JSON object", folder)
-    return data
-
-
-def _parse_labels(raw: Any, folder: Path) -> list[BundleLabel]:
-    rule = 'a list of {"value": int, "name": str, "color_rgb": [r, g, b]} entries, values 0, 1, ...'
-    if not isinstance(raw, list) or len(raw) < 2:
-        raise ModelError(f"bundle.json labels must be {rule}", folder)
-    labels = []
-    for entry in raw:
-        try:
-            color = tuple(int(c) for c in entry["color_rgb"])
-            label = BundleLabel(int(entry["value"]), str(entry["name"]), color)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"bundle.json labels must be {rule} (bad entry {entry!r})", folder) from exc
-        if len(color) != 3 or any(not 0 <= c <= 255 for c in color):
-            raise ModelError(f"bundle.json label '{label.name}' colour must be 3 integers 0-255", folder)
-        labels.append(label)
-    if sorted(lab.value for lab in labels) != list(range(len(labels))):
-        raise ModelError(f"bundle.json labels must be {rule}", folder)
-    return sorted(labels, key=lambda lab: lab.value)
-
-
 def load_bundle(name_or_dir: str | Path, *, modality: str | None = None, verify_weights: bool = True
                 ) -> ModelBundle:
     """Find, read and check a bundle. With ``modality`` ("ct"/"mri"), refuse a model for the other one.
 
-    Checks: all four files present; bundle.json fields (name, semantic version, modality, labels, SHA256, width);
-    minimum library version; plans.json valid and consistent with bundle.json (modality, labels); the SHA256 of
-    every file bundle.json lists under ``files`` (of the weights alone for an older bundle without that list); the
-    weights' are skipped with ``verify_weights=False``, e.g. for listing.
+    Checks: the manifest (:func:`~HepatoblastomaSegLib.bundle_manifest.read_manifest`: files present, bundle.json's
+    fields, minimum library version, plans.json's modality and labels, a model card); plans.json valid as
+    :class:`Plans`; the SHA256 of every file bundle.json lists under ``files`` (of the weights alone for an older
+    bundle without that list); the weights' are skipped with ``verify_weights=False``, e.g. for listing.
     """
-    folder = find_bundle(name_or_dir)
-    meta = _read_json(folder / BUNDLE_JSON, folder)
-    for file in (PLANS_JSON, WEIGHTS_FILE, CARD_FILE):
-        if not (folder / file).is_file():
-            raise ModelError(f"missing file {file}", folder)
-    fmt = meta.get("format_version")
-    if not isinstance(fmt, int) or fmt < 1:
-        raise ModelError(f"bundle.json format_version must be a positive integer (got {fmt!r})", folder)
-    if fmt > BUNDLE_FORMAT_VERSION:
-        raise ModelError(f"bundle format {fmt} is newer than this library understands ({BUNDLE_FORMAT_VERSION}); "
-                         "update HepatoblastomaSeg", folder)
-    name, version, bundle_modality = meta.get("name"), meta.get("version"), meta.get("modality")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ModelError(f"bundle.json name must be letters, digits, '.', '_' or '-' (got {name!r})", folder)
-    if _version_tuple(version) is None:
-        raise ModelError(f"bundle.json version must be a semantic version like 1.0.0 (got {version!r})", folder)
-    if bundle_modality not in ("ct", "mri"):
-        raise ModelError(f"bundle.json modality must be 'ct' or 'mri' (got {bundle_modality!r})", folder)
-    minimum = meta.get("min_library_version", "0.0.0")
-    if _version_tuple(minimum) is None:
-        raise ModelError(f"bundle.json min_library_version must be a semantic version (got {minimum!r})", folder)
-    if _version_tuple(minimum) > _version_tuple(__version__):
-        raise ModelError(f"'{name}' {version} needs HepatoblastomaSeg >= {minimum}; this is {__version__}. "
-                         "Update the library.", folder)
-    weights = meta.get("weights")
-    if not isinstance(weights, dict) or not re.fullmatch(r"[0-9a-f]{64}", str(weights.get("sha256", ""))):
-        raise ModelError('bundle.json weights must be {"file": "model.safetensors", "sha256": <64 hex digits>}',
-                         folder)
-    network = meta.get("network", {})
-    width = network.get("width", 1.0) if isinstance(network, dict) else None
-    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
-        raise ModelError(f"bundle.json network.width must be a positive number (got {width!r})", folder)
-    labels = _parse_labels(meta.get("labels"), folder)
+    manifest = read_manifest(name_or_dir)
     try:
-        plans = Plans.load(folder / PLANS_JSON)
+        plans = Plans.load(manifest.plans_path)
     except ConfigError as exc:
-        raise ModelError(f"{PLANS_JSON}: {exc.problem}", folder) from exc
-    if plans.modality != bundle_modality:
-        raise ModelError(f"bundle.json says modality {bundle_modality} but plans.json says {plans.modality}", folder)
-    plan_labels = {lab.name: lab.value for lab in labels}
-    if plan_labels != plans.labels:
-        raise ModelError(f"bundle.json labels {plan_labels} do not match plans.json labels {plans.labels}", folder)
-    card = (folder / CARD_FILE).read_text(encoding="utf-8")
-    if not card.strip():
-        raise ModelError(f"{CARD_FILE} is empty; a model card must say what the model was trained on, its intended "
-                         "use, validation figures and limits", folder)
-    bundle = ModelBundle(name=name, version=version, modality=bundle_modality, labels=labels, plans=plans, card=card,
-                         path=folder, sha256=weights["sha256"], width=float(width),
-                         weights_dtype=str(weights.get("dtype", "float32")), min_library_version=minimum,
-                         created_utc=str(meta.get("created_utc", "")))
+        raise ModelError(f"{PLANS_JSON}: {exc.problem}", manifest.path) from exc
+    bundle = ModelBundle(name=manifest.name, version=manifest.version, modality=manifest.modality,
+                         labels=list(manifest.labels), plans=plans, card=manifest.read_card(), path=manifest.path,
+                         sha256=manifest.weights_sha256, width=manifest.width, weights_dtype=manifest.weights_dtype,
+                         min_library_version=manifest.min_library_version, created_utc=manifest.created_utc,
+                         manifest=manifest)
     if modality is not None:
         bundle.require_modality(modality)
-    if CHECKSUMS_KEY in meta:
-        listed = meta[CHECKSUMS_KEY]
-        if isinstance(listed, dict) and listed.get(WEIGHTS_FILE, bundle.sha256) != bundle.sha256:
-            raise ModelError(f"bundle.json lists two different SHA256 for {WEIGHTS_FILE}", folder)
-        _verify_checksums(folder, listed, skip=() if verify_weights else (WEIGHTS_FILE,))
-    elif verify_weights:
-        digest = sha256_file(bundle.weights_path)
-        if digest != bundle.sha256:
-            raise ModelError(f"{WEIGHTS_FILE} is corrupt or was replaced: its SHA256 is {digest[:16]}..., "
-                             f"bundle.json says {bundle.sha256[:16]}...", folder)
+    manifest.verify(weights=verify_weights)
     return bundle
 
 
@@ -322,7 +184,7 @@ def refresh_bundle_checksums(folder: str | Path, names: Sequence[str] | None = N
     from .io.atomic import write_text_atomic
 
     folder = Path(folder)
-    meta = _read_json(folder / BUNDLE_JSON, folder)
+    meta = read_json_object(folder / BUNDLE_JSON, folder)
     checksums = bundle_checksums(folder, names)
     weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
     if WEIGHTS_FILE in checksums and weights.get("sha256") not in (None, checksums[WEIGHTS_FILE]):
@@ -330,40 +192,6 @@ def refresh_bundle_checksums(folder: str | Path, names: Sequence[str] | None = N
                          "for replaced weights", folder)
     meta[CHECKSUMS_KEY] = checksums
     return write_text_atomic(folder / BUNDLE_JSON, json.dumps(meta, indent=2) + "\n")
-
-
-def _verify_checksums(folder: Path, listed: Any, *, skip: Sequence[str] = ()) -> None:
-    """Refuse a bundle whose files differ from the SHA256 that ``bundle.json`` lists for them."""
-    rule = f'bundle.json {CHECKSUMS_KEY} must map file names inside the bundle to SHA256 hex digests'
-    if not isinstance(listed, dict):
-        raise ModelError(rule, folder)
-    for name, expected in listed.items():
-        if (not isinstance(name, str) or not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected)
-                or Path(name).is_absolute() or ".." in Path(name).parts or name == BUNDLE_JSON):
-            raise ModelError(f"{rule} (bad entry {name!r})", folder)
-    unlisted = [name for name in (PLANS_JSON, WEIGHTS_FILE, CARD_FILE) if name not in listed]
-    if unlisted:
-        raise ModelError(f"bundle.json {CHECKSUMS_KEY} lacks {', '.join(unlisted)}", folder)
-    for name, expected in sorted(listed.items()):
-        if name in skip:
-            continue
-        try:
-            digest = sha256_file(folder / name)
-        except FileNotFoundError as exc:
-            raise ModelError(f"missing file {name} (listed in bundle.json)", folder) from exc
-        if digest != expected:
-            raise ModelError(f"{name} is corrupt or was replaced: its SHA256 is {digest[:16]}..., bundle.json says "
-                             f"{expected[:16]}... (if the change was deliberate, record it with "
-                             "HepatoblastomaSegLib.bundle.refresh_bundle_checksums)", folder)
-
-
-def sha256_file(path: Path) -> str:
-    """SHA256 of a file, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ saving

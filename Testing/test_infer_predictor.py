@@ -329,9 +329,9 @@ def test_cohort_on_two_processes_with_torchrun(tmp_path, bundle_dir):
 
 def test_missing_default_model_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HBSEG_MODELS_DIR", str(tmp_path / "nowhere"))
-    import HepatoblastomaSegLib.bundle as bundle_module
+    from HepatoblastomaSegLib import bundle_manifest
 
-    monkeypatch.setattr(bundle_module, "RESOURCES_MODELS_DIR", tmp_path / "empty")
+    monkeypatch.setattr(bundle_manifest, "RESOURCES_MODELS_DIR", tmp_path / "empty")
     write_volume(_oblique_ct(), tmp_path / "ct.nii.gz")
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "--progress", "none", "-o", str(tmp_path / "o")]) == 2
     assert "hbseg train" in capsys.readouterr().err

@@ -116,11 +116,7 @@ def test_the_category_is_translated_in_slicers_own_context():
 
 # --- dependency floors -------------------------------------------------------------------------------------------
 
-#: Requires-Dist of MONAI releases as published on PyPI (read from the wheels' METADATA, 2026-12-04).
-MONAI_RELEASES = {"1.4.0": {"numpy": ">=1.24,<2.0", "torch": ">=1.9"},
-                  "1.5.0": {"numpy": ">=1.24,<3.0", "torch": ">=2.4.1,<2.7.0"}}
-#: 3D Slicer 5.10's own numpy, which the module never replaces.
-SLICER_5_10_NUMPY = "2.0.2"
+from helpers_dependencies import MONAI_RELEASES, SLICER_5_10_NUMPY  # noqa: E402
 
 
 def test_torch_and_monai_floors_can_be_installed_together_with_slicers_numpy():

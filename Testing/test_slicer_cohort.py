@@ -299,3 +299,57 @@ def test_without_matplotlib_the_report_has_no_figures_and_a_warning(script, coho
     assert "matplotlib is not installed" in captured.err
     assert (out / "report" / "report.html").is_file()
     assert not list((out / "report").rglob("*.png"))
+
+
+def test_the_cohort_runs_on_the_librarys_runner_and_recomputes_what_changed(script, cohort, tmp_path, capsys):
+    """The library's cohort table is written too, and a re-run recomputes exactly the case whose annotator mask
+    changed (the old loop skipped it: its files still matched their checksums)."""
+    manifest, cases = cohort
+    out = tmp_path / "results"
+    assert script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=Predictor(cases)) == 0
+    with open(out / "cohort_summary.csv", newline="") as handle:
+        table = {r["case"]: r for r in csv.DictReader(handle)}
+    assert {k: r["status"] for k, r in table.items()} == {name: "ok" for name in cases}
+    assert {r["device"] for r in table.values()} == {"cpu"} and {r["seconds_total"] for r in table.values()} == {"3.75"}
+    capsys.readouterr()
+    with open(out / "hb002" / "hb002_metrics.tsv", newline="") as handle:
+        before = {r["reference"]: r["dice"] for r in csv.DictReader(handle, delimiter="\t")}
+    assert before["R1"] != before["R2"]
+
+    write_volume(cases["hb002"].raters["R2"], manifest.parent / "hb002" / "R1.nii.gz")  # hb002's R1 := its R2
+    again = Predictor(cases)
+    assert script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=again) == 0
+    assert len(again.seen) == 1 and np.array_equal(again.seen[0].array, cases["hb002"].image.array)
+    captured = capsys.readouterr()
+    assert "hb002: recomputing: the image, an annotator's mask or the options changed" in captured.err
+    assert "hb001: finished before, skipped" in captured.out and "hb003: finished before, skipped" in captured.out
+    with open(out / "hb002" / "hb002_metrics.tsv", newline="") as handle:
+        after = {r["reference"]: r["dice"] for r in csv.DictReader(handle, delimiter="\t")}
+    assert after["R1"] == after["R2"] == before["R2"]
+
+
+def test_a_second_run_into_the_same_folder_is_refused(script, cohort, tmp_path, capsys):
+    from HepatoblastomaSegLib.io.atomic import folder_lock
+
+    manifest, cases = cohort
+    out = tmp_path / "results"
+    out.mkdir()
+    with folder_lock(out, wait=False):  # another run holds the folder
+        code = script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=Predictor(cases))
+    assert code == 2 and "another hbseg run is writing into this output folder" in capsys.readouterr().err
+    assert not (out / "hb001").exists()
+
+
+def test_outputs_that_would_overwrite_an_input_are_refused(script, cohort, tmp_path, capsys):
+    manifest, cases = cohort
+    out = tmp_path / "results"
+    image = out / "hb001" / "hb001_entropy.nrrd"  # hb001's image lies where its entropy map would go
+    write_volume(cases["hb001"].image, image)
+    before = image.read_bytes()
+    rows = manifest.read_text().splitlines()
+    rows[1] = rows[1].replace("hb001/image.nii.gz", str(image))
+    manifest.write_text("\n".join(rows) + "\n")
+    predictor = Predictor(cases)
+    assert script.main(["--manifest", str(manifest), "--out", str(out), "--no-report"], predict=predictor) == 1
+    assert "would overwrite the input" in capsys.readouterr().err and len(predictor.seen) == 2
+    assert image.read_bytes() == before

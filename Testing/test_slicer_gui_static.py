@@ -152,7 +152,8 @@ def _imported_top_names(tree: ast.Module) -> set[str]:
 
 def test_the_runner_package_needs_neither_qt_nor_mrml():
     """HepatoblastomaSegRunner imports only the standard library, numpy and the library: no Qt, no slicer/vtk, no
-    MRML glue (checked in the source, and by importing every module in a Python where slicer cannot be found)."""
+    MRML glue (checked in the source, and by importing every module in a Python where slicer cannot be found), and
+    no torch or MONAI (the module lists and imports models before it installs them)."""
     modules = sorted(RUNNER_DIR.glob("*.py"))
     for path in modules:
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -161,7 +162,7 @@ def test_the_runner_package_needs_neither_qt_nor_mrml():
     code = ("import sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('slicer', 'vtk', 'vtkmodules', 'qt'):\n"
+            "        if name.split('.')[0] in ('slicer', 'vtk', 'vtkmodules', 'qt', 'torch', 'monai'):\n"
             "            raise ModuleNotFoundError(name, name=name)\n"
             "sys.meta_path.insert(0, Block()); sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "import importlib\n"

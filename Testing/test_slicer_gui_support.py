@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 import HepatoblastomaSegLib  # noqa: E402
 from HepatoblastomaSegLib import bundle as bundle_module  # noqa: E402
+from HepatoblastomaSegLib import bundle_manifest  # noqa: E402
 from HepatoblastomaSegLib.errors import HepatoblastomaSegError, ModelError  # noqa: E402
 from HepatoblastomaSegLib.infer.predictor import guess_modality as library_guess  # noqa: E402
 from HepatoblastomaSegLib.infer.predictor import resolve_device  # noqa: E402
@@ -44,8 +45,7 @@ def model_dirs(tmp_path, monkeypatch):
     tiny_bundle(bundled, name="ct-tiny", seed=5)  # shadowed by the environment's ct-tiny
     (bundled / "not-a-bundle").mkdir()
     monkeypatch.setenv("HBSEG_MODELS_DIR", str(env_dir))
-    monkeypatch.setattr(bundle_module, "RESOURCES_MODELS_DIR", bundled)
-    monkeypatch.setattr(models, "bundled_models_dir", lambda: bundled)
+    monkeypatch.setattr(bundle_manifest, "RESOURCES_MODELS_DIR", bundled)  # the library's and the catalogue's
     return env_dir, bundled
 
 
@@ -91,14 +91,14 @@ def test_import_model_folder_verifies_and_copies(model_dirs, tmp_path):
     assert sorted(p.name for p in user.iterdir()) == ["ct-imported"], "nothing half-copied is left behind"
 
 
-def test_modality_guess_agrees_with_the_library_and_warns_on_mismatch(tmp_path):
+def test_modality_guess_agrees_with_the_library_and_warns_on_mismatch(model_dirs):
     assert models.AIR_THRESHOLD_HU == checks.AIR_THRESHOLD_HU
     assert models.CT_MIN_AIR_FRACTION == checks.CT_MIN_AIR_FRACTION
     for modality in ("ct", "mri"):
         image, _, _ = synthetic_case(modality)
         assert models.guess_modality(image.array) == library_guess(image) == modality
-    ct_model = models.ModelEntry("ct-demo", "1.0.0", "ct", tmp_path, "bundled")
-    mri_model = models.ModelEntry("mri-demo", "1.0.0", "mri", tmp_path, "bundled")
+    _, bundled = model_dirs
+    ct_model, mri_model = (models.read_entry(bundled / name, "bundled") for name in ("ct-demo", "mri-demo"))
     assert models.modality_mismatch("ct", "ct", ct_model) == ""
     assert models.modality_mismatch("mri", "ct", ct_model).startswith(
         "This looks like an MRI (no air below -500 HU), but the CT model 'ct-demo' is selected")
@@ -267,7 +267,7 @@ def test_failures_from_real_library_errors_name_cause_and_next_step(tmp_path):
 def test_selftest_fixtures_make_a_phantom_and_a_working_model(tmp_path, monkeypatch):
     from HepatoblastomaSegRunner import selftest
 
-    monkeypatch.setattr(models, "bundled_models_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(bundle_manifest, "RESOURCES_MODELS_DIR", tmp_path / "none")
     monkeypatch.delenv("HBSEG_MODELS_DIR", raising=False)
     data = selftest.make_phantom(tmp_path / "phantom")
     assert data.image.is_file() and sorted(data.annotators) == ["R1", "R2", "R3"]

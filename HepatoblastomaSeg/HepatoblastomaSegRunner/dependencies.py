@@ -23,8 +23,8 @@ from pathlib import Path
 #: torch >= 2.4.1 (and < 2.7; MONAI 1.6 needs torch >= 2.8), so with an older torch pip could resolve nothing.
 TORCH_REQUIREMENT = "torch>=2.4.1"
 #: What ``hbseg segment`` needs besides torch and what 3D Slicer ships (pip requirement strings); highdicom for the
-#: DICOM SEG export.
-REQUIREMENTS = ("monai>=1.5", "safetensors>=0.4", "tqdm>=4.66", "scipy", "highdicom>=0.28")
+#: DICOM SEG export. The same floors as the library's ``pyproject.toml`` (a test keeps them equal).
+REQUIREMENTS = ("monai>=1.5", "safetensors>=0.4", "tqdm>=4.66", "scipy>=1.11", "highdicom>=0.28")
 #: Shipped with 3D Slicer and loaded by it: pinned, never replaced.
 SLICER_PROVIDED = ("numpy", "SimpleITK", "vtk")
 #: Pinned in every install: Slicer's own packages, and torch (the PyTorch extension's build, matched to the GPU).

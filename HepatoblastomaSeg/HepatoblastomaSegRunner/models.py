@@ -1,18 +1,17 @@
 """The model catalogue of the module: which bundles there are, importing a bundle folder, which model fits an
 image, and about how much GPU memory a model needs.
 
-Listing reads only ``bundle.json`` (no torch, so the module can show its models before any dependency is
-installed); it searches the same folders, in the same order, as the library's
-:func:`HepatoblastomaSegLib.bundle.models_dirs`, with the user's imported-models folder first. Importing a folder
-(:func:`import_model_folder`) runs the library's full check, :func:`~HepatoblastomaSegLib.bundle.load_bundle` with
-the weights' SHA256, before and after copying, and copies through a temporary sibling folder that is renamed into
-place, so the catalogue never holds half a bundle.
+Bundles are read by the library's :mod:`HepatoblastomaSegLib.bundle_manifest`, which needs neither torch nor numpy,
+so the module shows and imports its models before any dependency is installed, with the library's own rules: the
+same folders in the same order (:func:`~HepatoblastomaSegLib.bundle_manifest.search_dirs`), with the user's
+imported-models folder first, and the same checks. Importing a folder (:func:`import_model_folder`) reads its
+manifest and verifies the SHA256 of every file before and after copying, and copies through a temporary sibling
+folder that is renamed into place, so the catalogue never holds half a bundle.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -23,15 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from HepatoblastomaSegLib import bundle_manifest
+from HepatoblastomaSegLib.bundle_manifest import BundleManifest, read_manifest
 from HepatoblastomaSegLib.errors import ModelError
 
-BUNDLE_JSON, PLANS_JSON, CARD_FILE = "bundle.json", "plans.json", "model_card.md"
-MODELS_ENV = "HBSEG_MODELS_DIR"
 #: The library's bundled default per modality (``HepatoblastomaSegLib.infer.predictor.DEFAULT_MODELS``).
 DEFAULT_MODEL_NAMES = {"ct": "ct-demo", "mri": "mri-demo"}
 #: Bundles that are helpers, not tumour models (the liver models: MRI Nyul masks, the CT liver anchor).
 HELPER_MODEL_NAMES = ("mri-liver-demo", "ct-liver-demo")
 MODALITY_LABELS = {"ct": "CT", "mri": "T2 MRI"}
+#: How an imported model is named in the model list (the library's own models need no note).
+KIND_LABELS = {"nnunet": "nnU-Net", "monai": "MONAI bundle"}
 
 #: Same rule as the library's ``preprocess.checks``: a CT in HU holds air; MRI magnitudes are never below it.
 AIR_THRESHOLD_HU = -500.0
@@ -41,79 +42,80 @@ _MAX_SAMPLES = 2_000_000
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-    """One bundle found on disk. ``source``: "imported" (the user's folder), "environment" ($HBSEG_MODELS_DIR) or
-    "bundled" (shipped with the extension)."""
+    """One bundle found on disk: its manifest, and where it was found: ``source`` "imported" (the user's folder),
+    "environment" ($HBSEG_MODELS_DIR) or "bundled" (shipped with the extension)."""
 
-    name: str
-    version: str
-    modality: str
-    path: Path
+    manifest: BundleManifest
     source: str
-    sha256: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def modality(self) -> str:
+        return self.manifest.modality
+
+    @property
+    def path(self) -> Path:
+        return self.manifest.path
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.weights_sha256
 
     @property
     def label(self) -> str:
-        return f"{self.name} {self.version} ({MODALITY_LABELS.get(self.modality, self.modality)})"
+        """``ct-demo 1.0.0 (CT)``; an imported model says its kind: ``liver 1.0.0 (CT, nnU-Net)``."""
+        notes = [MODALITY_LABELS.get(self.modality, self.modality)]
+        if self.manifest.kind in KIND_LABELS:
+            notes.append(KIND_LABELS[self.manifest.kind])
+        return f"{self.name} {self.version} ({', '.join(notes)})"
 
     def card(self) -> str:
         """The model card (Markdown); a note when the file cannot be read."""
         try:
-            return (self.path / CARD_FILE).read_text(encoding="utf-8")
+            return self.manifest.read_card()
         except OSError as exc:
             return f"(no model card: {exc})"
 
     def plans(self) -> dict[str, Any]:
-        return json.loads((self.path / PLANS_JSON).read_text(encoding="utf-8"))
+        return self.manifest.read_plans()
 
     def width(self) -> float:
-        meta = json.loads((self.path / BUNDLE_JSON).read_text(encoding="utf-8"))
-        network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
-        return float(network.get("width", 1.0))
+        return self.manifest.width
 
 
 def bundled_models_dir() -> Path:
     """``Resources/Models`` beside the library package in use (the library's ``RESOURCES_MODELS_DIR``)."""
-    import HepatoblastomaSegLib
-
-    return Path(HepatoblastomaSegLib.__file__).resolve().parent.parent / "Resources" / "Models"
+    return bundle_manifest.RESOURCES_MODELS_DIR
 
 
 def model_search_dirs(user_dir: str | Path | None = None) -> list[tuple[Path, str]]:
-    """``(folder, source)`` pairs in search order: the user's imported models, ``$HBSEG_MODELS_DIR``, bundled."""
-    dirs = [(Path(user_dir), "imported")] if user_dir else []
-    dirs += [(Path(p).expanduser(), "environment") for p in os.environ.get(MODELS_ENV, "").split(os.pathsep)
-             if p.strip()]
-    return dirs + [(bundled_models_dir(), "bundled")]
+    """``(folder, source)`` pairs in search order: the user's imported models, then the library's
+    (``$HBSEG_MODELS_DIR``, bundled)."""
+    return ([(Path(user_dir), "imported")] if user_dir else []) + bundle_manifest.search_dirs()
 
 
 def read_entry(folder: Path, source: str) -> ModelEntry | None:
-    """The catalogue entry of a bundle folder from its ``bundle.json``; None when it is not a readable bundle."""
+    """The catalogue entry of a bundle folder; None when its manifest is missing or broken."""
     try:
-        meta = json.loads((folder / BUNDLE_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return ModelEntry(read_manifest(Path(folder)), source)
+    except ModelError:
         return None
-    if not isinstance(meta, dict) or meta.get("modality") not in ("ct", "mri") or not meta.get("name"):
-        return None
-    weights = meta.get("weights") if isinstance(meta.get("weights"), dict) else {}
-    return ModelEntry(str(meta["name"]), str(meta.get("version", "")), str(meta["modality"]), folder, source,
-                      str(weights.get("sha256", "")))
 
 
 def list_models(user_dir: str | Path | None = None, modality: str | None = None, *,
                 include_helpers: bool = False) -> list[ModelEntry]:
-    """Every bundle in :func:`model_search_dirs`, one per folder name (the first found wins, as in the library),
-    sorted by modality then name; ``modality`` keeps only "ct" or "mri" models."""
-    entries: dict[str, ModelEntry] = {}
-    for folder, source in model_search_dirs(user_dir):
-        if not folder.is_dir():
-            continue
-        for sub in sorted(folder.iterdir()):
-            if sub.name in entries or not sub.is_dir():
-                continue
-            entry = read_entry(sub, source)
-            if entry is not None:
-                entries[sub.name] = entry
-    found = [e for e in entries.values()
+    """Every readable bundle in :func:`model_search_dirs`, one per folder name (the first found wins, as in the
+    library), sorted by modality then name; ``modality`` keeps only "ct" or "mri" models."""
+    found = [ModelEntry(manifest, source)
+             for manifest, source in bundle_manifest.list_manifests(model_search_dirs(user_dir))]
+    found = [e for e in found
              if (modality is None or e.modality == modality) and (include_helpers or e.name not in HELPER_MODEL_NAMES)]
     return sorted(found, key=lambda e: (e.modality, e.name != DEFAULT_MODEL_NAMES.get(e.modality), e.name))
 
@@ -127,45 +129,53 @@ def default_model(entries: Sequence[ModelEntry], modality: str) -> ModelEntry | 
     return matching[0] if matching else None
 
 
+def _checked(folder: Path) -> BundleManifest:
+    """The manifest of ``folder``, every file's SHA256 verified (:class:`ModelError` naming what is wrong)."""
+    manifest = read_manifest(folder)
+    manifest.verify(weights=True)
+    return manifest
+
+
 def import_model_folder(source: str | Path, user_dir: str | Path, *, replace: bool = False) -> ModelEntry:
-    """Check the bundle in ``source`` (all files, fields and the weights' SHA256) and copy it into ``user_dir``
+    """Check the bundle in ``source`` (its manifest and the SHA256 of every file) and copy it into ``user_dir``
     as ``user_dir/<bundle name>``; return its catalogue entry.
 
     :class:`ModelError` naming the folder when the bundle is broken (the library's message), or when a different
     model of that name was imported before and ``replace`` is False.
     """
-    from HepatoblastomaSegLib.bundle import BUNDLE_FILES, load_bundle
-
     source = Path(source)
-    bundle = load_bundle(source, verify_weights=True)
+    manifest = _checked(source)
     user_dir = Path(user_dir)
-    target = user_dir / bundle.name
+    target = user_dir / manifest.name
     if target.resolve() == source.resolve():
-        return read_entry(target, "imported")
+        return ModelEntry(manifest, "imported")
     if target.exists():
         existing = read_entry(target, "imported")
-        if existing is not None and existing.sha256 == bundle.sha256 and existing.version == bundle.version:
+        if existing is not None and existing.sha256 == manifest.weights_sha256 and \
+                existing.version == manifest.version:
             return existing  # the same model again: nothing to do
         if not replace:
-            raise ModelError(f"a different model named '{bundle.name}' was imported before "
+            raise ModelError(f"a different model named '{manifest.name}' was imported before "
                              f"({existing.version if existing else 'unreadable'}); replace it or rename the new one",
                              source)
+    files = sorted({*bundle_manifest.BUNDLE_FILES, *manifest.checksums})
     user_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".partial", dir=user_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{manifest.name}.", suffix=".partial", dir=user_dir))
     try:
-        for file in BUNDLE_FILES:
+        for file in files:
+            (staging / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / file, staging / file)
-        load_bundle(staging, verify_weights=True)  # the copy, not only the original, must pass
+        _checked(staging)  # the copy, not only the original, must pass
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", suffix=".old", dir=user_dir))
-            os.replace(target, old / bundle.name)
+            old = Path(tempfile.mkdtemp(prefix=f".{manifest.name}.", suffix=".old", dir=user_dir))
+            os.replace(target, old / manifest.name)
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return read_entry(target, "imported")
+    return ModelEntry(read_manifest(target), "imported")
 
 
 # ------------------------------------------------------------------------------------------------ modality

@@ -8,9 +8,12 @@ The manifest is a CSV with columns ``case,image`` and optionally ``modality`` (c
 the CSV's folder. Per case, in ``DIR/<case>/``: ``<case>.seg.nrrd`` (segment "Hepatoblastoma" on the image's exact
 grid), ``<case>_entropy.nrrd`` (float32, nats), ``<case>_metrics.tsv`` (+ .schema.tsv; with annotators, one row per
 annotator and their consensus), with annotators ``<case>_consensus.seg.nrrd`` and ``<case>_agreement.tsv``, and
-last ``<case>_done.json`` (checksums of the others). A re-run skips cases whose files match their checksums, a
-failing case is reported and the run goes on (exit status 1 at the end), and every file is written atomically.
-With annotator columns the run ends with the Evaluation module's cohort report in ``DIR/report/``.
+last ``<case>_done.json`` (checksums of the others, and what they were computed from). The cases run through the
+library's cohort runner (:func:`HepatoblastomaSegLib.infer.cohort.run_cohort`, as ``hbseg segment --manifest``):
+a re-run skips a case whose files match their checksums and whose image, annotator masks and options are unchanged,
+a failing case is reported and the run goes on (exit status 1 at the end), one run at a time writes into ``DIR``,
+and every file is written atomically. With annotator columns the run ends with the Evaluation module's cohort
+report in ``DIR/report/``.
 
 For tests and other callers: ``main(argv, predict=...)`` takes a ``Callable[[Volume], Prediction]`` instead of
 loading a model.
@@ -43,15 +46,21 @@ try:  # under Slicer --python-script an exception here would leave Slicer runnin
 
     import HepatoblastomaSegMRML as mrml
     from HepatoblastomaSegLib.errors import HepatoblastomaSegError, InputError
-    from HepatoblastomaSegLib.infer.outputs import sha256_of
+    from HepatoblastomaSegLib.infer import cohort as library_cohort
+    from HepatoblastomaSegLib.infer.outputs import input_sha256, sha256_of
     from HepatoblastomaSegLib.io import read_volume, write_text_atomic
     from HepatoblastomaSegLib.io.tables import read_csv_rows
+    from HepatoblastomaSegLib.progress import Progress
 except Exception as _exc:  # noqa: BLE001 - reported by run() with exit status 2
     if __name__ != "__main__":
         raise
     _IMPORT_FAILURE: BaseException | None = _exc
 else:
     _IMPORT_FAILURE = None
+#: The library classes this script refines (the cohort runner's per-case outputs, its progress); when the imports
+#: above failed, stand-in bases, so that this file still loads and :func:`run` reports the failure with a status.
+_CaseOutputs, _Progress = ((object, object) if _IMPORT_FAILURE is not None
+                           else (library_cohort.CaseOutputs, Progress))
 
 MODALITIES = ("ct", "mri")
 _ANNOTATOR_COLUMN = re.compile(r"^R\d+$")
@@ -75,7 +84,8 @@ EPILOG = textwrap.dedent("""\
                                  device, time (s); with annotators also Dice and volume error (%) per annotator
       <case>_consensus.seg.nrrd  majority vote of the annotators, and <case>_agreement.tsv (pairwise Dice)
       <case>_done.json           written last: the checksums of the files above
-    and in OUT/: cohort_status.tsv (done/skipped/failed per case), cohort_metrics.tsv, report/ (annotators only)
+    and in OUT/: cohort_status.tsv (done/skipped/failed per case), cohort_summary.csv (the library's cohort table:
+    volume, entropy, review flag per case), cohort_metrics.tsv, report/ (annotators only)
 
     manifest example (paths relative to the CSV's folder; modality and R1,R2,... columns are optional):
       case,image,modality,R1,R2,R3
@@ -85,10 +95,11 @@ EPILOG = textwrap.dedent("""\
       Slicer --no-main-window --python-script segment_cohort.py --manifest cohort.csv --out results/ --model ct-demo
       python segment_cohort.py --manifest cohort.csv --out results/ --model bundles/ct --device cuda --no-tta
 
-    Re-run the same command to resume: finished cases (verified checksums) are skipped. A failing case is
-    reported and the others go on; the exit status is then 1 (also after an unexpected error, with its traceback;
-    2: bad arguments, manifest or model, or torch/MONAI not installed; 130: interrupted). Inside 3D Slicer every
-    ending closes the application with that status. Without matplotlib the report has no figures (a warning says so).""")
+    Re-run the same command to resume: finished cases (verified checksums; same image, annotators and options) are
+    skipped. A failing case is reported and the others go on; the exit status is then 1 (also after an unexpected
+    error, with its traceback; 2: bad arguments, manifest or model, torch/MONAI not installed, or another run
+    writing into OUT; 130: interrupted). Inside 3D Slicer every ending closes the application with that status.
+    Without matplotlib the report has no figures (a warning says so).""")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +108,9 @@ class Case:
     image: Path
     modality: str | None
     annotators: dict[str, Path]  # column -> mask file (empty cells left out)
+
+    def cohort_case(self) -> library_cohort.CohortCase:
+        return library_cohort.CohortCase(self.case, self.image, self.modality)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,41 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_manifest(path: Path, annotator_columns: list[str] | None = None) -> list[Case]:
-    """Parse the manifest; errors name the file, the row and the problem."""
+    """Parse the manifest: its cases by the library's rules (:func:`HepatoblastomaSegLib.infer.cohort.read_manifest`)
+    and their annotator columns; errors name the file, the row and the problem."""
+    cohort_cases = library_cohort.read_manifest(path)
     header, rows = read_csv_rows(path, "manifest")
-    missing = [c for c in ("case", "image") if c not in header]
-    if missing:
-        raise InputError(f"manifest lacks the column(s) {', '.join(missing)}; it has {', '.join(header) or 'none'}",
-                         path)
     if annotator_columns:
         absent = [c for c in annotator_columns if c not in header]
         if absent:
             raise InputError(f"annotator column(s) {', '.join(absent)} not in the manifest", path)
     else:
         annotator_columns = [h for h in header if _ANNOTATOR_COLUMN.match(h)]
+    annotators: dict[str, dict[str, Path]] = {}
+    for _, row in rows:
+        values = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        annotators[values.get("case", "")] = {c: _resolve(path, values[c]) for c in annotator_columns
+                                              if values.get(c)}
+    return [Case(c.case, c.image, c.modality, annotators.get(c.case, {})) for c in cohort_cases]
 
-    def resolve(text: str) -> Path:
-        return Path(text) if Path(text).is_absolute() else path.parent / text
 
-    cases, seen = [], set()
-    for line, row in rows:
-        values = {k: (v or "").strip() for k, v in row.items() if k}
-        if not any(values.values()):
-            continue
-        case, image = values.get("case", ""), values.get("image", "")
-        if not case or not image:
-            raise InputError(f"row {line}: empty case or image", path)
-        if case in seen:
-            raise InputError(f"row {line}: case '{case}' appears twice", path)
-        seen.add(case)
-        modality = values.get("modality", "").lower() or None
-        if modality is not None and modality not in MODALITIES:
-            raise InputError(f"row {line}: modality '{modality}' is not one of {', '.join(MODALITIES)}", path)
-        annotators = {c: resolve(values[c]) for c in annotator_columns if values.get(c)}
-        cases.append(Case(case, resolve(image), modality, annotators))
-    if not cases:
-        raise InputError("the manifest lists no cases", path)
-    return cases
+def _resolve(manifest: Path, text: str) -> Path:
+    return Path(text) if Path(text).is_absolute() else manifest.parent / text
 
 
 def make_predictor(model: str | None, *, modality: str | None = None, device: str = "auto", tta: bool = True):
@@ -174,24 +173,47 @@ def make_predictor(model: str | None, *, modality: str | None = None, device: st
     return predict
 
 
-# --- one case ----------------------------------------------------------------------------------------------------
+# --- one case ---------------------------------------------------------------------------------------------------
 
 def case_folder(out_dir: Path, case: Case) -> Path:
-    return out_dir / mrml.storage.file_stem(case.case)
+    return out_dir / case.case  # the library's cohort runner: one folder per case id (ids are checked names)
 
 
 def done_path(out_dir: Path, case: Case) -> Path:
     return case_folder(out_dir, case) / f"{mrml.storage.file_stem(case.case)}{DONE_SUFFIX}"
 
 
+def output_files(out_dir: Path, case: Case) -> list[Path]:
+    """Every file the script writes for ``case`` (module docstring)."""
+    paths = mrml.storage.result_paths(case_folder(out_dir, case), case.case)
+    stem, folder = mrml.storage.file_stem(case.case), case_folder(out_dir, case)
+    tables = [paths["metrics"], folder / f"{stem}_agreement.tsv"]
+    return [paths["segmentation"], paths["entropy"], *tables, *(t.with_suffix(".schema.tsv") for t in tables),
+            folder / f"{stem}_consensus.seg.nrrd", done_path(out_dir, case)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 def is_done(out_dir: Path, case: Case) -> bool:
     """True when the case's done file exists and every file it lists has the recorded checksum."""
-    marker = done_path(out_dir, case)
+    return _done_record(done_path(out_dir, case)) is not None
+
+
+def _done_record(marker: Path) -> dict | None:
+    """The done file when every file it lists has the recorded checksum; None otherwise."""
     try:
-        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
-        return all(sha256_of(marker.parent / name) == digest for name, digest in files.items())
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        files = record["files"]
+        if all(sha256_of(marker.parent / name) == digest for name, digest in files.items()):
+            return record
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        pass
+    return None
 
 
 def load_image(scene, path: Path, name: str):
@@ -209,25 +231,116 @@ def load_image(scene, path: Path, name: str):
     return node
 
 
-def run_case(scene, case: Case, out_dir: Path, predict, default_modality: str | None) -> dict[str, Path]:
-    """Segment one case, score it against its annotators, save its files, then its done file; returns the files."""
-    folder = case_folder(out_dir, case)
+class SlicerCaseOutputs(_CaseOutputs):
+    """A case's files written through MRML (module docstring), for the library's cohort runner: the prediction
+    becomes the module's result nodes, is scored against the case's annotators and their consensus, and is saved
+    by storage nodes; the done file, written last, records the files' checksums and the resume key (image,
+    options, and the annotator masks' checksums). What a case adds to the scene is removed after it (:meth:`done`).
+    """
+
+    def __init__(self, scene, cases: list[Case], predict, default_modality: str | None):
+        super().__init__(fmt="nrrd")
+        self.scene, self.predict_volume, self.default_modality = scene, predict, default_modality
+        self.cases = {case.case: case for case in cases}
+        self._results: dict[str, object] = {}
+        self._before: tuple[set[str], set[int]] | None = None
+        self._started = 0.0
+
+    def _key(self, case: Case, key: dict) -> dict:
+        return {**key, "annotators": {c: input_sha256(p) for c, p in sorted(case.annotators.items())}}
+
+    def why_recompute(self, cohort_case, case_dir: Path, key: dict) -> str | None:
+        case = self.cases[cohort_case.case]
+        marker = done_path(case_dir.parent, case)
+        if not marker.exists():
+            return "no earlier result"
+        record = _done_record(marker)
+        if record is None:
+            return "the earlier result is incomplete or its files changed"
+        if record.get("resume_key") != self._key(case, key):
+            return "the image, an annotator's mask or the options changed since the earlier result"
+        return None
+
+    def finished_summary(self, cohort_case, case_dir: Path) -> dict:
+        record = _done_record(done_path(case_dir.parent, self.cases[cohort_case.case]))
+        return dict((record or {}).get("summary") or {})
+
+    def check(self, cohort_case, case_dir: Path) -> None:
+        """Refuse, before the network runs, a case folder that is a file or whose files would overwrite one of the
+        case's inputs (its image or an annotator's mask)."""
+        if case_dir.exists() and not case_dir.is_dir():
+            raise InputError("the case's output must be a folder, but this is an existing file", case_dir)
+        case = self.cases[cohort_case.case]
+        for target in output_files(case_dir.parent, case):
+            for source in (case.image, *case.annotators.values()):
+                if _same_file(target, source):
+                    raise InputError(f"writing the output {target.name} would overwrite the input {source}; choose "
+                                     "another output folder", case_dir)
+
+    def predict(self, cohort_case, progress) -> object:
+        """The library's ``predict(case, progress)``: the image as a volume node on the file's exact grid,
+        segmented in this process (:func:`HepatoblastomaSegMRML.segment`)."""
+        case = self.cases[cohort_case.case]
+        self._before, self._started = _scene_contents(self.scene), time.perf_counter()
+        volume_node = load_image(self.scene, case.image, case.case)
+        captured = []
+
+        def predict(volume):
+            captured.append(self.predict_volume(volume))
+            return captured[-1]
+
+        result = mrml.segment(self.scene, volume_node, predict, case=case.case,
+                              modality=case.modality or self.default_modality)
+        self._results[case.case] = result
+        return dataclasses.replace(captured[-1], summary=result.summary)
+
+    def write(self, cohort_case, prediction, case_dir: Path, key: dict) -> dict:
+        case = self.cases[cohort_case.case]
+        marker = done_path(case_dir.parent, case)
+        if marker.exists():
+            marker.unlink()  # the case stops counting as finished before any of its files changes
+        result = self._results.pop(case.case)
+        files = _score_and_save(self.scene, case, result, case_dir)
+        listed = dict(files)
+        for kind in ("metrics", "agreement"):  # a table's column types live in its .schema.tsv
+            if kind in files:
+                listed[f"{kind}_schema"] = files[kind].with_name(files[kind].name.replace(".tsv", ".schema.tsv"))
+        record = {"case": case.case, "image": str(case.image),
+                  "annotators": {k: str(v) for k, v in case.annotators.items()}, "summary": result.summary,
+                  "files": {p.name: sha256_of(p) for p in listed.values()}, "resume_key": self._key(case, key)}
+        write_text_atomic(marker, json.dumps(record, indent=2, default=str) + "\n")
+        return result.summary
+
+    def done(self, row: dict, index: int, total: int) -> str:
+        """After each case: remove what it added to the scene, print its line; returns its status for the
+        cohort_status.tsv ("done", "skipped" or "failed")."""
+        self._results.pop(row["case"], None)
+        if self._before is not None:
+            _restore_scene(self.scene, self._before)
+            self._before = None
+        prefix = f"[{index}/{total}] {row['case']}"
+        if row["status"] == library_cohort.SKIPPED:
+            print(f"{prefix}: finished before, skipped", flush=True)
+            return "skipped"
+        if row["status"] == "failed":  # the cohort runner logged "<case>: FAILED: <error>" on stderr
+            return "failed"
+        print(f"{prefix}: done in {time.perf_counter() - self._started:.1f} s", flush=True)
+        return "done"
+
+
+def _score_and_save(scene, case: Case, result, folder: Path) -> dict[str, Path]:
+    """Load the case's annotators, score the result against them and their consensus, save the files."""
     stem = mrml.storage.file_stem(case.case)
-    marker = done_path(out_dir, case)
-    if marker.exists():
-        marker.unlink()  # the case stops counting as finished before any of its files changes
-    volume_node = load_image(scene, case.image, case.case)
-    result = mrml.segment(scene, volume_node, predict, case=case.case, modality=case.modality or default_modality)
     references, consensus = [], None
     for column, path in case.annotators.items():
         try:
-            node, segment_id = mrml.load_mask(scene, path, volume_node, name=f"{case.case} {column}")
+            node, segment_id = mrml.load_mask(scene, path, result.volume_node, name=f"{case.case} {column}")
         except HepatoblastomaSegError as exc:
             raise type(exc)(f"annotator {column}: {exc.problem}", exc.path) from exc
         node.SetName(column)
         references.append((node, segment_id))
     if len(references) >= 2:
-        consensus = mrml.consensus(scene, references, volume_node=volume_node, name="Consensus")
+        consensus = mrml.consensus(scene, references, volume_node=result.volume_node, name="Consensus")
         references.append((consensus.segmentation_node, consensus.segment_id))
     if references:
         mrml.rescore(scene, result, references, case=case.case)
@@ -235,15 +348,14 @@ def run_case(scene, case: Case, out_dir: Path, predict, default_modality: str | 
     if consensus is not None:
         files["consensus"] = mrml.save_node(consensus.segmentation_node, folder / f"{stem}_consensus.seg.nrrd")
         files["agreement"] = mrml.save_node(consensus.table_node, folder / f"{stem}_agreement.tsv")
-    listed = dict(files)
-    for kind in ("metrics", "agreement"):  # a table's column types live in its .schema.tsv
-        if kind in files:
-            listed[f"{kind}_schema"] = files[kind].with_name(files[kind].name.replace(".tsv", ".schema.tsv"))
-    record = {"case": case.case, "image": str(case.image),
-              "annotators": {k: str(v) for k, v in case.annotators.items()}, "summary": result.summary,
-              "files": {p.name: sha256_of(p) for p in listed.values()}}
-    write_text_atomic(marker, json.dumps(record, indent=2, default=str) + "\n")
     return files
+
+
+class _StderrLog(_Progress):
+    """The cohort runner's log lines (a failed case, why a case is recomputed) on stderr; no progress bar."""
+
+    def log(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _scene_contents(scene) -> tuple[set[str], set[int]]:
@@ -364,33 +476,26 @@ def main(argv: list[str] | None = None, predict=None) -> int:
         print(f"segment_cohort: error: {args.out}: cannot make the output folder ({exc.strerror or exc})",
               file=sys.stderr)
         return 2
+    outputs = SlicerCaseOutputs(scene, cases, predict, args.modality)
     status: list[dict] = []
+
+    def case_done(row: dict) -> None:
+        state = outputs.done(row, len(status) + 1, len(cases))
+        status.append({"case": row["case"], "status": state, "message": str(row.get("error", "")).replace("\t", " ")})
+
+    options = library_cohort.result_options({"model": args.model, "modality": args.modality, "tta": args.tta},
+                                            "slicer-nrrd")
     try:
-        for index, case in enumerate(cases, start=1):
-            prefix = f"[{index}/{len(cases)}] {case.case}"
-            if is_done(args.out, case):
-                print(f"{prefix}: finished before, skipped", flush=True)
-                status.append({"case": case.case, "status": "skipped", "message": "finished before"})
-                continue
-            before = _scene_contents(scene)
-            start = time.perf_counter()
-            try:
-                run_case(scene, case, args.out, predict, args.modality)
-            except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
-                print(f"{prefix}: FAILED: {exc}", file=sys.stderr, flush=True)
-                if not isinstance(exc, HepatoblastomaSegError):
-                    traceback.print_exc(file=sys.stderr)
-                status.append({"case": case.case, "status": "failed", "message": str(exc).replace("\t", " ")})
-            else:
-                print(f"{prefix}: done in {time.perf_counter() - start:.1f} s", flush=True)
-                status.append({"case": case.case, "status": "done", "message": ""})
-            finally:
-                _restore_scene(scene, before)
+        library_cohort.run_cohort([case.cohort_case() for case in cases], args.out, outputs.predict,
+                                  progress=_StderrLog(), on_case_done=case_done, options=options, outputs=outputs)
     except KeyboardInterrupt:
         print("segment_cohort: interrupted; finished cases are kept, nothing half-written was left; run the same "
               "command again to resume", file=sys.stderr)
         write_status(args.out, status)
         return 130
+    except HepatoblastomaSegError as exc:  # e.g. another run is writing into the folder
+        print(f"segment_cohort: error: {exc}", file=sys.stderr)
+        return 2
     write_status(args.out, status)
     write_cohort_metrics(scene, args.out, cases)
     if not args.no_report and any(case.annotators for case in cases):

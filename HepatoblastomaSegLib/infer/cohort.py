@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 TABLE_NAME = "cohort_summary.csv"
 #: The cohort table and the progress line are refreshed at most this often (seconds), and after the last case.
 TABLE_EVERY_S = 2.0
+#: The table's status of a case whose folder already held its finished result ("ok": computed, "failed").
+SKIPPED = "skipped (finished earlier)"
+
 SUMMARY_COLUMNS = ("case", "status", "modality", "tumor_volume_ml", "largest_diameter_mm", "mean_entropy_nats",
                    "core_entropy_nats", "boundary_entropy_nats", "device", "seconds_total", "output", "error",
                    "review_needed", "review_reasons")
@@ -145,15 +148,47 @@ def result_options(options: object, fmt: str, entropy_fmt: str | None = None) ->
     return {**{name: values.get(name) for name in RESULT_OPTIONS}, "format": fmt, "entropy_format": entropy_fmt}
 
 
+class CaseOutputs:
+    """What a case's folder holds and when it counts as finished: by default ``hbseg segment``'s files
+    (:func:`.outputs.write_prediction`: mask, entropy map and ``summary.json`` with the resume key).
+
+    Another front end with other files per case (the 3D Slicer batch script: MRML storage, annotators' consensus)
+    subclasses it and keeps the rest of the cohort run: resume, lock, failures, table, ranks.
+    """
+
+    def __init__(self, fmt: str = "nifti", entropy_fmt: str | None = None):
+        self.fmt, self.entropy_fmt = fmt, entropy_fmt
+
+    def why_recompute(self, case: CohortCase, case_dir: Path, key: dict) -> str | None:
+        """None when ``case_dir`` holds this case's finished result of ``key`` (:func:`.outputs.resume_key`);
+        otherwise why it must be computed."""
+        return why_recompute(case_dir, key)
+
+    def finished_summary(self, case: CohortCase, case_dir: Path) -> dict:
+        """The summary of a finished case (for the table), when :meth:`why_recompute` said it is finished."""
+        return json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+
+    def check(self, case: CohortCase, case_dir: Path) -> None:
+        """Refuse, before the network runs, a folder whose outputs would overwrite the case's input."""
+        check_output_folder(case_dir, self.fmt, (case.image,))
+
+    def write(self, case: CohortCase, prediction: Prediction, case_dir: Path, key: dict) -> dict:
+        """Write the case's files, the one recording ``key`` last; return the summary for the table."""
+        write_prediction(prediction, case_dir, fmt=self.fmt, entropy_fmt=self.entropy_fmt, resume_key=key)
+        return prediction.summary
+
+
 def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[CohortCase, Progress], Prediction],
                *, fmt: str = "nifti", progress: Progress | None = None, rank: int = 0, world_size: int = 1,
                on_case_done: Callable[[dict], None] | None = None, entropy_fmt: str | None = None,
-               options: dict | None = None) -> CohortResult:
+               options: dict | None = None, outputs: CaseOutputs | None = None) -> CohortResult:
     """Segment ``cases`` (this rank's share of them) into ``out_dir``.
 
     ``predict(case, progress)`` returns the case's :class:`Prediction`; it may raise for a bad case, which is then
     recorded with its error while the run goes on. ``options`` (see :func:`result_options`) are the result-shaping
-    options of the resume key (with the case's modality and image checksum). Returns every row of this rank's table.
+    options of the resume key (with the case's modality and image checksum). ``outputs`` writes each case's folder
+    (default: :class:`CaseOutputs` in ``fmt``/``entropy_fmt``); ``on_case_done(row)`` is called after every case,
+    finished, skipped or failed. Returns every row of this rank's table.
     """
     out_dir = Path(out_dir)
     check_output_folder(out_dir)
@@ -165,15 +200,15 @@ def run_cohort(cases: list[CohortCase], out_dir: str | Path, predict: Callable[[
     with lock:
         if world_size == 1:
             remove_stale_partials(out_dir)
-        rows = _run_cases(mine, out_dir, predict, table, fmt=fmt, progress=progress, on_case_done=on_case_done,
-                          entropy_fmt=entropy_fmt, options=options or {"format": fmt, "entropy_format": entropy_fmt},
-                          clean=world_size == 1)
+        rows = _run_cases(mine, out_dir, predict, table, outputs=outputs or CaseOutputs(fmt, entropy_fmt),
+                          progress=progress, on_case_done=on_case_done,
+                          options=options or {"format": fmt, "entropy_format": entropy_fmt}, clean=world_size == 1)
     return CohortResult(rows, table)
 
 
 def _run_cases(mine: list[CohortCase], out_dir: Path, predict: Callable[[CohortCase, Progress], Prediction],
-               table: Path, *, fmt: str, progress: Progress, on_case_done: Callable[[dict], None] | None,
-               entropy_fmt: str | None, options: dict, clean: bool) -> list[dict]:
+               table: Path, *, outputs: CaseOutputs, progress: Progress,
+               on_case_done: Callable[[dict], None] | None, options: dict, clean: bool) -> list[dict]:
     rows: list[dict] = []
     start = last_table = time.monotonic()
     n_failed = 0
@@ -184,17 +219,17 @@ def _run_cases(mine: list[CohortCase], out_dir: Path, predict: Callable[[CohortC
             remove_stale_partials(case_dir)
         try:
             key = resume_key(case.input_sha256(), {**options, "case_modality": case.modality})
-            reason = why_recompute(case_dir, key)
+            reason = outputs.why_recompute(case, case_dir, key)
             if reason is None:
-                summary = json.loads((case_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
-                row = _row(case, "skipped (finished earlier)", summary, output=str(case_dir))
+                summary = outputs.finished_summary(case, case_dir)
+                row = _row(case, SKIPPED, summary, output=str(case_dir))
             else:
                 if reason != "no earlier result":
                     progress.log(f"{case.case}: recomputing: {reason}")
-                check_output_folder(case_dir, fmt, (case.image,))
+                outputs.check(case, case_dir)
                 prediction = predict(case, progress)
-                write_prediction(prediction, case_dir, fmt=fmt, entropy_fmt=entropy_fmt, resume_key=key)
-                row = _row(case, "ok", prediction.summary, output=str(case_dir))
+                summary = outputs.write(case, prediction, case_dir, key)
+                row = _row(case, "ok", summary, output=str(case_dir))
         except FileNotFoundError as exc:
             row = _row(case, "failed", error=str(InputError("file or folder not found", exc.filename or case.image)))
             progress.log(f"{case.case}: FAILED: {row['error']}")
