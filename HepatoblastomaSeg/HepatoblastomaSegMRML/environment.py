@@ -106,10 +106,10 @@ def _remove_items_of_removed_nodes(scene):
     import vtk
 
     @vtk.calldata_type(vtk.VTK_OBJECT)
-    def on_node_about_to_be_removed(_caller, _event, node):
-        if node is None or node.IsA("vtkMRMLSubjectHierarchyNode"):
+    def on_node_about_to_be_removed(caller, _event, node=None):  # the scene is the caller: no closure to outlive
+        if node is None or caller is None or node.IsA("vtkMRMLSubjectHierarchyNode"):
             return
-        hierarchy = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")
+        hierarchy = caller.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode")
         item = hierarchy.GetItemByDataNode(node) if hierarchy is not None else 0
         if item:
             hierarchy.RemoveItem(item, False, False)
