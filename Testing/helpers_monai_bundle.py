@@ -19,12 +19,12 @@ import torch
 
 UNET = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
         "strides": [2, 2], "num_res_units": 1, "norm": "batch"}
-SEGRESNET = {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 4,
+SEGRESNET = {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 8,
              "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}
 
 
 def inference_config(network_def: dict, *, pixdim=(3.0, 3.0, 5.0), roi=(32, 32, 16), crop: bool = True,
-                     intensity: dict | None = None, invert_then_argmax: bool = True) -> dict:
+                     intensity: dict | None = None, invert_then_argmax: bool = True, sigmoid: bool = False) -> dict:
     """An ``inference.json`` of the zoo's 3D segmentation layout (``@``/``%``/``$`` as the zoo writes them)."""
     intensity = intensity or {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -100, "a_max": 250,
                               "b_min": 0.0, "b_max": 1.0, "clip": True}
@@ -40,8 +40,8 @@ def inference_config(network_def: dict, *, pixdim=(3.0, 3.0, 5.0), roi=(32, 32, 
     preprocessing.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
     invert = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
               "meta_key_postfix": "meta_dict", "nearest_interp": not invert_then_argmax, "to_tensor": True}
-    argmax = {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}
-    post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
+    argmax = {"_target_": "AsDiscreted", "keys": "pred", **({"threshold": 0.5} if sigmoid else {"argmax": True})}
+    post = [{"_target_": "Activationsd", "keys": "pred", **({"sigmoid": True} if sigmoid else {"softmax": True})},
             *([invert, argmax] if invert_then_argmax else [argmax, invert]),
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
              "squeeze_end_dims": True}]
@@ -130,7 +130,7 @@ def monai_reference(bundle_folder: Path, image_path: Path, workdir: Path) -> tup
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(bundle_folder / "configs" / "inference.json")
+    parser.read_config(next(p for p in (bundle_folder / "configs").glob("inference.*")))  # .json or .yaml
     parser.update({"bundle_root": str(bundle_folder), "output_dir": str(workdir),
                    "device": "$torch.device('cpu')"})
     preprocessing = parser.get_parsed_content("preprocessing")
