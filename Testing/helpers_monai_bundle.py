@@ -108,8 +108,9 @@ def make_monai_bundle(folder: Path, *, network_def: dict | None = None, config: 
     return folder
 
 
-def write_ct(path: Path, *, seed: int = 0, shape_zyx=(20, 48, 40), spacing_xyz=(2.0, 2.2, 4.0)) -> Path:
-    """A small CT-like image (HU): air around a body, a brighter 'liver' blob; LPS, identity direction."""
+def write_ct(path: Path, *, seed: int = 0, shape_zyx=(20, 48, 40), spacing_xyz=(2.0, 2.2, 4.0),
+             direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)) -> Path:
+    """A small CT-like image (HU): air around a body, a brighter 'liver' blob; LPS, ``direction`` as SimpleITK's."""
     rng = np.random.default_rng(seed)
     z, y, x = np.mgrid[:shape_zyx[0], :shape_zyx[1], :shape_zyx[2]]
     body = ((y - shape_zyx[1] / 2) / (0.4 * shape_zyx[1])) ** 2 + ((x - shape_zyx[2] / 2) / (0.42 * shape_zyx[2])) ** 2
@@ -120,6 +121,7 @@ def write_ct(path: Path, *, seed: int = 0, shape_zyx=(20, 48, 40), spacing_xyz=(
     image = sitk.GetImageFromArray(array.astype(np.int16))
     image.SetSpacing(spacing_xyz)
     image.SetOrigin((-40.0, 12.5, -30.0))
+    image.SetDirection(direction)
     sitk.WriteImage(image, str(path))
     return path
 

@@ -73,6 +73,15 @@ def test_hbseg_segment_on_imported_bundle_equals_monai(zoo_bundle, ct, tmp_path)
     assert set(meta["files"]) >= {"model.safetensors", "plans.json", "model_card.md", "monai_inference.json"}
     assert "Imported from a MONAI bundle" in (tmp_path / "bundle" / "model_card.md").read_text()
 
+    # a cohort run through the same predictor: the review flag reaches the cohort table
+    (tmp_path / "cohort.csv").write_text(f"case,image\nA,{ct}\n")
+    assert main(["segment", "--manifest", str(tmp_path / "cohort.csv"), "--model", str(tmp_path / "bundle"),
+                 "--device", "cpu", "-o", str(tmp_path / "cohort"), "--progress", "none"]) == 0
+    row = (tmp_path / "cohort" / "cohort_summary.csv").read_text().splitlines()[1].split(",")
+    assert row[:2] == ["A", "ok"] and row[-2] in ("True", "False")
+    cohort_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cohort" / "A" / "segmentation.nii.gz")))
+    assert np.array_equal(cohort_mask, mask)
+
 
 @pytest.mark.parametrize("variant", ["segresnet-normalize-argmax-first", "unet-sigmoid-yaml"])
 def test_other_layouts_equal_monai(variant, ct, tmp_path):
@@ -122,6 +131,17 @@ def _refused(folder, tmp_path, capsys, *words):
     assert not (tmp_path / "bundle").exists()
     assert not list(tmp_path.glob(".bundle.*"))  # no partial output either
     return err
+
+
+def test_oblique_image_equals_monai(zoo_bundle, tmp_path):
+    # an oblique, coronal-like grid: the RAS affine handed to MONAI must be the one its NIfTI reader builds
+    c, s = np.cos(0.5), np.sin(0.5)
+    scan = write_ct(tmp_path / "oblique.nii.gz", seed=1, direction=(c, -s, 0.0, 0.0, 0.0, -1.0, s, c, 0.0))
+    probs, labels = monai_reference(zoo_bundle, scan, tmp_path / "monai")
+    bundle = import_monai_bundle(zoo_bundle, tmp_path / "bundle", tumor_label="2")
+    ours, our_labels = MonaiBundleEngine(load_bundle(bundle)).run(read_volume(scan))
+    assert np.abs(ours - probs).max() < 1e-4 and np.array_equal(our_labels, labels)
+    assert len(np.unique(labels)) == 3
 
 
 def test_dollar_expression_is_refused_and_never_evaluated(tmp_path, capsys):

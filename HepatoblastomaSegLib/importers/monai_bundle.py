@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..bundle import BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file, stage_bundle
+from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file,
+                      stage_bundle)
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, PREPROCESSING, MonaiRecord,
                                   MonaiStep, build_network)

@@ -262,7 +262,8 @@ class MonaiBundleEngine:
         data = Activationsd(PRED_KEY, softmax=softmax, sigmoid=not softmax)(data)
         discrete = AsDiscreted(PRED_KEY, argmax=softmax, threshold=None if softmax else record.threshold)
         if record.argmax_after_invert:
-            probs = Invertd(PRED_KEY, self.preprocessing, IMAGE_KEY, nearest_interp=False, to_tensor=True)(data)[PRED_KEY]
+            invert = Invertd(PRED_KEY, self.preprocessing, IMAGE_KEY, nearest_interp=False, to_tensor=True)
+            probs = invert(data)[PRED_KEY]
             labels = discrete({PRED_KEY: probs})[PRED_KEY]
         else:
             labels = discrete(dict(data))[PRED_KEY]
