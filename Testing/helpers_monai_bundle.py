@@ -24,8 +24,11 @@ SEGRESNET = {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_
 
 
 def inference_config(network_def: dict, *, pixdim=(3.0, 3.0, 5.0), roi=(32, 32, 16), crop: bool = True,
-                     intensity: dict | None = None, invert_then_argmax: bool = True, sigmoid: bool = False) -> dict:
-    """An ``inference.json`` of the zoo's 3D segmentation layout (``@``/``%``/``$`` as the zoo writes them)."""
+                     intensity: dict | None = None, invert_then_argmax: bool = True, sigmoid: bool = False,
+                     activation: bool = True, keep_largest: bool = False) -> dict:
+    """An ``inference.json`` of the zoo's 3D segmentation layout (``@``/``%``/``$`` as the zoo writes them).
+    ``activation=False, keep_largest=True, invert_then_argmax=False`` is the layout of ``prostate_mri_anatomy``:
+    argmax of the logits, the largest component of each label, then Invertd."""
     intensity = intensity or {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -100, "a_max": 250,
                               "b_min": 0.0, "b_max": 1.0, "clip": True}
     preprocessing = [
@@ -41,10 +44,14 @@ def inference_config(network_def: dict, *, pixdim=(3.0, 3.0, 5.0), roi=(32, 32, 
     invert = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
               "meta_key_postfix": "meta_dict", "nearest_interp": not invert_then_argmax, "to_tensor": True}
     argmax = {"_target_": "AsDiscreted", "keys": "pred", **({"threshold": 0.5} if sigmoid else {"argmax": True})}
-    post = [{"_target_": "Activationsd", "keys": "pred", **({"sigmoid": True} if sigmoid else {"softmax": True})},
-            *([invert, argmax] if invert_then_argmax else [argmax, invert]),
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
-             "squeeze_end_dims": True}]
+    largest = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1, 2]}
+               ] if keep_largest else []
+    post = [{"_target_": "Activationsd", "keys": "pred", **({"sigmoid": True} if sigmoid else {"softmax": True})}
+            ] if activation else []
+    post += [invert, argmax, *largest] if invert_then_argmax else [argmax, *largest, invert]
+    post += [
+        {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
+         "squeeze_end_dims": True}]
     return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",

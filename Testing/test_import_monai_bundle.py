@@ -83,13 +83,15 @@ def test_hbseg_segment_on_imported_bundle_equals_monai(zoo_bundle, ct, tmp_path)
     assert np.array_equal(cohort_mask, mask)
 
 
-@pytest.mark.parametrize("variant", ["segresnet-normalize-argmax-first", "unet-sigmoid-yaml"])
+@pytest.mark.parametrize("variant", ["segresnet-logits-argmax-largest-first", "unet-sigmoid-yaml"])
 def test_other_layouts_equal_monai(variant, ct, tmp_path):
     if variant.startswith("segresnet"):
-        # z-score inside the nonzero region, no crop, AsDiscreted before Invertd (labels inverted nearest),
-        # weights under a "model" key as the zoo's CheckpointSaver writes them
-        config = inference_config(SEGRESNET, crop=False, invert_then_argmax=False, intensity={
-            "_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
+        # z-score inside the nonzero region, no crop; no Activationsd: argmax of the logits, the largest component
+        # of labels 1 and 2, then Invertd (labels inverted nearest); weights under a "model" key as the zoo's
+        # CheckpointSaver writes them
+        config = inference_config(SEGRESNET, crop=False, invert_then_argmax=False, activation=False,
+                                  keep_largest=True, intensity={
+                                      "_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True})
         folder = make_monai_bundle(tmp_path / "segresnet", network_def=SEGRESNET, config=config, weights="wrapped",
                                    seed=1)
     else:
@@ -111,8 +113,12 @@ def test_other_layouts_equal_monai(variant, ct, tmp_path):
         assert np.abs(ours[1:] - probs).max() < 1e-4  # sigmoid: channel 1 is p
     meta = json.loads((bundle / "bundle.json").read_text())
     record = meta["monai_bundle"]["record"]
-    assert record["argmax_after_invert"] == (not variant.startswith("segresnet"))
-    assert record["activation"] == ("softmax" if variant.startswith("segresnet") else "sigmoid")
+    steps = [step["name"] for step in record["postprocessing"]]
+    if variant.startswith("segresnet"):
+        assert record["activation"] == "softmax"
+        assert steps == ["AsDiscreted", "KeepLargestConnectedComponentd", "Invertd"]
+    else:
+        assert record["activation"] == "sigmoid" and steps == ["Invertd", "AsDiscreted"]
 
 
 # ------------------------------------------------------------------------------------------------ refusals

@@ -36,8 +36,9 @@ MONAI_EPILOG = textwrap.dedent("""\
     What maps: LoadImaged, EnsureChannelFirstd, Orientationd, Spacingd, ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd, ScaleIntensityd, NormalizeIntensityd, CropForegroundd, DivisiblePadd,
     SpatialPadd, EnsureTyped, CastToTyped; networks UNet, BasicUNet, SegResNet, DynUNet, SwinUNETR, UNETR,
-    AttentionUnet; SlidingWindowInferer / SimpleInferer; Activationsd (softmax/sigmoid), Invertd, AsDiscreted,
-    SaveImaged. Anything else is refused, naming the file, the config key and the transform.
+    AttentionUnet; SlidingWindowInferer / SimpleInferer; Activationsd (softmax/sigmoid), AsDiscreted,
+    KeepLargestConnectedComponentd, Invertd, SaveImaged. Anything else is refused, naming the file, the config
+    key and the transform.
 
     examples:
       hbseg import monai-bundle spleen_ct_segmentation -o models/spleen --tumor-label 1

@@ -16,9 +16,13 @@ What is mapped: preprocessing ``LoadImaged`` (replaced by our reader, which give
 ``EnsureChannelFirstd``, ``Orientationd``, ``Spacingd``, ``ScaleIntensityRanged``, ``ScaleIntensityRangePercentilesd``,
 ``ScaleIntensityd``, ``NormalizeIntensityd``, ``CropForegroundd``, ``DivisiblePadd``, ``SpatialPadd``,
 ``EnsureTyped``, ``CastToTyped``, ``ToTensord``; the inferer ``SlidingWindowInferer`` or ``SimpleInferer``;
-postprocessing ``Activationsd`` (softmax or sigmoid), ``Invertd`` of the preprocessing, ``AsDiscreted`` (argmax or
-threshold), ``SaveImaged`` (dropped: ``hbseg segment`` writes the outputs), ``EnsureTyped``. Anything else is refused
-with the file, the config key and the transform named.
+postprocessing ``Activationsd`` (softmax or sigmoid; none before an argmax), ``AsDiscreted`` (argmax or threshold),
+``KeepLargestConnectedComponentd``, ``Invertd`` of the preprocessing, in the bundle's order; ``SaveImaged`` and
+``EnsureTyped`` are dropped (``hbseg segment`` writes the outputs). Anything else is refused with the file, the config
+key and the transform named. Of the 31 inference configs of the MONAI model zoo, ``spleen_ct_segmentation``,
+``prostate_mri_anatomy`` and ``segmentation_template`` map; the others are refused for their network (2D,
+classification, detection, generative, DiNTS, own code), several input channels, or a ``$`` expression where a value
+is needed.
 
 What is written: an ordinary bundle (``bundle.json``, ``plans.json``, ``model.safetensors``, ``model_card.md``, every
 file's SHA256 via :func:`~..bundle.stage_bundle`) plus the original config and metadata as ``monai_inference.json`` /
@@ -43,8 +47,8 @@ from .. import __version__
 from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file,
                       stage_bundle)
 from ..errors import ConfigError, InputError, ModelError
-from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, PREPROCESSING, MonaiRecord,
-                                  MonaiStep, build_network)
+from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, POSTPROCESSING, PREPROCESSING,
+                                  MonaiRecord, MonaiStep, build_network)
 from ..preprocess.plans import Plans
 from ..safe_pickle import load_torch_checkpoint
 from .nnunet import _choose_tumor, _our_labels
@@ -54,6 +58,9 @@ SOURCE_CONFIG_FILE, SOURCE_METADATA_FILE = "monai_inference.json", "monai_metada
 #: Postprocessing transforms that change nothing here (outputs are written by ``hbseg segment``).
 POST_DROPPED = ("SaveImaged", "EnsureTyped", "ToTensord")
 _REFERENCE = re.compile(r"^\$?@([A-Za-z0-9_#:\-]+)$")
+#: ``$`` texts that name a constant, looked up (not evaluated): MONAI's key names, None and the booleans.
+CONSTANTS = {"$monai.utils.CommonKeys.IMAGE": "image", "$monai.utils.CommonKeys.LABEL": "label",
+             "$monai.utils.CommonKeys.PRED": "pred", "$None": None, "$True": True, "$False": False}
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -82,6 +89,8 @@ class _Config:
         if depth > 20:
             raise self.fail(where, "references go round in a circle")
         if isinstance(value, str):
+            if value in CONSTANTS:
+                return CONSTANTS[value]
             match = _REFERENCE.match(value)
             if match:
                 return self.deref(self.lookup(match.group(1), where), where, depth + 1)
@@ -258,52 +267,57 @@ def _inferer(config: _Config) -> MonaiStep:
 
 
 def _postprocessing(config: _Config, out_channels: int) -> dict:
-    """activation, threshold and whether the label map is taken after Invertd."""
-    activation, threshold, order = None, 0.5, []
+    """The activation and the steps after it, in order (an ``Invertd`` appended when the bundle has none)."""
+    activation, steps = None, []
     for name, args, where in _transform_list(config, "postprocessing"):
         if name in POST_DROPPED:
             continue
-        pred_key = config.plain(args.get("keys"), f"{where}.keys")
+        pred_key = config.plain(args.pop("keys", None), f"{where}.keys")
         if pred_key not in ("pred", ["pred"]):
             raise config.fail(where, f"keys {pred_key!r} cannot be imported (only 'pred')")
         if name == "Activationsd":
             softmax = bool(config.plain(args.get("softmax", False), where))
             sigmoid = bool(config.plain(args.get("sigmoid", False), where))
-            if softmax == sigmoid or set(args) - {"keys", "softmax", "sigmoid"}:
-                raise config.fail(where, "only Activationsd with softmax or sigmoid (nothing else) can be imported")
+            if softmax == sigmoid or set(args) - {"softmax", "sigmoid"} or steps:
+                raise config.fail(where, "only one Activationsd, with softmax or sigmoid (nothing else), before the "
+                                         "other steps can be imported")
             activation = "softmax" if softmax else "sigmoid"
         elif name == "Invertd":
-            transform = args.get("transform")
-            if transform not in ("@preprocessing", "$@preprocessing"):
-                raise config.fail(where, "only Invertd of '@preprocessing' can be imported")
-            orig = config.plain(args.get("orig_keys", IMAGE_KEY), where)
-            extra = set(args) - {"keys", "transform", "orig_keys", "meta_keys", "orig_meta_keys", "meta_key_postfix",
-                                 "nearest_interp", "to_tensor", "device"}
-            if orig not in (IMAGE_KEY, [IMAGE_KEY]) or extra:
-                raise config.fail(where, f"Invertd with {sorted(extra) or orig} cannot be imported")
-            order.append("invert")
-        elif name == "AsDiscreted":
-            argmax = bool(config.plain(args.get("argmax", False), where))
-            thr = config.plain(args.get("threshold"), where)
-            extra = set(args) - {"keys", "argmax", "threshold"}
-            if extra or argmax == (thr is not None) or (thr is not None and not isinstance(thr, (int, float))):
-                raise config.fail(where, "only AsDiscreted with argmax or a threshold (nothing else) can be imported")
-            if thr is not None:
-                threshold = float(thr)
-            order.append("discrete")
+            orig = config.plain(args.pop("orig_keys", IMAGE_KEY), where)
+            if args.pop("transform", None) not in ("@preprocessing", "$@preprocessing") or orig not in (
+                    IMAGE_KEY, [IMAGE_KEY]):
+                raise config.fail(where, "only Invertd of '@preprocessing' on the image can be imported")
+            extra = set(args) - {"meta_keys", "orig_meta_keys", "meta_key_postfix", "nearest_interp", "to_tensor",
+                                 "device"}
+            if extra:
+                raise config.fail(where, f"argument(s) {', '.join(sorted(extra))} of Invertd cannot be imported")
+            steps.append(MonaiStep("Invertd", {}))
+        elif name in POSTPROCESSING:
+            extra = set(args) - POSTPROCESSING[name]
+            if extra:
+                raise config.fail(where, f"argument(s) {', '.join(sorted(extra))} of {name} cannot be imported")
+            plain = {k: config.plain(v, f"{where}.{k}") for k, v in args.items()}
+            if name == "AsDiscreted" and bool(plain.get("argmax")) == (plain.get("threshold") is not None):
+                raise config.fail(where, "only AsDiscreted with argmax or a threshold can be imported")
+            steps.append(MonaiStep(name, plain))
         else:
-            raise config.fail(where, f"transform {name} cannot be imported (importable: Activationsd, Invertd, "
-                                     f"AsDiscreted, {', '.join(POST_DROPPED)})")
+            raise config.fail(where, f"transform {name} cannot be imported (importable: Activationsd, "
+                                     f"{', '.join(POSTPROCESSING)}, {', '.join(POST_DROPPED)})")
+    discrete = [s for s in steps if s.name == "AsDiscreted"]
+    if activation is None and discrete and discrete[0].args.get("argmax"):
+        activation = "softmax"  # an argmax of logits: the same labels; the softmax gives the entropy map
     if activation is None:
         raise ModelError("'postprocessing' has no Activationsd (softmax or sigmoid)", config.path)
+    if not discrete:
+        steps.append(MonaiStep("AsDiscreted", {"argmax": True} if activation == "softmax" else {"threshold": 0.5}))
+    if not any(s.name == "Invertd" for s in steps):
+        steps.append(MonaiStep("Invertd", {}))  # results on the input grid, as hbseg segment always gives them
     if activation == "sigmoid" and out_channels != 1:
         raise ModelError(f"sigmoid outputs on {out_channels} channels (overlapping labels, e.g. BraTS regions) "
                          "cannot be imported", config.path)
     if activation == "softmax" and out_channels < 2:
         raise ModelError("softmax over one channel cannot be imported", config.path)
-    return {"activation": activation, "threshold": threshold,
-            "argmax_after_invert": order.index("discrete") > order.index("invert")
-            if "discrete" in order and "invert" in order else True}
+    return {"activation": activation, "postprocessing": tuple(steps)}
 
 
 def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:

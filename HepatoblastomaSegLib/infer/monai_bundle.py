@@ -12,9 +12,11 @@ Per image, as the MONAI bundle's evaluator would run it:
    (our volumes are LPS: the first two rows of the affine change sign);
 2. the recorded preprocessing (``EnsureChannelFirstd``, ``Orientationd``, ``Spacingd``, intensity, crop, ...);
 3. the recorded inferer (``SlidingWindowInferer``) over the network;
-4. the postprocessing: ``Activationsd`` (softmax or sigmoid), ``Invertd`` with the preprocessing (back to the input
-   grid, probabilities interpolated), ``AsDiscreted`` (argmax or threshold) before or after ``Invertd`` as the bundle
-   had it. ``SaveImaged`` is left out: ``hbseg segment`` writes the outputs.
+4. the postprocessing in the bundle's order: ``Activationsd`` (softmax or sigmoid; none before an argmax counts as
+   softmax, which the argmax does not change), ``AsDiscreted`` (argmax or threshold), ``KeepLargestConnectedComponentd``
+   on the label map, ``Invertd`` with the preprocessing (back to the input grid: probabilities interpolated, a label
+   map already taken by nearest neighbour; appended at the end when the bundle has none). ``SaveImaged`` is left out:
+   ``hbseg segment`` writes the outputs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ PREPROCESSING: dict[str, frozenset[str]] = {name: frozenset(args) for name, args
     "CastToTyped": ("dtype",),
     "ToTensord": ("track_meta",),
 }.items()}
+#: Postprocessing steps after the activation, in the bundle's order (``Invertd``: of the preprocessing, no arguments).
+POSTPROCESSING: dict[str, frozenset[str]] = {
+    "AsDiscreted": frozenset(("argmax", "threshold")),
+    "KeepLargestConnectedComponentd": frozenset(("applied_labels", "independent", "connectivity", "num_components")),
+    "Invertd": frozenset(),
+}
 INFERERS: dict[str, frozenset[str]] = {
     "SlidingWindowInferer": frozenset(("roi_size", "sw_batch_size", "overlap", "mode", "sigma_scale", "padding_mode",
                                        "cval")),
@@ -91,20 +99,18 @@ class MonaiRecord:
     preprocessing: tuple[MonaiStep, ...]
     inferer: MonaiStep
     activation: str  # "softmax" | "sigmoid"
-    threshold: float = 0.5  # sigmoid: AsDiscreted threshold
-    argmax_after_invert: bool = True  # AsDiscreted after Invertd (probabilities interpolated) or before (nearest)
+    postprocessing: tuple[MonaiStep, ...]  # POSTPROCESSING steps in order; exactly one AsDiscreted and one Invertd
 
     def to_dict(self) -> dict:
         return {"network": self.network.to_dict(), "preprocessing": [s.to_dict() for s in self.preprocessing],
-                "inferer": self.inferer.to_dict(), "activation": self.activation, "threshold": self.threshold,
-                "argmax_after_invert": self.argmax_after_invert}
+                "inferer": self.inferer.to_dict(), "activation": self.activation,
+                "postprocessing": [s.to_dict() for s in self.postprocessing]}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> MonaiRecord:
         return cls(MonaiStep.from_dict(data["network"]),
                    tuple(MonaiStep.from_dict(s) for s in data["preprocessing"]), MonaiStep.from_dict(data["inferer"]),
-                   str(data["activation"]), float(data.get("threshold", 0.5)),
-                   bool(data.get("argmax_after_invert", True)))
+                   str(data["activation"]), tuple(MonaiStep.from_dict(s) for s in data["postprocessing"]))
 
     def check(self, where: str) -> None:
         """Raise :class:`ModelError` (naming ``where``) unless every step is on the allow-lists with plain values."""
@@ -117,7 +123,15 @@ class MonaiRecord:
         _check_step(self.inferer, INFERERS, "inferer", where)
         if self.activation not in ("softmax", "sigmoid"):
             raise ModelError(f"activation must be softmax or sigmoid (got {self.activation!r})", where)
-        for step in (self.network, self.inferer, *self.preprocessing):
+        for step in self.postprocessing:
+            _check_step(step, POSTPROCESSING, "postprocessing transform", where)
+        names = [step.name for step in self.postprocessing]
+        if names.count("AsDiscreted") != 1 or names.count("Invertd") != 1 or (
+                "KeepLargestConnectedComponentd" in names
+                and names.index("KeepLargestConnectedComponentd") < names.index("AsDiscreted")):
+            raise ModelError(f"postprocessing {names} must hold one AsDiscreted and one Invertd, and keep the largest "
+                             "component only of the label map", where)
+        for step in (self.network, self.inferer, *self.preprocessing, *self.postprocessing):
             dtype = step.args.get("dtype") if step is not self.network else None
             if dtype is not None and dtype not in DTYPES:
                 raise ModelError(f"{step.name}: dtype {dtype!r} cannot be imported (allowed: {', '.join(DTYPES)})",
@@ -139,8 +153,10 @@ def _check_signature(step: MonaiStep, cls: type, where: str) -> None:
     parameters = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(step.args) - set(parameters))
     if unknown:
-        raise ModelError(f"network {step.name}: unknown argument(s) {', '.join(unknown)} for MONAI's {step.name}",
-                         where)
+        import monai
+
+        raise ModelError(f"network {step.name}: unknown argument(s) {', '.join(unknown)} for MONAI "
+                         f"{monai.__version__}'s {step.name}", where)
 
 
 def _check_plain(value: Any, what: str, where: str) -> None:
@@ -253,23 +269,25 @@ class MonaiBundleEngine:
     def run(self, volume) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [C, z, y, x] float32, label map [z, y, x]) on ``volume``'s grid. For a sigmoid model C is
         2: background 1 - p and the foreground p."""
-        from monai.transforms import Activationsd, AsDiscreted, Invertd
+        import monai.transforms as transforms
 
         record = self.record
         data = self.preprocessing({IMAGE_KEY: ras_metatensor(volume)})
         data[PRED_KEY] = self.inferer(data[IMAGE_KEY][None].to(self.device), self.network)[0].cpu()
         softmax = record.activation == "softmax"
-        data = Activationsd(PRED_KEY, softmax=softmax, sigmoid=not softmax)(data)
-        discrete = AsDiscreted(PRED_KEY, argmax=softmax, threshold=None if softmax else record.threshold)
-        if record.argmax_after_invert:
-            invert = Invertd(PRED_KEY, self.preprocessing, IMAGE_KEY, nearest_interp=False, to_tensor=True)
-            probs = invert(data)[PRED_KEY]
-            labels = discrete({PRED_KEY: probs})[PRED_KEY]
-        else:
-            labels = discrete(dict(data))[PRED_KEY]
-            both = Invertd((PRED_KEY, "labels"), self.preprocessing, IMAGE_KEY, nearest_interp=(False, True),
-                           to_tensor=True)({**data, "labels": labels})
-            probs, labels = both[PRED_KEY], both["labels"]
+        data = transforms.Activationsd(PRED_KEY, softmax=softmax, sigmoid=not softmax)(data)
+        labels_key = "labels"
+        for step in record.postprocessing:
+            if step.name == "Invertd":  # probabilities interpolated; a label map by nearest neighbour
+                keys = (PRED_KEY, labels_key) if labels_key in data else (PRED_KEY,)
+                nearest = (False, True)[:len(keys)]
+                data = transforms.Invertd(keys, self.preprocessing, IMAGE_KEY, nearest_interp=nearest,
+                                          to_tensor=True)(data)
+            elif step.name == "AsDiscreted":
+                data[labels_key] = transforms.AsDiscrete(**step.args)(data[PRED_KEY])
+            else:
+                data[labels_key] = getattr(transforms, step.name[:-1])(**step.args)(data[labels_key])
+        probs, labels = data[PRED_KEY], data[labels_key]
         probs = np.asarray(probs.detach().cpu().numpy(), dtype=np.float32).transpose(0, 3, 2, 1)
         labels = np.asarray(labels.detach().cpu().numpy())[0].transpose(2, 1, 0).round().astype(np.int64)
         if not softmax:
