@@ -139,6 +139,18 @@ def _refused(folder, tmp_path, capsys, *words):
     return err
 
 
+def test_mri_given_to_an_imported_ct_bundle_is_refused(zoo_bundle, tmp_path, capsys):
+    mri = np.random.default_rng(0).uniform(50, 900, (12, 32, 32))  # no air: not a CT in Hounsfield units
+    image = sitk.GetImageFromArray(mri.astype(np.int16))
+    image.SetSpacing((2.0, 2.0, 4.0))
+    sitk.WriteImage(image, str(tmp_path / "mri.nii.gz"))
+    import_monai_bundle(zoo_bundle, tmp_path / "bundle", tumor_label="2")
+    # --modality ct: past the command line's own guess, to the predictor's check
+    assert main(["segment", str(tmp_path / "mri.nii.gz"), "--model", str(tmp_path / "bundle"), "--device", "cpu",
+                 "--modality", "ct", "-o", str(tmp_path / "out"), "--progress", "none"]) == 2
+    assert "does not look like a CT" in capsys.readouterr().err and not (tmp_path / "out" / "summary.json").exists()
+
+
 def test_oblique_image_equals_monai(zoo_bundle, tmp_path):
     # an oblique, coronal-like grid: the RAS affine handed to MONAI must be the one its NIfTI reader builds
     c, s = np.cos(0.5), np.sin(0.5)

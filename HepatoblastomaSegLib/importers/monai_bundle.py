@@ -19,10 +19,7 @@ What is mapped: preprocessing ``LoadImaged`` (replaced by our reader, which give
 postprocessing ``Activationsd`` (softmax or sigmoid; none before an argmax), ``AsDiscreted`` (argmax or threshold),
 ``KeepLargestConnectedComponentd``, ``Invertd`` of the preprocessing, in the bundle's order; ``SaveImaged`` and
 ``EnsureTyped`` are dropped (``hbseg segment`` writes the outputs). Anything else is refused with the file, the config
-key and the transform named. Of the 31 inference configs of the MONAI model zoo, ``spleen_ct_segmentation``,
-``prostate_mri_anatomy`` and ``segmentation_template`` map; the others are refused for their network (2D,
-classification, detection, generative, DiNTS, own code), several input channels, or a ``$`` expression where a value
-is needed.
+key and the transform named.
 
 What is written: an ordinary bundle (``bundle.json``, ``plans.json``, ``model.safetensors``, ``model_card.md``, every
 file's SHA256 via :func:`~..bundle.stage_bundle`) plus the original config and metadata as ``monai_inference.json`` /

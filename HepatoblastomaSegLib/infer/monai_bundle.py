@@ -326,7 +326,7 @@ class MonaiBundlePredictor:
     def predict(self, volume, progress=None, *, liver_mask=None):
         from .. import __version__
         from ..io import require_binary, require_same_geometry
-        from ..preprocess.checks import check_spacing
+        from ..preprocess.checks import check_modality, check_spacing
         from ..progress import NullProgress
         from .postprocess import keep_largest_component, remove_small_components
         from .result import Prediction
@@ -336,6 +336,7 @@ class MonaiBundlePredictor:
 
         progress = progress or NullProgress()
         check_spacing(volume)
+        check_modality(volume, self.bundle.modality)
         progress("inference", 0.0, f"MONAI bundle {self.bundle.name}")
         t0 = time.perf_counter()
         probs, labels = self.engine.run(volume)
