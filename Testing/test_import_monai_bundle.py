@@ -186,6 +186,13 @@ def test_payload_in_keys_we_do_not_read_is_not_run(tmp_path):
     assert not marker.exists() and (tmp_path / "bundle" / "bundle.json").is_file()
 
 
+def test_macro_to_a_file_outside_the_bundle_is_refused(tmp_path, capsys):
+    folder = make_monai_bundle(tmp_path / "zoo")
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"roi": [32, 32, 16]}))
+    _edit(folder, lambda c: c.update(roi=f"%{tmp_path / 'elsewhere.json'}::roi"))
+    _refused(folder, tmp_path, capsys, "inference.json", "'inferer", "only JSON files inside the bundle folder")
+
+
 def test_unknown_transform_is_refused(tmp_path, capsys):
     folder = make_monai_bundle(tmp_path / "zoo")
     _edit(folder, lambda c: c["preprocessing"]["transforms"].insert(

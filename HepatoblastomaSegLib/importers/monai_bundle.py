@@ -72,6 +72,8 @@ class _Config:
 
     def lookup(self, ident: str, where: str, data: Any = None) -> Any:
         node = self.data if data is None else data
+        if ident.startswith(("#", "::")):
+            raise self.fail(where, f"relative reference {ident!r} cannot be imported; write the absolute id")
         for part in re.split(r"::|#", ident):
             if isinstance(node, Mapping) and part in node:
                 node = node[part]
@@ -96,15 +98,16 @@ class _Config:
         return value
 
     def macro(self, text: str, where: str) -> Any:
-        """``%file::id`` / ``%file#id`` (a JSON file of the bundle) or ``%::id`` / ``%#id`` (this config), as raw
-        text: MONAI copies it in before parsing."""
-        file, _, ident = text.partition("::") if "::" in text else text.partition("#")
-        if not file:
-            return self.lookup(ident, where)
+        """``%id`` (this config) or ``%file.json::id`` (a JSON file of the bundle, relative to its folder), as raw
+        content: MONAI copies it in before parsing."""
+        match = re.fullmatch(r"(.+?\.(?:json|ya?ml))(?:(?:::|#)(.*))?", text, flags=re.IGNORECASE)
+        if match is None:
+            return self.lookup(text, where)
+        file, ident = match.group(1), match.group(2) or ""
         target = (self.folder / file).resolve()
         if self.folder.resolve() not in target.parents or target.suffix != ".json" or not target.is_file():
             raise self.fail(where, f"macro %{text}: only JSON files inside the bundle folder can be read")
-        return self.lookup(ident, where, _read_json(target))
+        return self.lookup(ident, where, _read_json(target)) if ident else _read_json(target)
 
     def plain(self, value: Any, where: str) -> Any:
         """``value`` with every reference inside it followed; refuses ``$`` expressions and nested ``_target_``."""
