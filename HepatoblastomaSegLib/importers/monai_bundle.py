@@ -109,8 +109,10 @@ class _Config:
             raise self.fail(where, f"macro %{text}: only JSON files inside the bundle folder can be read")
         return self.lookup(ident, where, _read_json(target)) if ident else _read_json(target)
 
-    def plain(self, value: Any, where: str) -> Any:
+    def plain(self, value: Any, where: str, depth: int = 0) -> Any:
         """``value`` with every reference inside it followed; refuses ``$`` expressions and nested ``_target_``."""
+        if depth > 20:
+            raise self.fail(where, "references go round in a circle")
         value = self.deref(value, where)
         if isinstance(value, str) and value.startswith("$"):
             raise self.fail(where, f"{value!r} is a '$' expression (Python code); it is not evaluated, so it cannot "
@@ -118,9 +120,9 @@ class _Config:
         if isinstance(value, Mapping):
             if "_target_" in value:
                 raise self.fail(where, f"a nested object ({value['_target_']!r}) cannot be imported")
-            return {str(k): self.plain(v, f"{where}.{k}") for k, v in value.items()}
+            return {str(k): self.plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [self.plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise self.fail(where, f"{value!r} is not a plain value")
@@ -168,8 +170,11 @@ def _target(config: _Config, node: Any, where: str, module: str) -> tuple[str, d
     prefix, _, name = target.rpartition(".")
     if target.startswith("$") or (prefix and not prefix.startswith(module)):
         raise config.fail(where, f"_target_ {target!r} is not a {module} class that can be imported")
-    if config.deref(node.get("_disabled_", False), where) not in (False, "false", "False"):
+    disabled = config.plain(node.get("_disabled_", False), f"{where}._disabled_")
+    if disabled in (True, "true", "True"):
         return "", {}
+    if disabled not in (False, "false", "False", None):
+        raise config.fail(where, f"_disabled_ must be true or false (got {disabled!r})")
     extra = [k for k in node if k.startswith("_") and k not in ("_target_", "_disabled_", "_desc_")]
     if extra:
         raise config.fail(where, f"{', '.join(extra)} cannot be imported")
