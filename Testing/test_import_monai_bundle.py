@@ -230,6 +230,14 @@ def test_weights_that_do_not_fit_the_network_are_refused(tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
+def test_arguments_monai_refuses_are_refused_at_import(tmp_path):
+    folder = make_monai_bundle(tmp_path / "zoo")
+    _edit(folder, lambda c: c["preprocessing"]["transforms"][3].update(mode="no-such-interpolation"))
+    with pytest.raises(ModelError, match="'preprocessing' fails on a test image.*no-such-interpolation"):
+        import_monai_bundle(folder, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_tampered_record_is_refused_at_load(zoo_bundle, tmp_path):
     bundle = import_monai_bundle(zoo_bundle, tmp_path / "bundle", tumor_label="tumour")
     meta = json.loads((bundle / "bundle.json").read_text())

@@ -45,7 +45,7 @@ from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JS
                       stage_bundle)
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, POSTPROCESSING, PREPROCESSING,
-                                  MonaiRecord, MonaiStep, build_network)
+                                  MonaiRecord, MonaiStep, build_network, build_steps)
 from ..preprocess.plans import Plans
 from ..safe_pickle import load_torch_checkpoint
 from .nnunet import _choose_tumor, _our_labels
@@ -356,9 +356,11 @@ def _labels(metadata: dict, out_channels: int, activation: str) -> dict[str, int
     fmt = metadata.get("network_data_format") or {}
     pred = ((fmt.get("outputs") or {}).get("pred") or {}) if isinstance(fmt, Mapping) else {}
     names = {str(k): str(v) for k, v in (pred.get("channel_def") or {}).items()} if isinstance(pred, Mapping) else {}
-    count = 2 if activation == "sigmoid" else out_channels
+    if activation == "sigmoid":  # one channel: the foreground, whether channel_def calls it 0 or 1
+        foreground = names.get("1") or (names.get("0") if names.get("0", "").lower() != "background" else None)
+        return {"background": 0, foreground or "label_1": 1}
     labels = {}
-    for value in range(count):
+    for value in range(out_channels):
         name = names.get(str(value)) or ("background" if value == 0 else f"label_{value}")
         labels[name if name not in labels else f"{name}_{value}"] = value
     return labels
@@ -380,6 +382,22 @@ def _modality(metadata: dict, wanted: str | None, source: Path) -> str:
                       source)
 
 
+def _dry_run(preprocessing, source: Path) -> None:
+    """Run the preprocessing once on a small random image, so that arguments MONAI only checks when called (an
+    unknown interpolation mode, say) are refused now rather than at the first scan."""
+    from monai.data import MetaTensor
+
+    generator = torch.Generator().manual_seed(0)
+    image = MetaTensor(torch.randn((24, 24, 24), generator=generator) * 100, affine=torch.diag(
+        torch.tensor([2.0, 2.0, 2.0, 1.0], dtype=torch.float64)), meta={"original_channel_dim": float("nan")})
+    try:
+        preprocessing({IMAGE_KEY: image})
+    except Exception as exc:  # noqa: BLE001 - MONAI wraps whatever a transform raised in its own RuntimeError
+        cause = exc.__cause__ or exc
+        raise ModelError(f"'preprocessing' fails on a test image: MONAI's {type(cause).__name__}: "
+                         f"{str(cause).strip().splitlines()[-1][:300] if str(cause).strip() else ''}", source) from exc
+
+
 def read_monai_bundle(folder: Path, *, modality: str | None = None) -> dict:
     """Everything the bundle needs, read and checked; nothing written."""
     config = _read_config(folder)
@@ -388,6 +406,7 @@ def read_monai_bundle(folder: Path, *, modality: str | None = None) -> dict:
     out_channels = int(network.args.get("out_channels", 0) or 0)
     record = MonaiRecord(**record_args, **_postprocessing(config, out_channels))
     record.check(str(config.path))
+    _dry_run(build_steps(record, str(config.path))[0], config.path)
     weights, weights_path = _load_weights(folder)
     net = build_network(network, weights, str(weights_path))  # every key must fit, else refused here
     state = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()

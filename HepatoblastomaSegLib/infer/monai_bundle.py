@@ -204,10 +204,33 @@ def build_inferer(step: MonaiStep):
     return getattr(inferers, step.name)(**step.args)
 
 
+#: What MONAI's constructors raise for arguments they do not accept.
+_BAD_ARGUMENTS = (TypeError, ValueError, KeyError, AssertionError, RuntimeError, NotImplementedError)
+
+
+def build_steps(record: MonaiRecord, source: str) -> tuple[Any, Any]:
+    """(the preprocessing ``Compose``, the inferer) of ``record``; :class:`ModelError` naming the step whose
+    arguments MONAI refuses."""
+    from monai.transforms import Compose
+
+    steps = []
+    for step in (*record.preprocessing, record.inferer):
+        try:
+            steps.append(build_inferer(step) if step is record.inferer else build_transform(step))
+        except _BAD_ARGUMENTS as exc:
+            raise ModelError(f"MONAI's {step.name} does not accept {step.args} ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})", source) from exc
+    return Compose(steps[:-1]), steps[-1]
+
+
 def build_network(step: MonaiStep, state_dict: Mapping[str, torch.Tensor], source: str,
                   device: torch.device | str = "cpu") -> torch.nn.Module:
     """MONAI's network of ``step`` with ``state_dict`` loaded (every key must fit), in eval mode on ``device``."""
-    network = _network_class(step.name)(**step.args)
+    try:
+        network = _network_class(step.name)(**step.args)
+    except _BAD_ARGUMENTS as exc:
+        raise ModelError(f"MONAI's {step.name} cannot be built with {step.args} ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})", source) from exc
     try:
         network.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as exc:
@@ -249,8 +272,6 @@ class MonaiBundleEngine:
     its own grid."""
 
     def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu"):
-        from monai.transforms import Compose
-
         section = monai_section(bundle)
         if section is None:
             raise ModelError("not an imported MONAI bundle (bundle.json has no 'monai_bundle' section)", bundle.path)
@@ -262,8 +283,7 @@ class MonaiBundleEngine:
         self.record.check(str(bundle.path / BUNDLE_JSON))
         self.device = torch.device(device)
         self.network = build_network(self.record.network, bundle.state_dict(), str(bundle.path), self.device)
-        self.preprocessing = Compose([build_transform(s) for s in self.record.preprocessing])
-        self.inferer = build_inferer(self.record.inferer)
+        self.preprocessing, self.inferer = build_steps(self.record, str(bundle.path))
 
     @torch.inference_mode()
     def run(self, volume) -> tuple[np.ndarray, np.ndarray]:
