@@ -46,7 +46,7 @@ from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JS
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, POSTPROCESSING, PREPROCESSING,
                                   MonaiRecord, MonaiStep, build_network, build_steps)
-from ..preprocess.plans import Plans
+from ..preprocess.plans import MAX_SPACING_MM, MIN_SPACING_MM, Plans
 from ..safe_pickle import load_torch_checkpoint
 from .nnunet import _choose_tumor, _our_labels
 
@@ -434,23 +434,28 @@ def import_monai_bundle(folder: str | Path, output: str | Path, *, tumor_label: 
 # ------------------------------------------------------------------------------------------------ writing
 def _our_plans(model: dict, labels: dict[str, int]) -> Plans:
     """Our description of the model (``plans.json``, for people and listings; the record drives inference): the
-    Spacingd spacing, the window as the patch (a nominal two-stage topology), the intensity window for CT."""
+    Spacingd spacing (within the range plans allow), the window as the patch (a nominal two-stage topology), the
+    intensity window for CT."""
     record: MonaiRecord = model["record"]
     steps = {s.name: s.args for s in record.preprocessing}
     pixdim = steps.get("Spacingd", {}).get("pixdim", 1.0)
-    spacing_xyz = [float(p) for p in (pixdim if isinstance(pixdim, list) else [pixdim] * 3)][:3]
+    pixdim = pixdim if isinstance(pixdim, list) and pixdim else [pixdim]
+    spacing_xyz = [float(p) for p in (pixdim + [pixdim[-1]] * 3)[:3]]  # MONAI repeats the last value
     roi = record.inferer.args.get("roi_size", [96, 96, 96])
-    patch_zyx = [int(r) for r in (roi if isinstance(roi, list) else [roi] * 3)][::-1]
+    roi = roi if isinstance(roi, list) and roi else [roi]
+    patch_zyx = [int(r) for r in (roi + [roi[-1]] * 3)[:3]][::-1]
     window = steps.get("ScaleIntensityRanged")
     if model["modality"] == "ct":
-        low, high = (float(window["a_min"]), float(window["a_max"])) if window else (-1000.0, 1000.0)
+        low, high = sorted((float(window["a_min"]), float(window["a_max"]))) if window else (-1000.0, 1000.0)
+        high = max(high, low + 1.0)
         intensity = {"ct": {"window_hu": [low, high], "clip_hu": [low, high], "mean_hu": 0.0, "std_hu": 1.0},
                      "mri": None}
     else:
         intensity = {"ct": None, "mri": {"n4": {}}}
     width = int(record.network.args.get("init_filters") or (record.network.args.get("channels") or [16])[0])
     data = {"modality": model["modality"], "labels": labels,
-            "spacing": {"target_spacing_mm_xyz": [s if s > 0 else 1.0 for s in spacing_xyz], "rule": "median"},
+            "spacing": {"target_spacing_mm_xyz": [min(max(s, MIN_SPACING_MM), MAX_SPACING_MM) if s > 0 else 1.0
+                                                  for s in spacing_xyz], "rule": "median"},
             "topology": {"patch_size_zyx": [p if p > 0 else 1 for p in patch_zyx],
                          "kernel_sizes_zyx": [[3, 3, 3], [3, 3, 3]], "strides_zyx": [[1, 1, 1], [1, 1, 1]],
                          "filters": [width, width], "deep_supervision_outputs": 0},
