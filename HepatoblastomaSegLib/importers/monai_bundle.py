@@ -440,10 +440,11 @@ def _our_plans(model: dict, labels: dict[str, int]) -> Plans:
     steps = {s.name: s.args for s in record.preprocessing}
     pixdim = steps.get("Spacingd", {}).get("pixdim", 1.0)
     pixdim = pixdim if isinstance(pixdim, list) and pixdim else [pixdim]
-    spacing_xyz = [float(p) for p in (pixdim + [pixdim[-1]] * 3)[:3]]  # MONAI repeats the last value
+    spacing_xyz = [float(p) if isinstance(p, (int, float)) else 1.0
+                   for p in (pixdim + [pixdim[-1]] * 3)[:3]]  # MONAI repeats the last value
     roi = record.inferer.args.get("roi_size", [96, 96, 96])
     roi = roi if isinstance(roi, list) and roi else [roi]
-    patch_zyx = [int(r) for r in (roi + [roi[-1]] * 3)[:3]][::-1]
+    patch_zyx = [int(r) if isinstance(r, (int, float)) else 1 for r in (roi + [roi[-1]] * 3)[:3]][::-1]
     window = steps.get("ScaleIntensityRanged")
     if model["modality"] == "ct":
         low, high = sorted((float(window["a_min"]), float(window["a_max"]))) if window else (-1000.0, 1000.0)
