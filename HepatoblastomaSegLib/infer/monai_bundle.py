@@ -340,7 +340,7 @@ class MonaiBundlePredictor:
         self.engine = MonaiBundleEngine(bundle, self.device)
         section = monai_section(bundle) or {}
         self.tumor_value = int(section.get("tumor_label", {}).get("value", bundle.plans.labels.get("tumor", 1)))
-        self.liver_value = bundle.plans.labels.get("liver")
+        self.liver_value = next((v for n, v in bundle.plans.labels.items() if n.lower() == "liver"), None)
         self.review_settings = review_settings(bundle.path)
 
     def predict(self, volume, progress=None, *, liver_mask=None):
