@@ -182,6 +182,11 @@ class Predictor:
         if is_nnunet_bundle(bundle):
             return NnUNetBundlePredictor(bundle, device=options.device, tta=options.tta,
                                          keep_largest=options.keep_largest, min_component_ml=options.min_component_ml)
+        from .monai_bundle import MonaiBundlePredictor, is_monai_bundle  # imported MONAI bundles run MONAI's way
+
+        if is_monai_bundle(bundle):
+            return MonaiBundlePredictor(bundle, device=options.device, keep_largest=options.keep_largest,
+                                        min_component_ml=options.min_component_ml)
         liver = None
         default_liver = DEFAULT_LIVER_MODELS[bundle.modality]
         if options.liver_model is not None:
