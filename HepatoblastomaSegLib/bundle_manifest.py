@@ -35,7 +35,7 @@ CHECKSUMS_KEY = "files"
 REVIEW_KEY = "review"
 #: The kind of model a bundle holds, from the importer's section in bundle.json: our own DynUNet (no section), an
 #: imported nnU-Net model (``"nnunet"``) or an imported MONAI bundle (``"monai"``).
-KIND_SECTIONS = {"nnunet": "nnunet", "monai": "monai"}
+KIND_SECTIONS = {"nnunet": "nnunet", "monai_bundle": "monai"}  # bundle.json section -> kind
 KINDS = ("own", *KIND_SECTIONS.values())
 MODELS_ENV = "HBSEG_MODELS_DIR"
 #: The repository's bundled models: <repo root>/Resources/Models, the repo root being the package's parent.
