@@ -117,7 +117,7 @@ def test_kind_comes_from_the_importer_section_and_unknown_keys_are_ignored(tmp_p
     assert manifest.section("a_future_key") == {"x": 1} and manifest.section("absent") is None
     assert models.read_entry(folder, "imported").label == "ct-demo 1.0.0 (CT, nnU-Net)"
     assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == "ct-demo 1.0.0 (CT)"
-    _edit_meta(folder, monai={"format": "monai-bundle"})
+    _edit_meta(folder, monai_bundle={"network": "UNet"})
     with pytest.raises(ModelError, match="two kinds of model"):
         read_manifest(folder)
 

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from HepatoblastomaSegLib.bundle import load_bundle
+from HepatoblastomaSegLib.bundle_manifest import read_manifest
 from HepatoblastomaSegLib.cli import main
 from HepatoblastomaSegLib.errors import ModelError
 from HepatoblastomaSegLib.importers.monai_bundle import import_monai_bundle
@@ -106,6 +107,7 @@ def test_other_layouts_equal_monai(variant, ct, tmp_path):
         config_file.unlink()
     probs, labels = monai_reference(folder, ct, tmp_path / "monai")
     bundle = import_monai_bundle(folder, tmp_path / "bundle")
+    assert read_manifest(bundle).kind == "monai"  # what the Slicer model list reads, without torch
     ours, our_labels = MonaiBundleEngine(load_bundle(bundle)).run(read_volume(ct))
     assert np.array_equal(our_labels, labels)
     assert len(np.unique(labels)) >= 2
