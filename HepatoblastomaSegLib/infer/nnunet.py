@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -157,18 +158,29 @@ class NnUNetEngine:
         weights = torch.zeros(padded.shape[1:], dtype=dtype, device=self.device)
         axes = inf.mirror_axes if mirror else ()
         combos = [c for i in range(len(axes)) for c in itertools.combinations([a + 2 for a in axes], i + 1)]
-        windows = math.prod(len(s) for s in starts)
-        for corner in itertools.product(*starts):
-            if on_window is not None:
-                on_window(windows)
-            box = tuple(slice(s, s + p) for s, p in zip(corner, patch))
-            window = padded[(slice(None), *box)][None].to(self.device)
-            out = self._forward(network, window, logits_space)
-            for flip in combos:
-                out += torch.flip(self._forward(network, torch.flip(window, flip), logits_space), flip)
-            out /= len(combos) + 1
-            accumulated[(slice(None), *box)] += out[0] * gaussian
-            weights[box] += gaussian
+        boxes = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+
+        def cut(box: tuple[slice, ...]) -> torch.Tensor:
+            return padded[(slice(None), *box)][None].clone(memory_format=torch.contiguous_format).to(self.device)
+
+        # As nnU-Net: the next window is cut (a contiguous copy, moved to the device) in a second thread while the
+        # network runs. On a busy CPU this also matters for speed: with torch work in a second thread, libgomp
+        # manages more threads than there are cores and throttles its spin-waiting between parallel regions (on a
+        # loaded machine, spinning workers take the cores from the working ones; see benchmarks/results).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(cut, boxes[0])
+            for i, box in enumerate(boxes):
+                window = pending.result()
+                if i + 1 < len(boxes):
+                    pending = pool.submit(cut, boxes[i + 1])
+                if on_window is not None:
+                    on_window(len(boxes))
+                out = self._forward(network, window, logits_space)
+                for flip in combos:
+                    out += torch.flip(self._forward(network, torch.flip(window, flip), logits_space), flip)
+                out /= len(combos) + 1
+                accumulated[(slice(None), *box)] += out[0] * gaussian
+                weights[box] += gaussian
         accumulated /= weights
         return accumulated[(slice(None), *unpad)].cpu()
 
