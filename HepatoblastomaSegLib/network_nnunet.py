@@ -100,11 +100,11 @@ def _cpu_inference(x: torch.Tensor) -> bool:
 class _ConvNormAct(nn.Module):
     """Convolution, instance norm (affine), leaky ReLU.
 
-    With ``fast_cpu`` set, on the CPU the norm is computed as a group norm with one group per channel: the same normalisation (per sample
-    and channel, biased variance, ``eps`` inside the root), for which torch has one fused CPU kernel (several times
-    faster than its instance norm, which goes through batch norm), rounded differently (float32 ulps). Otherwise
-    (and on CUDA, where nnU-Net runs under autocast) it is nnU-Net's own ``InstanceNorm3d``; ``norm`` keeps that
-    module so the weights keep their names."""
+    With ``fast_cpu`` set, on the CPU the norm is computed as a group norm with one group per channel: the same
+    normalisation (per sample and channel, biased variance, ``eps`` inside the root), for which torch has one fused CPU
+    kernel (several times faster than its instance norm, which goes through batch norm), rounded differently (float32
+    ulps). Otherwise (and on CUDA, where nnU-Net runs under autocast) it is nnU-Net's own ``InstanceNorm3d``; ``norm``
+    keeps that module so the weights keep their names."""
 
     fast_cpu = False
 

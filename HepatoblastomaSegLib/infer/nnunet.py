@@ -21,7 +21,7 @@ moved the softmax of the test model by 1.4e-3 against nnU-Net's, against 0 one b
 The same holds for the network's kernels. ``kernels="fast"`` runs the CPU network with oneDNN convolutions and fused
 instance norms (:func:`~..network_nnunet.build_nnunet_network`), equal to nnU-Net's within float32 rounding; with v1's
 float32 probability averaging that stays a float32 rounding difference, but a float32 ulp can move one of v2's float16
-sums across a rounding step, one float16 step of the logits (2e-3 in the softmax of the test model). ``"auto"`` (the
+sums across a rounding step, one float16 step of the logits, which can exceed 1e-3 in the softmax. ``"auto"`` (the
 default) therefore takes the fast kernels for v1 bundles and nnU-Net's own kernels, bit for bit, for v2 bundles.
 """
 
