@@ -59,7 +59,9 @@ def _compare(folder, tmp_path, modality, *, folds, mirror):
     image, spacing = phantom_image(modality)
     seg, probs = nnunet_v2_predict(folder, image, spacing, folds=folds, mirror=mirror)
     bundle = import_nnunet(folder, tmp_path / "bundle", folds=",".join(map(str, folds)))
-    ours = NnUNetEngine(load_bundle(bundle)).probabilities(image[None], spacing, mirror=mirror)
+    engine = NnUNetEngine(load_bundle(bundle))
+    assert not engine.fast_kernels  # v2 (float16 sums): nnU-Net's own kernels by default
+    ours = engine.probabilities(image[None], spacing, mirror=mirror)
     assert ours.shape == probs.shape
     assert np.abs(ours - probs).max() < 1e-3
     for label in (1, 2):
@@ -147,11 +149,27 @@ def v1_mri_folder(tmp_path_factory):
     return make_v1_folder(tmp_path_factory.mktemp("nnunet1_mri"), modality="mri", folds=(0, 1), seed=3, **PLAN)
 
 
+def test_v2_fast_kernels_stay_within_one_float16_step_of_nnunet(ct_folder, tmp_path):
+    """``kernels="fast"`` on a v2 model: float32 rounding differences can move nnU-Net v2's float16 sums across a
+    rounding step; the softmax then differs by up to one float16 step of the logits, the masks stay nnU-Net's."""
+    image, spacing = phantom_image("ct")
+    seg, probs = nnunet_v2_predict(ct_folder, image, spacing, folds=(0,), mirror=True)
+    bundle = load_bundle(import_nnunet(ct_folder, tmp_path / "bundle", folds="0"))
+    fast = NnUNetEngine(bundle, kernels="fast")
+    assert fast.fast_kernels
+    ours = fast.probabilities(image[None], spacing, mirror=True)
+    assert np.abs(ours - probs).max() < 5e-3
+    for label in (1, 2):
+        assert dice(ours.argmax(0) == label, seg == label) >= 0.999
+
+
 def _compare_v1(folder, tmp_path, modality, *, folds, mirror):
     image, spacing = phantom_image(modality)
     seg, probs = nnunet_v1_predict(folder, image, spacing, tmp_path / "v1", folds=folds, mirror=mirror)
     bundle = import_nnunet(folder, tmp_path / "bundle", folds=",".join(map(str, folds)), tumor_label="2")
-    ours = NnUNetEngine(load_bundle(bundle)).probabilities(image[None], spacing, mirror=mirror)
+    engine = NnUNetEngine(load_bundle(bundle))
+    assert engine.fast_kernels  # v1 (float32 sums): the fast CPU kernels by default
+    ours = engine.probabilities(image[None], spacing, mirror=mirror)
     # nnU-Net v1 stores its softmax as float16 (steps of 2^-11 below 1)
     assert np.abs(ours - probs).max() < 1e-3
     for label in (1, 2):

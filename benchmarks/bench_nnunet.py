@@ -3,7 +3,8 @@
 Run by hand (not a test)::
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_nnunet.py [--device cpu|cuda] [--mirror] [--folds 1]
-        [--features 32,64,128,256,320] [--patch 40,112,112] [--case-size small|full] [--json out.json]
+        [--features 32,64,128,256,320] [--patch 40,112,112] [--case-size small|full] [--kernels auto|fast|nnunet]
+        [--threads N] [--rounds N] [--json out.json]
 
 A v2 model folder is built with the real ``nnunetv2`` package (its network builder and checkpoint layout, random
 weights: speed does not depend on what the weights learned) at nnU-Net's default widths, a phantom CT of
@@ -11,13 +12,16 @@ weights: speed does not depend on what the weights learned) at nnU-Net's default
 from the image array in memory to the full-size softmax and mask (nnU-Net: ``predict_single_npy_array`` with
 probabilities; ours: :class:`~HepatoblastomaSegLib.infer.nnunet.NnUNetBundlePredictor.predict`, which also computes
 the entropy map and the summary), after one warm-up run of each, the fastest of ``--rounds`` alternating timed runs;
-the largest softmax difference and the Dice between the tumour masks.
+the largest softmax difference and the Dice between the tumour masks. ``--kernels`` is
+:class:`~HepatoblastomaSegLib.infer.nnunet.NnUNetEngine`'s (``auto``: nnU-Net's own kernels for a v2 model, bit for bit;
+``fast``: oneDNN convolutions and fused instance norms on the CPU). On ``--device cuda`` both run under autocast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--case-size", choices=("small", "full"), default="small")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds, theirs and ours alternating (min)")
+    parser.add_argument("--kernels", choices=("auto", "fast", "nnunet"), default="auto")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -74,7 +79,7 @@ def main() -> None:
                                  verbose_preprocessing=False, allow_tqdm=False)
         theirs.initialize_from_trained_model_folder(str(folder), use_folds=tuple(range(args.folds)),
                                                     checkpoint_name="checkpoint_final.pth")
-        ours = NnUNetBundlePredictor(bundle, device=args.device, tta=args.mirror)
+        ours = NnUNetBundlePredictor(bundle, device=args.device, tta=args.mirror, kernels=args.kernels)
 
         def run_theirs():
             return theirs.predict_single_npy_array(image[None], {"spacing": list(spacing)}, None, None, True)
@@ -103,6 +108,7 @@ def main() -> None:
     result = {
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "device": args.device, "mirror": args.mirror, "folds": args.folds,
+        "kernels": prediction.summary["nnunet"]["kernels"], "load_average": [round(v, 2) for v in os.getloadavg()],
         "image_shape_zyx": list(image.shape), "spacing_mm_zyx": list(spacing), "target_spacing_mm_zyx":
         list(args.spacing), "patch": list(args.patch), "features": list(args.features),
         "sliding_windows": prediction.summary["sliding_windows"],

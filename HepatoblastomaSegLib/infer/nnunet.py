@@ -17,6 +17,12 @@ An imported bundle (:mod:`~HepatoblastomaSegLib.importers.nnunet`) carries a ``n
 Windows and their mirrored copies go through the network one at a time, as in nnU-Net: with float16 accumulators a
 change of summation order is not harmless (sending a window's 8 mirrored copies through the network as one batch
 moved the softmax of the test model by 1.4e-3 against nnU-Net's, against 0 one by one).
+
+The same holds for the network's kernels. ``kernels="fast"`` runs the CPU network with oneDNN convolutions and fused
+instance norms (:func:`~..network_nnunet.build_nnunet_network`), equal to nnU-Net's within float32 rounding; with v1's
+float32 probability averaging that stays a float32 rounding difference, but a float32 ulp can move one of v2's float16
+sums across a rounding step, one float16 step of the logits, which can exceed 1e-3 in the softmax. ``"auto"`` (the
+default) therefore takes the fast kernels for v1 bundles and nnU-Net's own kernels, bit for bit, for v2 bundles.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import itertools
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -38,6 +45,7 @@ from ..network_nnunet import NnUNetDescription, build_nnunet_network
 from ..preprocess.nnunet import NnUNetPreprocessing, prepare_case, resample_to_shape, uncrop_probabilities
 
 NNUNET_KEY = "nnunet"
+KERNELS = ("auto", "fast", "nnunet")
 
 
 def nnunet_section(bundle: ModelBundle) -> dict | None:
@@ -78,7 +86,9 @@ class NnUNetInference:
 class NnUNetEngine:
     """An imported nnU-Net model, loaded once: :meth:`probabilities` gives nnU-Net's softmax for an image."""
 
-    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu"):
+    def __init__(self, bundle: ModelBundle, device: torch.device | str = "cpu", *, kernels: str = "auto"):
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels must be one of {KERNELS}, not {kernels!r}")
         section = nnunet_section(bundle)
         if section is None:
             raise ModelError("not an imported nnU-Net bundle (bundle.json has no 'nnunet' section)", bundle.path)
@@ -92,13 +102,15 @@ class NnUNetEngine:
         _verify_extra_files(bundle, section)
         self.device = torch.device(device)
         weights = bundle.state_dict()  # SHA256-checked against bundle.json
+        self.fast_kernels = kernels == "fast" or (kernels == "auto" and self.inference.average == "probabilities")
         self.networks = []
         for fold in self.inference.folds:
             prefix = f"{fold}."
             fold_weights = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
             if not fold_weights:
                 raise ModelError(f"model.safetensors holds no weights for {fold}", bundle.path)
-            self.networks.append(build_nnunet_network(self.description, fold_weights, self.device))
+            self.networks.append(build_nnunet_network(self.description, fold_weights, self.device,
+                                                      fast_cpu=self.fast_kernels))
         self.num_classes = self.description.num_classes
 
     def probabilities(self, channels_zyx: np.ndarray, spacing_mm_zyx: Sequence[float], *, mirror: bool = True,
@@ -126,7 +138,9 @@ class NnUNetEngine:
         """Fold-averaged sliding-window output on the preprocessed grid: logits (v2, float16) or softmax (v1)."""
         total = None
         for network in self.networks:
-            out = self._sliding_window(network, data, mirror, on_window)
+            # nnU-Net runs the network under autocast (float16) on CUDA, in float32 on the CPU
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+                out = self._sliding_window(network, data, mirror, on_window)
             total = out if total is None else total + out
         if len(self.networks) > 1:
             total /= len(self.networks)
@@ -144,18 +158,29 @@ class NnUNetEngine:
         weights = torch.zeros(padded.shape[1:], dtype=dtype, device=self.device)
         axes = inf.mirror_axes if mirror else ()
         combos = [c for i in range(len(axes)) for c in itertools.combinations([a + 2 for a in axes], i + 1)]
-        windows = math.prod(len(s) for s in starts)
-        for corner in itertools.product(*starts):
-            if on_window is not None:
-                on_window(windows)
-            box = tuple(slice(s, s + p) for s, p in zip(corner, patch))
-            window = padded[(slice(None), *box)][None].to(self.device)
-            out = self._forward(network, window, logits_space)
-            for flip in combos:
-                out += torch.flip(self._forward(network, torch.flip(window, flip), logits_space), flip)
-            out /= len(combos) + 1
-            accumulated[(slice(None), *box)] += out[0] * gaussian
-            weights[box] += gaussian
+        boxes = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in itertools.product(*starts)]
+
+        def cut(box: tuple[slice, ...]) -> torch.Tensor:
+            return padded[(slice(None), *box)][None].clone(memory_format=torch.contiguous_format).to(self.device)
+
+        # As nnU-Net: the next window is cut (a contiguous copy, moved to the device) in a second thread while the
+        # network runs. On a busy CPU this also matters for speed: with torch work in a second thread, libgomp
+        # manages more threads than there are cores and throttles its spin-waiting between parallel regions (on a
+        # loaded machine, spinning workers take the cores from the working ones; see benchmarks/results).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(cut, boxes[0])
+            for i, box in enumerate(boxes):
+                window = pending.result()
+                if i + 1 < len(boxes):
+                    pending = pool.submit(cut, boxes[i + 1])
+                if on_window is not None:
+                    on_window(len(boxes))
+                out = self._forward(network, window, logits_space)
+                for flip in combos:
+                    out += torch.flip(self._forward(network, torch.flip(window, flip), logits_space), flip)
+                out /= len(combos) + 1
+                accumulated[(slice(None), *box)] += out[0] * gaussian
+                weights[box] += gaussian
         accumulated /= weights
         return accumulated[(slice(None), *unpad)].cpu()
 
@@ -221,11 +246,12 @@ class NnUNetBundlePredictor:
 
     The tumour mask is where nnU-Net's argmax is the tumour label. The entropy map is that of the tumour-versus-rest
     split (``p`` and ``1 - p`` of the tumour label), so it has the 0 .. ln 2 scale of every other entropy the library
-    reports, also for models with more labels (e.g. liver and tumour). ``tta`` turns nnU-Net's mirroring on or off.
+    reports, also for models with more labels (e.g. liver and tumour). ``tta`` turns nnU-Net's mirroring on or off;
+    ``kernels`` is :class:`NnUNetEngine`'s.
     """
 
     def __init__(self, bundle: ModelBundle, *, device: str = "auto", tta: bool = True, keep_largest: bool = False,
-                 min_component_ml: float = 0.0):
+                 min_component_ml: float = 0.0, kernels: str = "auto"):
         from .predictor import resolve_device
 
         self.bundle = bundle
@@ -233,7 +259,7 @@ class NnUNetBundlePredictor:
         self.tta = tta
         self.keep_largest = keep_largest
         self.min_component_ml = min_component_ml
-        self.engine = NnUNetEngine(bundle, self.device)
+        self.engine = NnUNetEngine(bundle, self.device, kernels=kernels)
         section = nnunet_section(bundle) or {}
         self.tumor_value = int(section.get("tumor_label", {}).get("value", bundle.plans.labels.get("tumor", 1)))
         if self.engine.description.input_channels != 1:
@@ -290,7 +316,8 @@ class NnUNetBundlePredictor:
             "sliding_windows": done[0] // max(1, folds),
             "nnunet": {"format": section.get("format"), "folds": list(self.engine.inference.folds),
                        "mirror_axes": list(self.engine.inference.mirror_axes) if self.tta else [],
-                       "tumor_label": section.get("tumor_label")},
+                       "tumor_label": section.get("tumor_label"),
+                       "kernels": "fast" if self.engine.fast_kernels else "nnunet"},
         })
         if volume.metadata.get("dicom"):
             summary["dicom_series"] = volume.metadata["dicom"]
