@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -242,12 +241,7 @@ def build_network(step: MonaiStep, state_dict: Mapping[str, torch.Tensor], sourc
 
 def monai_section(bundle: ModelBundle) -> dict | None:
     """The ``monai_bundle`` section of a bundle's ``bundle.json`` (None for other bundles)."""
-    try:
-        meta = json.loads((bundle.path / BUNDLE_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    section = meta.get(MONAI_KEY)
-    return section if isinstance(section, dict) else None
+    return bundle.manifest.section(MONAI_KEY) if bundle.manifest is not None else None
 
 
 def is_monai_bundle(bundle: ModelBundle) -> bool:

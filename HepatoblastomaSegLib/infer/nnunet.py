@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from ..bundle import BUNDLE_JSON, ModelBundle
+from ..bundle import ModelBundle
 from ..errors import ModelError
 from ..network_nnunet import NnUNetDescription, build_nnunet_network
 from ..preprocess.nnunet import NnUNetPreprocessing, prepare_case, resample_to_shape, uncrop_probabilities
@@ -50,12 +49,7 @@ KERNELS = ("auto", "fast", "nnunet")
 
 def nnunet_section(bundle: ModelBundle) -> dict | None:
     """The ``nnunet`` section of a bundle's ``bundle.json`` (None for our own bundles)."""
-    try:
-        meta = json.loads((bundle.path / BUNDLE_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    section = meta.get(NNUNET_KEY)
-    return section if isinstance(section, dict) else None
+    return bundle.manifest.section(NNUNET_KEY) if bundle.manifest is not None else None
 
 
 def is_nnunet_bundle(bundle: ModelBundle) -> bool:
