@@ -7,9 +7,11 @@ liver models (:mod:`.preprocess.liver`) and validation during training (:mod:`.t
 
 The settings are nnU-Net's, not MONAI's defaults: overlap 0.5 and Gaussian importance weights with sigma = patch/8
 (``sigma_scale`` 0.125); images smaller than a patch are padded with 0 (the normalised image's value is irrelevant:
-what the network sees there is cropped away again). The windows' **softmax** is stitched (nnU-Net v1.7.1, the
-paper's version), in float32 whatever the autocast dtype, and with TTA the mean softmax over the flips
-(:class:`SoftmaxPredictor`). The stitching itself is MONAI's :class:`~monai.inferers.SlidingWindowInferer`.
+what the network sees there is cropped away again). The tumour models stitch the windows' **softmax** (nnU-Net
+v1.7.1, the paper's version) and with TTA the mean softmax over the flips (:class:`SoftmaxPredictor`); the liver
+models stitch **logits** and take the softmax of the stitched map, as they always have (``stitch="logits"``; the two
+differ where overlapping windows disagree). Stitching is float32 whatever the autocast dtype; the stitching itself is
+MONAI's :class:`~monai.inferers.SlidingWindowInferer`.
 """
 
 from __future__ import annotations
@@ -48,11 +50,13 @@ class SoftmaxPredictor:
             whose outputs are dropped, so that every network call has the same shape: a compiled network
             (``torch.compile(dynamic=False)``) would otherwise compile again for the odd batch. The windows kept do
             not depend on it (every layer works per patch).
+        softmax: False = return the (flip-averaged) float32 logits instead, for stitching logits.
     """
 
     def __init__(self, network: torch.nn.Module, flips: tuple[tuple[int, ...], ...] = ALL_FLIPS,
                  autocast_dtype: torch.dtype | None = None, on_batch: Callable[[], None] | None = None,
-                 max_forward_batch: int | None = None, pad_windows_to: int | None = None):
+                 max_forward_batch: int | None = None, pad_windows_to: int | None = None, softmax: bool = True):
+        self.softmax = softmax
         self.network = network
         self.flips = flips
         self.autocast_dtype = autocast_dtype
@@ -78,7 +82,8 @@ class SoftmaxPredictor:
         for start in range(0, len(self.flips), flips_per_call):
             group = self.flips[start:start + flips_per_call]
             x = torch.cat([torch.flip(patch, axes) if axes else patch for axes in group])
-            p = torch.softmax(self._logits(x).float(), dim=1)
+            p = self._logits(x).float()
+            p = torch.softmax(p, dim=1) if self.softmax else p
             for i, axes in enumerate(group):
                 part = p[i * batch:(i + 1) * batch]
                 part = torch.flip(part, axes) if axes else part
@@ -140,6 +145,8 @@ class SlidingWindowEngine:
             a small GPU.
         pad_windows_to: pad the last, smaller window batch with empty windows to this many (a compiled network then
             sees one shape only); None = no padding.
+        stitch: ``"softmax"``: stitch the windows' (flip-averaged) softmax (nnU-Net v1, the tumour models);
+            ``"logits"``: stitch the logits and take the softmax of the stitched map (the liver models).
     """
 
     patch_size_zyx: tuple[int, ...]
@@ -152,6 +159,7 @@ class SlidingWindowEngine:
     sw_device: torch.device | None = None
     stitch_device: torch.device | None = None
     pad_windows_to: int | None = None
+    stitch: str = "softmax"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_zyx", tuple(int(v) for v in self.patch_size_zyx))
@@ -161,6 +169,8 @@ class SlidingWindowEngine:
             raise ValueError(f"overlap must be in [0, 1), not {self.overlap}")
         if self.windows_per_call < 1:
             raise ValueError(f"windows_per_call must be at least 1, not {self.windows_per_call}")
+        if self.stitch not in ("softmax", "logits"):
+            raise ValueError(f"stitch must be 'softmax' or 'logits', not {self.stitch!r}")
 
     def count_windows(self, shape_zyx: Sequence[int]) -> int:
         """Windows over an image of ``shape_zyx`` (after padding to the patch)."""
@@ -197,6 +207,7 @@ class SlidingWindowEngine:
                                        cache_roi_weight_map=True)
         softmax = SoftmaxPredictor(network, self.flips, autocast_dtype=self.autocast_dtype, on_batch=on_batch,
                                    max_forward_batch=self.patches_per_network_call,
-                                   pad_windows_to=self.pad_windows_to)
+                                   pad_windows_to=self.pad_windows_to, softmax=self.stitch == "softmax")
         with torch.inference_mode(), cudnn_benchmark(sw_device.type == "cuda"):
-            return inferer(data[None, None], softmax)[0]
+            stitched = inferer(data[None, None], softmax)[0]
+            return stitched if self.stitch == "softmax" else torch.softmax(stitched, dim=0)

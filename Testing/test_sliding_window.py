@@ -84,6 +84,18 @@ def test_engine_refuses_nonsense_settings():
         SlidingWindowEngine(PATCH, overlap=1.0)
     with pytest.raises(ValueError, match="patch"):
         SlidingWindowEngine((8, 32))
+    with pytest.raises(ValueError, match="stitch"):
+        SlidingWindowEngine(PATCH, stitch="mean")
+
+
+def test_engine_stitching_logits_equals_monai_on_the_logits(tumor_bundle):
+    net = tumor_bundle.cached_network("cpu")
+    image = torch.randn(9, 33, 50, generator=torch.Generator().manual_seed(4))
+    ours = SlidingWindowEngine(PATCH, windows_per_call=2, stitch="logits").probabilities(net, image)
+    with torch.no_grad():
+        logits = sliding_window_inference(image[None, None], list(PATCH), 2, net, overlap=0.5, mode="gaussian",
+                                          sigma_scale=0.125)[0]
+    torch.testing.assert_close(ours, torch.softmax(logits, dim=0), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -110,10 +122,14 @@ def test_liver_model_goes_through_the_engine_and_equals_monai(liver_bundle, spy)
     volume = ct_volume()
     liver = liver_mask_from_model(volume, liver_bundle, device="cpu").array
     net = liver_bundle.cached_network("cpu")
-    assert len(spy) == 1 and spy[0][1] is net and spy[0][0].flips == NO_FLIPS
-    # MONAI's sliding window, both channels back onto the input grid, the argmax, the largest component.
+    assert len(spy) == 1 and spy[0][1] is net and spy[0][0].flips == NO_FLIPS and spy[0][0].stitch == "logits"
+    # MONAI's sliding window over the logits and their softmax (the liver step before the engine), both channels
+    # back onto the input grid, the argmax, the largest component.
     prep = preprocess_image(volume, liver_bundle.plans, device="cpu")
-    back = resample_to_original(monai_softmax(net, prep.data, windows=1), prep)
+    with torch.no_grad():
+        logits = sliding_window_inference(prep.data[None, None], list(PATCH), 1, net, overlap=0.5, mode="gaussian",
+                                          sigma_scale=0.125)
+    back = resample_to_original(torch.softmax(logits, dim=1)[0], prep)
     expected = largest_component(np.asarray(back).argmax(axis=0) == 1)
     assert liver.shape == volume.array.shape and 0 < np.count_nonzero(expected)
     assert np.count_nonzero(liver != expected) <= 2  # p > 0.5 on the liver channel vs argmax: ties at most

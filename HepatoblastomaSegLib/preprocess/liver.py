@@ -4,7 +4,7 @@
 labels ``background``/``liver``, planned with ``hbseg plan --target liver``; its own plans skip Nyul since they cannot
 depend on a liver mask). :func:`liver_mask_from_model` preprocesses the image with the liver model's plans, runs
 the one sliding-window engine (:class:`~..sliding_window.SlidingWindowEngine`: overlap 0.5, Gaussian weights, the
-windows' softmax stitched; no mirroring: a mask for landmark statistics and the liver anchor does not need TTA; 4
+windows' logits stitched, then the softmax; no mirroring: a mask for landmark statistics and the liver anchor does not need TTA; 4
 windows per network call, on a GPU under autocast), brings the liver probability back to the original grid and keeps
 the largest connected component of p > 0.5. Two classes: only the liver channel is resampled, since linear and
 nearest interpolation weights sum to 1, so the background on the original grid is exactly 1 - p and the argmax (ties
@@ -70,7 +70,8 @@ def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | 
     prep = preprocess_image(volume, bundle.plans, device=device, checked=checked)
     net = bundle.cached_network(device)  # built once per loaded bundle, not once per case
     engine = SlidingWindowEngine(bundle.plans.patch_size_zyx, overlap=overlap,
-                                 windows_per_call=LIVER_WINDOWS_PER_CALL, autocast_dtype=autocast_dtype_for(device))
+                                 windows_per_call=LIVER_WINDOWS_PER_CALL, autocast_dtype=autocast_dtype_for(device),
+                                 stitch="logits")
     probs = engine.probabilities(net, prep.data)
     channel = bundle.plans.labels["liver"]
     if len(bundle.plans.labels) == 2:
