@@ -125,6 +125,17 @@ def cudnn_benchmark(on: bool):
 WindowBatchCallback = Callable[[int, int], None]
 
 
+def _counting(callback: WindowBatchCallback, total: int) -> Callable[[], None]:
+    """A no-argument callable that calls ``callback(index, total)`` with index 0, 1, ... on each call."""
+    done = [0]
+
+    def on_batch() -> None:
+        callback(done[0], total)
+        done[0] += 1
+
+    return on_batch
+
+
 @dataclasses.dataclass(frozen=True)
 class SlidingWindowEngine:
     """How a network is run over a whole image; :meth:`probabilities` runs it.
@@ -193,14 +204,7 @@ class SlidingWindowEngine:
         sw_device = torch.device(self.sw_device) if self.sw_device is not None else image.device
         stitch_device = torch.device(self.stitch_device) if self.stitch_device is not None else image.device
         data = image.to(sw_device, torch.float32)
-        on_batch = None
-        if on_window_batch is not None:
-            total, done = self.window_batches(tuple(data.shape)), [0]
-
-            def on_batch() -> None:
-                on_window_batch(done[0], total)
-                done[0] += 1
-
+        on_batch = None if on_window_batch is None else _counting(on_window_batch, self.window_batches(data.shape))
         inferer = SlidingWindowInferer(roi_size=list(self.patch_size_zyx), sw_batch_size=self.windows_per_call,
                                        overlap=self.overlap, mode="gaussian", sigma_scale=self.sigma_scale,
                                        padding_mode="constant", cval=0.0, sw_device=sw_device, device=stitch_device,

@@ -429,7 +429,8 @@ class Predictor:
             self.bundle.plans.patch_size_zyx, overlap=self.overlap, windows_per_call=batch,
             patches_per_network_call=forward_batch or self.max_forward_batch,
             flips=ALL_FLIPS if self.tta else NO_FLIPS, autocast_dtype=autocast_dtype_for(sw_device),
-            sw_device=sw_device, stitch_device=stitch_device or sw_device, pad_windows_to=batch if pad_windows else None)
+            sw_device=sw_device, stitch_device=stitch_device or sw_device,
+            pad_windows_to=batch if pad_windows else None)
 
 
 def _stage_seconds(t0: float, device: torch.device) -> float:

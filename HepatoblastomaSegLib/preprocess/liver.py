@@ -4,11 +4,11 @@
 labels ``background``/``liver``, planned with ``hbseg plan --target liver``; its own plans skip Nyul since they cannot
 depend on a liver mask). :func:`liver_mask_from_model` preprocesses the image with the liver model's plans, runs
 the one sliding-window engine (:class:`~..sliding_window.SlidingWindowEngine`: overlap 0.5, Gaussian weights, the
-windows' logits stitched, then the softmax; no mirroring: a mask for landmark statistics and the liver anchor does not need TTA; 4
-windows per network call, on a GPU under autocast), brings the liver probability back to the original grid and keeps
-the largest connected component of p > 0.5. Two classes: only the liver channel is resampled, since linear and
-nearest interpolation weights sum to 1, so the background on the original grid is exactly 1 - p and the argmax (ties
-to background) is p > 0.5. The network is built once per loaded bundle
+windows' logits stitched, then the softmax; no mirroring: a mask for landmark statistics and the liver anchor does
+not need TTA; 4 windows per network call, on a GPU under autocast), brings the liver probability back to the
+original grid and keeps the largest connected component of p > 0.5. Two classes: only the liver channel is
+resampled, since linear and nearest interpolation weights sum to 1, so the background on the original grid is
+exactly 1 - p and the argmax (ties to background) is p > 0.5. The network is built once per loaded bundle
 (:meth:`~..bundle.ModelBundle.cached_network`), not once per case.
 
 **Fallback.** Without a liver mask or model, the body: Otsu threshold (bright body vs dark air), the largest
