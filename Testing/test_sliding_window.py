@@ -153,3 +153,20 @@ def test_the_engine_module_imports_neither_preprocess_nor_infer():
     ours |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
              if alias.name.startswith("HepatoblastomaSegLib")}
     assert not {m for m in ours if "infer" in m or "preprocess" in m}, ours
+
+
+def test_largest_component_equals_scipy_on_the_whole_array():
+    """Labelling inside the bounding box changes nothing: scipy's label on the whole array is the reference."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    mask = np.zeros((20, 40, 50), dtype=np.uint8)
+    mask[3:15, 5:30, 10:40] = rng.random((12, 25, 30)) > 0.45  # many components
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    np.testing.assert_array_equal(largest_component(mask), (labels == np.argmax(sizes)).astype(np.uint8))
+    assert largest_component(np.zeros((4, 5, 6))).sum() == 0
+    single = np.zeros((4, 5, 6), dtype=bool)
+    single[1, 2, 3] = True
+    np.testing.assert_array_equal(largest_component(single), single.astype(np.uint8))
