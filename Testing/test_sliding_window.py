@@ -170,3 +170,11 @@ def test_largest_component_equals_scipy_on_the_whole_array():
     single = np.zeros((4, 5, 6), dtype=bool)
     single[1, 2, 3] = True
     np.testing.assert_array_equal(largest_component(single), single.astype(np.uint8))
+
+
+def test_a_ct_prediction_runs_tumour_and_liver_models_through_the_engine(tumor_bundle, liver_bundle, spy):
+    predictor = Predictor(tumor_bundle, liver_bundle=liver_bundle, device="cpu", tta=False)
+    prediction = predictor.predict(ct_volume())
+    assert [network for _, network, _ in spy] == [predictor.network, liver_bundle.cached_network("cpu")]
+    assert [engine.stitch for engine, _, _ in spy] == ["softmax", "logits"]
+    assert prediction.summary["liver_source"].startswith("ct-liver-tiny")
