@@ -24,3 +24,12 @@ def tiny_bundle(folder: Path, *, name: str = "ct-tiny", modality: str = "ct", se
     net = build_network(plans, width=0.25)
     return save_bundle(Path(folder) / name, net, plans, name=name, version="0.0.1", modality=modality,
                        card_markdown=CARD, width=0.25, labels={"tumor": (255, 0, 0)})
+
+
+def tiny_liver_bundle(folder: Path, *, name: str = "ct-liver-tiny", seed: int = 1) -> Path:
+    """A tiny CT liver bundle (labels background/liver, planned on the liver), saved in ``folder / name``."""
+    plans = make_plans(labels={"background": 0, "liver": 1}).replace(label_source="liver")
+    torch.manual_seed(seed)
+    net = build_network(plans, width=0.25)
+    return save_bundle(Path(folder) / name, net, plans, name=name, version="0.0.1", modality="ct",
+                       card_markdown=CARD, width=0.25, labels={"liver": (221, 130, 101)})

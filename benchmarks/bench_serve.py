@@ -4,7 +4,8 @@ Per round, on the demo CT (``hbseg demo``'s full-size phantom, or ``--image``): 
 (wall time from start to exit: Python, torch and the library imported, the model loaded, the case segmented and
 written), then one ``hbseg serve --stdio`` worker answering the same request twice (wall time from sending the
 request to its final answer). The ratio fresh / second request is what a warm worker gains; the summaries'
-``seconds`` say where the time goes. Run by hand:
+``seconds`` say where the time goes (``liver``: the CT liver step, ``ct-liver-demo`` on the body box, reported
+per round as ``second_request_liver_s``). Run by hand:
 
     python benchmarks/bench_serve.py --rounds 2 --json serve.json          (--tta for 8-flip TTA, --device cuda)
 """
@@ -93,6 +94,7 @@ def main() -> int:
             rounds.append({"fresh_process_s": round(fresh_s, 2), "worker_ready_s": round(ready_s, 2),
                            "worker_first_request_s": round(first_s, 2), "worker_second_request_s": round(second_s, 2),
                            "fresh_over_second": round(fresh_s / second_s, 2),
+                           "second_request_liver_s": seconds.get("liver"),
                            "fresh_summary_seconds": fresh_seconds, "second_summary_seconds": seconds})
     ratios = [r["fresh_over_second"] for r in rounds]
     return write_results({"image": str(args.image or "demo CT (full size)"), "model": args.model,

@@ -6,9 +6,9 @@ Per case (:meth:`Predictor.predict`):
    the network skips the air around the child, 2-4.5x fewer windows on the phantom CTs; ``crop_to_body=False`` turns it
    off); preprocess as the bundle's plans say (CT window and z-score; MRI N4, liver mask from the liver bundle, Nyul)
    onto the target grid;
-2. MONAI :class:`~monai.inferers.SlidingWindowInferer` with nnU-Net's settings, not MONAI's defaults: overlap 0.5
-   and Gaussian importance weights (sigma = patch/8), over :class:`~.tta.SoftmaxPredictor` (softmax, optionally the
-   mean over the 8 axis flips), stitched in float32;
+2. the one sliding-window engine (:class:`~..sliding_window.SlidingWindowEngine`, MONAI's inferer with nnU-Net's
+   settings: overlap 0.5, Gaussian importance weights sigma = patch/8), softmax optionally averaged over the 8 axis
+   flips, stitched in float32;
 3. probabilities back onto exactly the input grid (:func:`~..preprocess.resample_to_original`), then the tumour
    mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid (outside a CT's body
    box: mask 0, entropy 0);
@@ -33,7 +33,6 @@ the uncompiled network with a warning in every summary.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -49,12 +48,13 @@ from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
 from ..preprocess.checks import check_modality, check_spacing, guess_modality  # noqa: F401 (re-exported)
 from ..progress import NullProgress, Progress
+from ..sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, autocast_dtype_for,
+                              count_windows)
 from .postprocess import keep_components_touching, keep_largest_component, remove_small_components
 from .result import Prediction
 from .review import measure_image, review, review_settings
 from .summary import case_summary
 from .options import PredictorOptions  # noqa: F401 (re-exported: defined once there)
-from .tta import ALL_FLIPS, SoftmaxPredictor
 from .uncertainty import entropy_nats, round_to_step
 
 #: Bundled models used when ``--model`` is not given.
@@ -117,12 +117,6 @@ def window_batching(device: torch.device, tta: bool, batch_size: int | None,
         return windows, max(fit, windows)
     windows = batch_size or 2
     return windows, windows
-
-
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 class Predictor:
@@ -394,36 +388,34 @@ class Predictor:
 
     def _probabilities(self, data: torch.Tensor, sw_device: torch.device, stitch_device: torch.device, batch: int,
                        forward_batch: int, progress: Progress) -> torch.Tensor:
-        from monai.inferers import SlidingWindowInferer
-
-        data = data.to(sw_device)
-        patch = list(self.bundle.plans.patch_size_zyx)
-        total_batches = math.ceil(count_windows(tuple(data.shape), patch, self.overlap) / batch)
         # The compiled network runs the planned batches only; the out-of-memory retries would compile again.
         planned = (sw_device == self.device and batch == self.batch_size and forward_batch == self.max_forward_batch)
         compiled = self.compiled_network is not None and planned
+        engine = self.engine(sw_device, stitch_device, batch, forward_batch, pad_windows=compiled)
         # torch.compile compiles inside the first network call: say why that one takes long.
         first_note = " (compiling the network first: tens of seconds)" if compiled and not self._compile_worked else ""
-        done = [0]
 
-        def on_batch() -> None:
-            note = first_note if done[0] == 0 else ""
-            progress("inference", done[0] / total_batches, f"window batch {done[0] + 1}/{total_batches}{note}")
-            done[0] += 1
+        def on_window_batch(index: int, total: int) -> None:
+            note = first_note if index == 0 else ""
+            progress("inference", index / total, f"window batch {index + 1}/{total}{note}")
 
-        inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=batch, overlap=self.overlap, mode="gaussian",
-                                       sigma_scale=0.125, padding_mode="constant", cval=0.0,
-                                       sw_device=sw_device, device=stitch_device, cache_roi_weight_map=True)
-        softmax = SoftmaxPredictor(self.compiled_network if compiled else self.network,
-                                   ALL_FLIPS if self.tta else ((),), autocast_dtype=_autocast_dtype(sw_device),
-                                   on_batch=on_batch, max_forward_batch=forward_batch,
-                                   pad_windows_to=batch if compiled else None)
-        # cuDNN autotuning: the first call per window shape searches for the fastest kernels (about 2x faster 3D
-        # convolutions after that); a cohort pays it once. No effect on the CPU.
-        with torch.inference_mode(), _cudnn_benchmark(sw_device.type == "cuda"):
-            probs = inferer(data[None, None], softmax)[0]
-        progress("inference", 1.0, f"{total_batches} window batches")
+        probs = engine.probabilities(self.compiled_network if compiled else self.network, data,
+                                     on_window_batch=on_window_batch)
+        progress("inference", 1.0, f"{engine.window_batches(tuple(data.shape))} window batches")
         return probs
+
+    def engine(self, sw_device: torch.device | None = None, stitch_device: torch.device | None = None,
+               batch: int | None = None, forward_batch: int | None = None, *, pad_windows: bool = False
+               ) -> SlidingWindowEngine:
+        """The sliding-window engine of this predictor (as planned, unless an out-of-memory retry says otherwise)."""
+        sw_device = sw_device or self.device
+        batch = batch or self.batch_size
+        return SlidingWindowEngine(
+            self.bundle.plans.patch_size_zyx, overlap=self.overlap, windows_per_call=batch,
+            patches_per_network_call=forward_batch or self.max_forward_batch,
+            flips=ALL_FLIPS if self.tta else NO_FLIPS, autocast_dtype=autocast_dtype_for(sw_device),
+            sw_device=sw_device, stitch_device=stitch_device or sw_device,
+            pad_windows_to=batch if pad_windows else None)
 
 
 def _stage_seconds(t0: float, device: torch.device) -> float:
@@ -441,28 +433,6 @@ def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
         return None
     return {"allocated": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
             "reserved": round(torch.cuda.max_memory_reserved(device) / 2**30, 2)}
-
-
-@contextlib.contextmanager
-def _cudnn_benchmark(on: bool):
-    """``torch.backends.cudnn.benchmark = on`` inside the block only (it is process-wide state)."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = on or before
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
-
-
-def count_windows(shape_zyx: tuple[int, ...], patch_zyx: list[int], overlap: float) -> int:
-    """Number of sliding windows MONAI will use (its scan interval: ``int(patch * (1 - overlap))``, at least 1)."""
-    total = 1
-    for size, roi in zip(shape_zyx, patch_zyx):
-        if size <= roi:
-            continue
-        interval = max(int(roi * (1 - overlap)), 1)
-        total *= math.ceil((size - roi) / interval) + 1
-    return total
 
 
 def _default_liver_applies(options: PredictorOptions, modality: str, default_liver: str) -> bool:

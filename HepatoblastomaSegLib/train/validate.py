@@ -2,8 +2,9 @@
 
 We validate on the preprocessed (target) grid rather than through :class:`~HepatoblastomaSegLib.infer.Predictor` on
 the original images: the cache already holds the normalised images and resampled labels, so each validation skips
-reading, N4, Nyul and resampling, and the Dice is the one the network controls. The window settings are inference's
-(patch size, overlap 0.5, Gaussian weights sigma = patch/8, softmax stitched in float32), without test-time flipping.
+reading, N4, Nyul and resampling, and the Dice is the one the network controls. The windows run through inference's
+engine (:class:`~HepatoblastomaSegLib.sliding_window.SlidingWindowEngine`: patch size, overlap 0.5, Gaussian weights
+sigma = patch/8, softmax stitched in float32), without test-time flipping.
 Images smaller than the patch are padded with 0 like at inference. Dice per foreground class
 ``2|P n R| / (|P| + |R|)``; NaN when prediction and reference are both empty (left out of the means).
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..preprocess import CaseEntry, PreprocessedCache, crop_padding, pad_to_size
+from ..sliding_window import SlidingWindowEngine
 from .distributed import DistInfo, all_reduce_sum
 
 
@@ -63,24 +65,11 @@ def predict_labels(network: torch.nn.Module, image: torch.Tensor, patch_size_zyx
                    device: torch.device, autocast_dtype: torch.dtype | None, overlap: float = 0.5,
                    batch_size: int = 2) -> torch.Tensor:
     """Argmax label map [z, y, x] (int64, on ``device``) of ``image`` [z, y, x] on the preprocessed grid."""
-    from monai.inferers import SlidingWindowInferer
-
     patch = [int(v) for v in patch_size_zyx]
     data, pad = pad_to_size(image.to(device, torch.float32), patch)
-    inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=batch_size, overlap=overlap, mode="gaussian",
-                                   sigma_scale=0.125, padding_mode="constant", cval=0.0, sw_device=device,
-                                   device=device)
-
-    def softmax(x: torch.Tensor) -> torch.Tensor:
-        if autocast_dtype is not None:
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                logits = network(x)
-        else:
-            logits = network(x)
-        return torch.softmax(logits.float(), dim=1)
-
-    with torch.inference_mode():
-        probs = inferer(data[None, None], softmax)[0]
+    engine = SlidingWindowEngine(tuple(patch), overlap=overlap, windows_per_call=batch_size,
+                                 autocast_dtype=autocast_dtype, sw_device=device, stitch_device=device)
+    probs = engine.probabilities(network, data)
     return crop_padding(probs.argmax(dim=0), pad)
 
 
