@@ -375,12 +375,12 @@ def test_a_header_bomb_is_refused_by_the_cli_before_torch_is_imported(tmp_path):
 
 def test_qform_sform_warning_reaches_the_summary(tmp_path):
     from HepatoblastomaSegLib.bundle import load_bundle
-    from HepatoblastomaSegLib.infer.predictor import Predictor
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
     from helpers_hostile import patch_nifti
     from tiny_models import tiny_bundle
 
     path = patch_nifti(write_volume(_ct(), tmp_path / "ct.nii"), 280 + 12, "f", 500.0)
-    predictor = Predictor(load_bundle(tiny_bundle(tmp_path / "models")), device="cpu", tta=False)
+    predictor = Predictor(load_bundle(tiny_bundle(tmp_path / "models")), PredictorOptions(device="cpu", tta=False))
     summary = predictor.predict(read_volume(path)).summary
     assert any("qform and sform disagree" in warning for warning in summary["warnings"])
 

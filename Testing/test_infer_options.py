@@ -79,3 +79,15 @@ def test_every_option_that_changes_the_mask_is_in_the_resume_key():
                                               else default + 0.1 if isinstance(default, float) else "x")
         changed = dataclasses.replace(PredictorOptions(), **{name: other})
         assert result_options(changed, "nifti") != base, name
+
+
+def test_options_an_imported_model_would_ignore_are_refused_by_name(tmp_path):
+    """An imported nnU-Net or MONAI model runs its own framework's inference: --overlap or --liver-anchor would be
+    silently ignored, so they are refused, naming the flags."""
+    from HepatoblastomaSegLib.infer.predictor import _refuse_options_that_do_not_apply
+
+    _refuse_options_that_do_not_apply(PredictorOptions(device="cpu", tta=False, keep_largest=True), "nnU-Net")
+    with pytest.raises(ConfigError, match="--overlap 0.6 --liver-anchor: not used by an imported nnU-Net model"):
+        _refuse_options_that_do_not_apply(PredictorOptions(overlap=0.6, liver_anchor=True), "nnU-Net")
+    with pytest.raises(ConfigError, match="^--no-crop-to-body: not used by an imported MONAI bundle model"):
+        _refuse_options_that_do_not_apply(PredictorOptions(crop_to_body=False), "MONAI bundle")

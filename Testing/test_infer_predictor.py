@@ -38,7 +38,7 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(bundle_dir) -> Predictor:
-    return Predictor(load_bundle(bundle_dir), device="cpu", tta=False)
+    return Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False))
 
 
 def _oblique_ct(seed: int = 0) -> Volume:
@@ -87,7 +87,7 @@ def test_same_input_gives_identical_bytes_on_cpu(tmp_path, bundle_dir):
 
 def test_tta_changes_the_result_and_is_recorded(predictor, bundle_dir):
     image = _oblique_ct(seed=3)
-    with_tta = Predictor(load_bundle(bundle_dir), device="cpu", tta=True).predict(image)
+    with_tta = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=True)).predict(image)
     without = predictor.predict(image)
     assert with_tta.summary["tta"] is True and without.summary["tta"] is False
     assert with_tta.summary["peak_gpu_memory_gib"] is None  # on the CPU; {"allocated", "reserved"} on a GPU
@@ -103,7 +103,7 @@ def test_compiled_network_gives_the_eager_result_and_is_recorded(predictor, bund
     # would then fall back to the eager network, failing the assertions).
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     image = _oblique_ct(seed=4)
-    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, batch_size=3, compile=True)
+    compiled = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False, batch_size=3, compile=True))
     messages = []
 
     class Recorder(NullProgress):
@@ -131,10 +131,10 @@ def test_failed_compilation_falls_back_to_the_eager_network_and_says_so(bundle_d
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
 
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Uncompilable())
-    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, compile=True)
+    compiled = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False, compile=True))
     image = _oblique_ct(seed=5)
     first, second = compiled.predict(image), compiled.predict(image)
-    eager = Predictor(load_bundle(bundle_dir), device="cpu", tta=False).predict(image)
+    eager = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False)).predict(image)
     assert Uncompilable.calls == 1  # tried once, not once per case
     for result in (first, second):
         assert result.summary["compiled"] is False
@@ -145,7 +145,7 @@ def test_failed_compilation_falls_back_to_the_eager_network_and_says_so(bundle_d
 
 def test_cancel_during_the_first_compiled_run_is_a_cancel_not_a_compiler_failure(bundle_dir, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
-    compiled = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, compile=True)
+    compiled = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False, compile=True))
 
     class CancelAtFirstWindow(NullProgress):
         def render(self, stage, fraction, eta_s, message):
@@ -193,7 +193,7 @@ def test_ct_is_cropped_to_the_body_and_outputs_cover_the_whole_grid(predictor, b
         outside[box] = False
         assert not out.array[outside].any()  # certain background where the network did not run
     assert prediction.entropy.array[box].min() > 0  # ... and the network's own answer inside
-    whole = Predictor(load_bundle(bundle_dir), device="cpu", tta=False, crop_to_body=False).predict(image)
+    whole = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=False, crop_to_body=False)).predict(image)
     assert whole.summary["body_crop"] is None
     assert prediction.summary["sliding_windows"] < whole.summary["sliding_windows"]
     assert whole.entropy.array[outside].min() > 0
@@ -215,7 +215,7 @@ def test_mri_is_never_cropped(predictor):
                    Geometry((200, 200, 10), (1.5, 1.5, 4.0), (0.0, 0.0, 0.0)))
     image.array[:, 70:130, 70:130] = 40
     assert predictor.body_box(image) is not None  # a CT model crops it
-    mri_predictor = Predictor(load_bundle("mri-demo"), device="cpu", tta=False)
+    mri_predictor = Predictor(load_bundle("mri-demo"), PredictorOptions(device="cpu", tta=False))
     assert mri_predictor.body_box(image) is None  # MRI has no HU scale to find air with
 
 
@@ -354,7 +354,7 @@ def test_bad_arguments(tmp_path, capsys):
 def test_cuda_out_of_memory_steps_down_then_runs_on_the_cpu_and_says_so(bundle_dir, monkeypatch, failures,
                                                                          expected_calls, device_used, warning):
     # No GPU here: the ladder is driven by a stand-in for the sliding window that runs out of memory N times.
-    predictor = Predictor(load_bundle(bundle_dir), device="cpu", tta=True)
+    predictor = Predictor(load_bundle(bundle_dir), PredictorOptions(device="cpu", tta=True))
     predictor.device = torch.device("cuda")
     predictor.batch_size, predictor.max_forward_batch = window_batching(predictor.device, True, None)
     calls, moves = [], []

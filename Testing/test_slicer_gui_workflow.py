@@ -19,7 +19,7 @@ from slicer_env import add_volume_node, mrml, slicer_env  # noqa: E402,F401  (sl
 
 from HepatoblastomaSegLib.bundle import load_bundle  # noqa: E402
 from HepatoblastomaSegLib.cli import build_parser  # noqa: E402
-from HepatoblastomaSegLib.infer.predictor import Predictor  # noqa: E402
+from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions  # noqa: E402
 from HepatoblastomaSegLib.io import Geometry  # noqa: E402
 from HepatoblastomaSegRunner import models  # noqa: E402
 from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest, scene_node_ids  # noqa: E402
@@ -87,7 +87,7 @@ def test_background_run_gives_the_in_process_result_and_touches_the_scene_only_w
 
     result = job.load_results()
     assert len(scene_node_ids(scene)) > len(before)
-    expected = Predictor(load_bundle(bundle), device="cpu", tta=False).predict(volume_from_node(node))
+    expected = Predictor(load_bundle(bundle), PredictorOptions(device="cpu", tta=False)).predict(volume_from_node(node))
     mask = segment_mask(result.segmentation_node, result.segment_id, node_grid(node))
     np.testing.assert_array_equal(mask, expected.mask.array)
     np.testing.assert_allclose(slicer.util.arrayFromVolume(result.entropy_node), expected.entropy.array, atol=1e-5)

@@ -10,7 +10,7 @@ from monai.inferers import sliding_window_inference
 
 from HepatoblastomaSegLib import sliding_window
 from HepatoblastomaSegLib.bundle import load_bundle
-from HepatoblastomaSegLib.infer.predictor import Predictor
+from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 from HepatoblastomaSegLib.io import Geometry, Volume
 from HepatoblastomaSegLib.preprocess import preprocess_image, resample_to_original
 from HepatoblastomaSegLib.preprocess.liver import largest_component, liver_mask_from_model
@@ -100,7 +100,7 @@ def test_engine_stitching_logits_equals_monai_on_the_logits(tumor_bundle):
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_predictor_goes_through_the_engine_and_equals_monai(tumor_bundle, spy, tta):
-    predictor = Predictor(tumor_bundle, device="cpu", tta=tta)
+    predictor = Predictor(tumor_bundle, PredictorOptions(device="cpu", tta=tta))
     data = torch.randn(9, 33, 40, generator=torch.Generator().manual_seed(5))  # 2 x 2 x 2 windows
     probs, device = predictor._probabilities_with_fallback(data, NullProgress(), [])
     assert device == "cpu" and len(spy) == 1 and spy[0][1] is predictor.network
@@ -173,7 +173,7 @@ def test_largest_component_equals_scipy_on_the_whole_array():
 
 
 def test_a_ct_prediction_runs_tumour_and_liver_models_through_the_engine(tumor_bundle, liver_bundle, spy):
-    predictor = Predictor(tumor_bundle, liver_bundle=liver_bundle, device="cpu", tta=False)
+    predictor = Predictor(tumor_bundle, PredictorOptions(device="cpu", tta=False), liver_bundle=liver_bundle)
     prediction = predictor.predict(ct_volume())
     assert [network for _, network, _ in spy] == [predictor.network, liver_bundle.cached_network("cpu")]
     assert [engine.stitch for engine, _, _ in spy] == ["softmax", "logits"]

@@ -51,10 +51,10 @@ def test_training_writes_a_loadable_bundle_with_a_model_card(trained, ct_dataset
                  "generalised Dice", "Nesterov momentum 0.99", "hbseg train", "--epochs 2", "not for clinical use"):
         assert text in card, text
     # The model is usable for inference as it stands.
-    from HepatoblastomaSegLib.infer.predictor import Predictor
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
 
     image = read_volume(ct_dataset / "case03" / "image.nii.gz")
-    prediction = Predictor(bundle, device="cpu", tta=False).predict(image)
+    prediction = Predictor(bundle, PredictorOptions(device="cpu", tta=False)).predict(image)
     assert prediction.mask.array.shape == image.array.shape
 
 

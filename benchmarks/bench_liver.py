@@ -50,14 +50,14 @@ def main() -> int:
     args = parser.parse_args()
 
     from HepatoblastomaSegLib.bundle import load_bundle
-    from HepatoblastomaSegLib.infer.predictor import Predictor
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
     from HepatoblastomaSegLib.io import read_volume
     from HepatoblastomaSegLib.preprocess import preprocess_image
     from HepatoblastomaSegLib.preprocess.body_crop import crop_volume, paste
     from HepatoblastomaSegLib.preprocess.liver import liver_mask_from_model
     from HepatoblastomaSegLib.sliding_window import count_windows
 
-    predictor = Predictor(load_bundle("ct-demo"), liver_bundle=load_bundle("ct-liver-demo"), device="cpu", tta=False)
+    predictor = Predictor(load_bundle("ct-demo"), PredictorOptions(device="cpu", tta=False), liver_bundle=load_bundle("ct-liver-demo"))
     liver_bundle = predictor.liver_bundle
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-liver-") as tmp:

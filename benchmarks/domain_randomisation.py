@@ -52,12 +52,12 @@ def _train(dataset: Path, out: Path, modality: str, epochs: int | None, minutes:
 
 def _evaluate(model: Path | str, test_dir: Path) -> dict:
     from HepatoblastomaSegLib.bundle import load_bundle
-    from HepatoblastomaSegLib.infer.predictor import Predictor
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
     from HepatoblastomaSegLib.io import read_volume
     from HepatoblastomaSegLib.phantom import read_manifest
     from HepatoblastomaSegLib.phantom.tissues import Tissue
 
-    predictor = Predictor(load_bundle(model), device="cpu", tta=False)
+    predictor = Predictor(load_bundle(model), PredictorOptions(device="cpu", tta=False))
     rows = []
     for row in read_manifest(test_dir / "manifest.csv"):
         image = read_volume(test_dir / row["image"])

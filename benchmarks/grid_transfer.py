@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from HepatoblastomaSegLib.bundle import load_bundle  # noqa: E402
 from HepatoblastomaSegLib.evaluate.metrics import dice  # noqa: E402
-from HepatoblastomaSegLib.infer.predictor import Predictor  # noqa: E402
+from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions  # noqa: E402
 from HepatoblastomaSegLib.io import read_mask, read_volume  # noqa: E402
 from HepatoblastomaSegLib.phantom.dataset import write_dataset  # noqa: E402
 from HepatoblastomaSegLib.preprocess import read_manifest  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> int:
     bundle = load_bundle(args.model)
     if bundle.modality != "ct":
         parser.error("this check covers CT tumour models (MRI needs its liver model for Nyul; not wired here)")
-    predictor = Predictor(bundle, device="cpu", tta=False)
+    predictor = Predictor(bundle, PredictorOptions(device="cpu", tta=False))
     results = {}
     for size in ("small", "full"):
         folder = args.workdir / f"{bundle.modality}-{size}-s{args.seed}-n{args.cases}"

@@ -54,7 +54,7 @@ from .postprocess import keep_components_touching, keep_largest_component, remov
 from .result import Prediction
 from .review import measure_image, review, review_settings
 from .summary import case_summary
-from .options import PredictorOptions  # noqa: F401 (re-exported: defined once there)
+from .options import PredictorOptions
 from .uncertainty import entropy_nats, round_to_step
 
 #: Bundled models used when ``--model`` is not given.
@@ -122,10 +122,14 @@ def window_batching(device: torch.device, tta: bool, batch_size: int | None,
 class Predictor:
     """Segments one image after another with one loaded bundle (and, for MRI, its liver bundle)."""
 
-    def __init__(self, bundle: ModelBundle, *, liver_bundle: ModelBundle | None = None, device: str = "auto",
-                 tta: bool = True, overlap: float = 0.5, batch_size: int | None = None, compile: bool = False,
-                 keep_largest: bool = False, min_component_ml: float = 0.0, gpu_memory_gb: float | None = None,
-                 crop_to_body: bool = True, liver_anchor: bool | None = None):
+    def __init__(self, bundle: ModelBundle, options: PredictorOptions | None = None, *,
+                 liver_bundle: ModelBundle | None = None):
+        """``options``: how to segment (:class:`~.options.PredictorOptions`; ``model``/``liver_model``/``modality``
+        are :meth:`from_options`' business, here the bundles are given); ``liver_bundle``: the liver model (CT: the
+        liver anchor and the review flag; MRI: the Nyul mask)."""
+        options = (options or PredictorOptions()).validate()
+        self.options = options
+        device, tta, batch_size, gpu_memory_gb = options.device, options.tta, options.batch_size, options.gpu_memory_gb
         if bundle.plans.num_classes != 2:
             raise ModelError(f"'{bundle.name}' has {bundle.plans.num_classes} output classes; a tumour model has 2 "
                              "(background, tumour)", bundle.path)
@@ -133,7 +137,7 @@ class Predictor:
         self.liver_bundle = liver_bundle
         self.device = resolve_device(device)
         self.tta = tta
-        self.overlap = overlap
+        self.overlap = options.overlap
         # The GPU's size sets how many patches go through the network at once; ``gpu_memory_gb`` plans for less.
         memory = device_memory_gb(self.device)
         if memory is not None and gpu_memory_gb is not None:
@@ -143,15 +147,15 @@ class Predictor:
         flips = len(ALL_FLIPS) if tta else 1
         #: As planned; an out-of-memory retry uses one (and the summary's warnings say so).
         self.patches_per_network_call = self.batch_size * min(flips, max(1, self.max_forward_batch // self.batch_size))
-        self.keep_largest = keep_largest
-        self.min_component_ml = min_component_ml
-        self.crop_to_body = crop_to_body
-        self.liver_anchor = bundle.modality == "ct" if liver_anchor is None else liver_anchor
-        self._liver_anchor_asked = bool(liver_anchor)
+        self.keep_largest = options.keep_largest
+        self.min_component_ml = options.min_component_ml
+        self.crop_to_body = options.crop_to_body
+        self.liver_anchor = bundle.modality == "ct" if options.liver_anchor is None else options.liver_anchor
+        self._liver_anchor_asked = bool(options.liver_anchor)
         self.review_settings = review_settings(bundle.path)
         self.network = bundle.build_network(self.device)
         # torch.compile is lazy: nothing is compiled until the first window batch.
-        self.compiled_network = torch.compile(self.network, dynamic=False) if compile else None
+        self.compiled_network = torch.compile(self.network, dynamic=False) if options.compile else None
         self.compile_failure: str | None = None
         self._compile_worked = False
         self.tumor_channel = bundle.plans.label_names.index("tumor") if "tumor" in bundle.plans.labels else 1
@@ -174,11 +178,13 @@ class Predictor:
         from .nnunet import NnUNetBundlePredictor, is_nnunet_bundle  # imported nnU-Net models run nnU-Net's way
 
         if is_nnunet_bundle(bundle):
+            _refuse_options_that_do_not_apply(options, "nnU-Net")
             return NnUNetBundlePredictor(bundle, device=options.device, tta=options.tta,
                                          keep_largest=options.keep_largest, min_component_ml=options.min_component_ml)
         from .monai_bundle import MonaiBundlePredictor, is_monai_bundle  # imported MONAI bundles run MONAI's way
 
         if is_monai_bundle(bundle):
+            _refuse_options_that_do_not_apply(options, "MONAI bundle")
             return MonaiBundlePredictor(bundle, device=options.device, keep_largest=options.keep_largest,
                                         min_component_ml=options.min_component_ml)
         liver = None
@@ -190,10 +196,7 @@ class Predictor:
                 liver = load_bundle(default_liver, modality=bundle.modality)
             except ModelError:
                 liver = None  # MRI: Nyul falls back to the body mask; CT: no liver anchor; the summary says so
-        return cls(bundle, liver_bundle=liver, device=options.device, tta=options.tta, overlap=options.overlap,
-                   batch_size=options.batch_size, compile=options.compile, keep_largest=options.keep_largest,
-                   min_component_ml=options.min_component_ml, gpu_memory_gb=options.gpu_memory_gb,
-                   crop_to_body=options.crop_to_body, liver_anchor=options.liver_anchor)
+        return cls(bundle, options, liver_bundle=liver)
 
     # ------------------------------------------------------------------------------------------------ per case
     def predict(self, volume: Volume, progress: Progress | None = None, *, liver_mask: Volume | None = None
@@ -433,6 +436,20 @@ def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
         return None
     return {"allocated": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
             "reserved": round(torch.cuda.max_memory_reserved(device) / 2**30, 2)}
+
+
+#: Options an imported model does not use: it runs its own framework's inference settings (nnU-Net's window
+#: placement and overlap, a MONAI bundle's configured inferer), with no body crop and no liver model of ours.
+NOT_FOR_IMPORTED_MODELS = ("liver_model", "overlap", "batch_size", "compile", "gpu_memory_gb", "crop_to_body",
+                           "liver_anchor")
+
+
+def _refuse_options_that_do_not_apply(options: PredictorOptions, kind: str) -> None:
+    """A :class:`ConfigError` naming the options set away from their defaults that an imported model would ignore."""
+    unused = PredictorOptions(**{name: getattr(options, name) for name in NOT_FOR_IMPORTED_MODELS}).to_cli_args()
+    if unused:
+        raise ConfigError(f"{' '.join(unused)}: not used by an imported {kind} model, which runs with its own "
+                          "framework's inference settings; leave them out")
 
 
 def _default_liver_applies(options: PredictorOptions, modality: str, default_liver: str) -> bool:

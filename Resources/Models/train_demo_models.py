@@ -111,13 +111,13 @@ def held_out_dice(bundle_dir: Path, cohort: Path, target: str, device: str, live
     """Dice of the model's mask against the phantom ground truth, per held-out case, on the case's own grid."""
     from HepatoblastomaSegLib.bundle import load_bundle
     from HepatoblastomaSegLib.evaluate.metrics import dice
-    from HepatoblastomaSegLib.infer.predictor import Predictor
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
     from HepatoblastomaSegLib.io import read_mask, read_volume
     from HepatoblastomaSegLib.preprocess import read_manifest
 
     bundle = load_bundle(bundle_dir)
     liver = load_bundle(liver_dir) if liver_dir is not None else None
-    predictor = Predictor(bundle, liver_bundle=liver, device=device, tta=tta)
+    predictor = Predictor(bundle, PredictorOptions(device=device, tta=tta), liver_bundle=liver)
     out = {}
     for entry in read_manifest(cohort):
         image = read_volume(entry.image)
