@@ -96,9 +96,12 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def phantoms(modality: str, seed: int, cases: int, folder: Path, log: list[str], size: str) -> Path:
+def phantoms(modality: str, seed: int, cases: int, folder: Path, log: list[str], size: str,
+             variety: str = "demo") -> Path:
     args = ["phantom", "--modality", modality, "--cases", str(cases), "--seed", str(seed), "--size", size,
             "-o", shown(folder), "--progress", "none"]
+    if variety != "demo":
+        args[1:1] = ["--variety", variety]
     if not (folder / "manifest.csv").is_file():
         hbseg(*args, log=log)
     else:  # generated before: same seed, same files
@@ -195,8 +198,10 @@ def train_stage(name: str, settings: dict, work: Path, args) -> Path:
     modality, target, train_seed, _ = MODELS[name]
     log: list[str] = [script_invocation()]
     size = args.train_size
-    folder = f"{modality}-train{'-full' if size == 'full' else ''}-s{train_seed}-n{settings['train_cases']}"
-    train_dir = phantoms(modality, train_seed, settings["train_cases"], work / folder, log, size=size)
+    variety = "-full-variety" if args.variety == "full" else ""
+    folder = f"{modality}-train{'-full' if size == 'full' else ''}{variety}-s{train_seed}-n{settings['train_cases']}"
+    train_dir = phantoms(modality, train_seed, settings["train_cases"], work / folder, log, size=size,
+                         variety=args.variety)
     out = work / name
     command = ["train", shown(train_dir), "--modality", modality, "--target", target, "-o", shown(out),
                "--width", str(settings["width"]), "--epochs", str(settings["epochs"]),
@@ -207,6 +212,10 @@ def train_stage(name: str, settings: dict, work: Path, args) -> Path:
         command += ["--patch-size", settings["patch"]]
     if args.schedule:
         command += ["--schedule", args.schedule]
+    if args.domain_randomisation:
+        command += ["--domain-randomisation", f"{args.domain_randomisation:g}"]
+    if args.val_every:
+        command += ["--val-every", str(args.val_every)]
     if args.time_limit_min:
         command += ["--time-limit-min", f"{args.time_limit_min:g}"]
     if args.init_from is not None:
@@ -277,6 +286,14 @@ def main() -> int:
                         help="start each model from DIR/<name> (a bundle from an earlier run) with --init-weights")
     parser.add_argument("--train-size", choices=("small", "full"), default="small",
                         help="training phantoms: small (quick) or full (the clinical grids the held-out cases use)")
+    parser.add_argument("--variety", choices=("demo", "full"), default="demo",
+                        help="training phantoms' variety (hbseg phantom --variety): demo (children, portal-venous CT, "
+                             "abdomen only) or full (newborn to adult, four CT phases, lung bases to pelvis, scanner "
+                             "variety; the held-out cohort stays demo)")
+    parser.add_argument("--val-every", type=int, metavar="N",
+                        help="passed to hbseg train: validate every N epochs (whole validation cases are slow on a CPU)")
+    parser.add_argument("--domain-randomisation", type=float, metavar="P",
+                        help="passed to hbseg train: share of patches re-rendered from the tissue map")
     parser.add_argument("--schedule", choices=("plateau", "poly"),
                         help="learning-rate schedule for hbseg train (default: its own, the paper's plateau); poly "
                              "anneals to 0 over --epochs, the better choice for a short continuation")
