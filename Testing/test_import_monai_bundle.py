@@ -25,16 +25,11 @@ from HepatoblastomaSegLib.io import read_volume
 from helpers_monai_bundle import (SEGRESNET, UNET, inference_config, make_monai_bundle, monai_reference,
                                   write_ct)
 from helpers_pickles import PAYLOADS
+from helpers_torch import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 
 TUMOR = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

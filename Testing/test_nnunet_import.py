@@ -27,6 +27,7 @@ from HepatoblastomaSegLib.safe_pickle import load_torch_checkpoint  # noqa: E402
 from helpers_nnunet import (dice, make_v1_folder, make_v2_folder, nnunet_v1_predict, nnunet_v2_predict,  # noqa: E402
                             phantom_image)
 from helpers_pickles import PAYLOADS  # noqa: E402
+from helpers_torch import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 
 # Building folders and running nnU-Net's predictors takes 5-40 s per test on the shared 2-core machine.
 pytestmark = pytest.mark.slow
@@ -34,13 +35,6 @@ PLAN = {"patch": (8, 16, 16), "spacing_zyx": (10.0, 4.0, 4.0)}
 TUMOR = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by many processes: more threads only contend (a 10x slowdown measured here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ pytest.importorskip("nnunetv2")
 from HepatoblastomaSegLib.network_nnunet import (NnUNetDescription, build_nnunet_network,  # noqa: E402
                                                  weights_from_v2)
 from helpers_nnunet import v2_plans  # noqa: E402
+from helpers_torch import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 
 FEATURES = (8, 16, 32, 64)
 STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2))
@@ -38,12 +39,6 @@ def networks():
             build_nnunet_network(d, weights, "cpu", fast_cpu=True))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _window(batch: int = 1) -> torch.Tensor:

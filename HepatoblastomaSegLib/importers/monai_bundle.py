@@ -48,7 +48,7 @@ from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWOR
                                   MonaiRecord, MonaiStep, build_network, build_steps)
 from ..preprocess.plans import MAX_SPACING_MM, MIN_SPACING_MM, Plans
 from ..safe_pickle import load_torch_checkpoint
-from .nnunet import _choose_tumor, _our_labels
+from .common import choose_tumor, our_labels, read_json_object
 
 CONFIG_FILES = ("inference.json", "inference.yaml", "inference.yml")
 SOURCE_CONFIG_FILE, SOURCE_METADATA_FILE = "monai_inference.json", "monai_metadata.json"
@@ -107,7 +107,7 @@ class _Config:
         target = (self.folder / file).resolve()
         if self.folder.resolve() not in target.parents or target.suffix != ".json" or not target.is_file():
             raise self.fail(where, f"macro %{text}: only JSON files inside the bundle folder can be read")
-        return self.lookup(ident, where, _read_json(target)) if ident else _read_json(target)
+        return self.lookup(ident, where, read_json_object(target)) if ident else read_json_object(target)
 
     def plain(self, value: Any, where: str, depth: int = 0) -> Any:
         """``value`` with every reference inside it followed; refuses ``$`` expressions and nested ``_target_``."""
@@ -128,23 +128,13 @@ class _Config:
         raise self.fail(where, f"{value!r} is not a plain value")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"not readable JSON ({exc})", path) from exc
-    if not isinstance(data, dict):
-        raise ModelError("must hold a JSON object", path)
-    return data
-
-
 def _read_config(folder: Path) -> _Config:
     for name in CONFIG_FILES:
         path = folder / "configs" / name
         if not path.is_file():
             continue
         if path.suffix == ".json":
-            return _Config(path, _read_json(path), folder)
+            return _Config(path, read_json_object(path), folder)
         try:
             import yaml
         except ImportError:
@@ -348,7 +338,7 @@ def _load_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def _metadata(folder: Path) -> dict:
     path = folder / "configs" / "metadata.json"
-    return _read_json(path) if path.is_file() else {}
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _labels(metadata: dict, out_channels: int, activation: str) -> dict[str, int]:
@@ -501,8 +491,8 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (got {name!r})")
     source_labels = model["labels"]
-    tumor = _choose_tumor(source_labels, tumor_label, model["folder"])
-    labels = _our_labels(source_labels, tumor)
+    tumor = choose_tumor(source_labels, tumor_label, model["folder"])
+    labels = our_labels(source_labels, tumor)
     plans = _our_plans(model, labels)
     weights_bytes = save_safetensors(model["weights"], metadata={"name": name, "version": version, "format": "pt",
                                                                  "source": "MONAI bundle"})

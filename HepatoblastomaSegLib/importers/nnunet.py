@@ -40,9 +40,9 @@ from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
 from ..preprocess.nnunet import NnUNetPreprocessing, ResamplingRule
 from ..preprocess.plans import Plans
 from ..safe_pickle import load_pickle, load_torch_checkpoint
+from .common import choose_tumor, our_labels, read_json_object
 
 NNUNET_PLANS_FILE, NNUNET_DATASET_FILE = "nnunet_plans.json", "nnunet_dataset.json"
-TUMOR_NAMES = ("tumor", "tumour", "hepatoblastoma", "lesion", "cancer", "neoplasm")
 CHECKPOINTS = {"v2": {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"},
                "v1": {"final": "model_final_checkpoint.model", "best": "model_best.model"}}
 
@@ -102,16 +102,6 @@ def import_nnunet(folder: str | Path, output: str | Path, *, folds: str = "all",
 
 
 # ------------------------------------------------------------------------------------------------ v2
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"not readable JSON ({exc})", path) from exc
-    if not isinstance(data, dict):
-        raise ModelError("must hold a JSON object", path)
-    return data
-
-
 def _configuration(plans: Mapping, name: str, source: Path) -> dict:
     """A v2 configuration with what it inherits (``inherits_from``) filled in."""
     configs = plans.get("configurations", {})
@@ -193,7 +183,7 @@ def _v2_labels(dataset: Mapping, source: Path) -> dict[str, int]:
 
 
 def _read_v2(folder: Path, fold_names: list[str], checkpoint_file: str) -> dict:
-    plans, dataset = _read_json(folder / "plans.json"), _read_json(folder / "dataset.json")
+    plans, dataset = read_json_object(folder / "plans.json"), read_json_object(folder / "dataset.json")
     labels = _v2_labels(dataset, folder / "dataset.json")
     channels = dataset.get("channel_names") or dataset.get("modality") or {}
     checkpoints = _load_checkpoints(folder, fold_names, checkpoint_file)
@@ -312,7 +302,7 @@ def _read_v1(folder: Path, fold_names: list[str], checkpoint_file: str) -> dict:
         weights[fold] = weights_from_v1(checkpoint["state_dict"], description, str(path))
     modalities = plans.get("modalities", {0: "CT"})
     classes = [int(c) for c in plans.get("all_classes", range(1, num_classes))]
-    dataset = _read_json(folder / "dataset.json") if (folder / "dataset.json").is_file() else {}
+    dataset = read_json_object(folder / "dataset.json") if (folder / "dataset.json").is_file() else {}
     names = {int(k): str(v) for k, v in (dataset.get("labels") or {}).items() if str(k).isdigit()}
     labels = {names.get(v, "background" if v == 0 else f"label_{v}"): v for v in [0, *classes]}
     return {"flavour": "v1", "folder": folder, "plans_raw": plans, "dataset_raw": dataset, "labels": labels,
@@ -327,33 +317,6 @@ def _read_v1(folder: Path, fold_names: list[str], checkpoint_file: str) -> dict:
 def _default_name(folder: Path) -> str:
     parts = [p for p in (folder.parent.name, folder.name.split("__")[-1]) if p]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(parts)).strip("-.")[:64] or "nnunet-import"
-
-
-def _choose_tumor(labels: Mapping[str, int], wanted: str | None, source: Path) -> str:
-    if wanted is not None:
-        for name, value in labels.items():
-            if wanted == name or wanted == str(value):
-                if value == 0:
-                    raise ConfigError("--tumor-label cannot be the background")
-                return name
-        raise ConfigError(f"--tumor-label {wanted!r} is not one of the model's labels {dict(labels)}")
-    matches = [n for n in labels if any(t in n.lower() for t in TUMOR_NAMES)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(labels) == 2:
-        return next(n for n, v in labels.items() if v == 1)
-    raise ConfigError(f"cannot tell which of the labels {dict(labels)} is the tumour; say it with --tumor-label",
-                      source)
-
-
-def _our_labels(labels: Mapping[str, int], tumor: str) -> dict[str, int]:
-    out = {}
-    for name, value in labels.items():
-        ours = "tumor" if name == tumor else ("background" if value == 0 else re.sub(r"\s+", "_", name.strip()))
-        if ours in out or (ours == "tumor" and name != tumor):
-            ours = f"{ours}_{value}"
-        out[ours] = value
-    return out
 
 
 def _modality(channels: Mapping) -> str:
@@ -432,8 +395,8 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (got {name!r})")
     source_labels = model["labels"]
-    tumor = _choose_tumor(source_labels, tumor_label, model["folder"])
-    labels = _our_labels(source_labels, tumor)
+    tumor = choose_tumor(source_labels, tumor_label, model["folder"])
+    labels = our_labels(source_labels, tumor)
     modality = _modality(model["channels"])
     plans = _our_plans(model, labels, modality)
     tensors = {f"{fold}.{key}": value for fold, weights in model["weights"].items() for key, value in weights.items()}

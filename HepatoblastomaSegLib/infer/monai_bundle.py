@@ -342,11 +342,10 @@ class MonaiBundlePredictor:
         from ..io import require_binary, require_same_geometry
         from ..preprocess.checks import check_modality, check_spacing
         from ..progress import NullProgress
-        from .postprocess import keep_largest_component, remove_small_components
+        from .postprocess import clean_up, two_class_entropy
         from .result import Prediction
         from .review import measure_image, review
         from .summary import case_summary
-        from .uncertainty import entropy_nats, round_to_step
 
         progress = progress or NullProgress()
         check_spacing(volume)
@@ -358,12 +357,9 @@ class MonaiBundlePredictor:
         progress("inference", 1.0, "done")
         t0 = time.perf_counter()
         mask_np = (labels == self.tumor_value).astype(np.uint8)
-        tumor = torch.from_numpy(probs[self.tumor_value]).clamp_(0.0, 1.0)
-        entropy_np = round_to_step(entropy_nats(torch.stack((1.0 - tumor, tumor)))).numpy().astype(np.float32)
-        if self.keep_largest:
-            mask_np = keep_largest_component(mask_np)
-        if self.min_component_ml > 0:
-            mask_np = remove_small_components(mask_np, self.min_component_ml, volume.voxel_volume_ml)
+        entropy_np = two_class_entropy(probs[self.tumor_value])
+        mask_np = clean_up(mask_np, keep_largest=self.keep_largest, min_component_ml=self.min_component_ml,
+                           voxel_volume_ml=volume.voxel_volume_ml)
         mask_volume, entropy_volume = volume.with_array(mask_np), volume.with_array(entropy_np)
         summary = case_summary(mask_volume, entropy_volume)
         liver_np, liver_source = None, None

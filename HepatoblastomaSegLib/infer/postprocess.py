@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..preprocess.liver import largest_component
@@ -43,3 +44,21 @@ def keep_components_touching(mask: np.ndarray, anchor: np.ndarray) -> tuple[np.n
     keep[np.unique(labels[near & (labels > 0)])] = True
     keep[0] = False
     return keep[labels].astype(np.uint8), int(n - np.count_nonzero(keep))
+
+
+def clean_up(mask: np.ndarray, *, keep_largest: bool, min_component_ml: float, voxel_volume_ml: float) -> np.ndarray:
+    """The optional clean-up the options ask for (``--keep-largest``, ``--min-component-ml``), in that order."""
+    if keep_largest:
+        mask = keep_largest_component(mask)
+    if min_component_ml > 0:
+        mask = remove_small_components(mask, min_component_ml, voxel_volume_ml)
+    return mask
+
+
+def two_class_entropy(tumor_probability: np.ndarray) -> np.ndarray:
+    """Entropy in nats of tumour vs everything else, float32, rounded as every map we write (models with more
+    classes, e.g. an imported liver + tumour model, are scored on the tumour's own question)."""
+    from .uncertainty import entropy_nats, round_to_step
+
+    tumor = torch.from_numpy(np.asarray(tumor_probability, dtype=np.float32)).clamp(0.0, 1.0)
+    return round_to_step(entropy_nats(torch.stack((1.0 - tumor, tumor)))).numpy().astype(np.float32, copy=False)
