@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, InputError, ModelError
 
 #: Label names taken for the tumour when ``--tumor-label`` is not given (one match needed).
 TUMOR_NAMES = ("tumor", "tumour", "hepatoblastoma", "lesion", "cancer", "neoplasm")
@@ -54,3 +54,14 @@ def our_labels(labels: Mapping[str, int], tumor: str) -> dict[str, int]:
             ours = f"{ours}_{value}"
         out[ours] = value
     return out
+
+
+def check_import_paths(folder: str | Path, output: str | Path, what: str) -> tuple[Path, Path]:
+    """(folder, output) as paths, once the model ``folder`` exists and ``output`` does not (nothing is overwritten)."""
+    folder, output = Path(folder).expanduser(), Path(output).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{what} folder not found", folder)
+    if output.exists():
+        raise ConfigError("the output bundle folder already exists; choose a new folder (nothing is overwritten)",
+                          output)
+    return folder, output

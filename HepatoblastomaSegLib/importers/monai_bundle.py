@@ -48,7 +48,7 @@ from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWOR
                                   MonaiRecord, MonaiStep, build_network, build_steps)
 from ..preprocess.plans import MAX_SPACING_MM, MIN_SPACING_MM, Plans
 from ..safe_pickle import load_torch_checkpoint
-from .common import choose_tumor, our_labels, read_json_object
+from .common import check_import_paths, choose_tumor, our_labels, read_json_object
 
 CONFIG_FILES = ("inference.json", "inference.yaml", "inference.yml")
 SOURCE_CONFIG_FILE, SOURCE_METADATA_FILE = "monai_inference.json", "monai_metadata.json"
@@ -410,12 +410,7 @@ def read_monai_bundle(folder: Path, *, modality: str | None = None) -> dict:
 def import_monai_bundle(folder: str | Path, output: str | Path, *, tumor_label: str | None = None,
                         modality: str | None = None, name: str | None = None, version: str = "1.0.0") -> Path:
     """Read a MONAI bundle folder and write a bundle of ours to ``output`` (which must not exist yet)."""
-    folder, output = Path(folder).expanduser(), Path(output).expanduser()
-    if not folder.is_dir():
-        raise InputError("MONAI bundle folder not found", folder)
-    if output.exists():
-        raise ConfigError("the output bundle folder already exists; choose a new folder (nothing is overwritten)",
-                          output)
+    folder, output = check_import_paths(folder, output, "MONAI bundle")
     model = read_monai_bundle(folder, modality=modality)
     name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.")[:64] or "monai-import"
     return _write_bundle(model, output, name=name, version=version, tumor_label=tumor_label)

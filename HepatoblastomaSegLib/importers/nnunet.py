@@ -40,7 +40,7 @@ from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
 from ..preprocess.nnunet import NnUNetPreprocessing, ResamplingRule
 from ..preprocess.plans import Plans
 from ..safe_pickle import load_pickle, load_torch_checkpoint
-from .common import choose_tumor, our_labels, read_json_object
+from .common import check_import_paths, choose_tumor, our_labels, read_json_object
 
 NNUNET_PLANS_FILE, NNUNET_DATASET_FILE = "nnunet_plans.json", "nnunet_dataset.json"
 CHECKPOINTS = {"v2": {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"},
@@ -85,12 +85,7 @@ def parse_folds(text: str, available: Sequence[str], folder: Path) -> list[str]:
 def import_nnunet(folder: str | Path, output: str | Path, *, folds: str = "all", checkpoint: str = "final",
                   name: str | None = None, tumor_label: str | None = None, version: str = "1.0.0") -> Path:
     """Read an nnU-Net trained-model folder and write a bundle to ``output`` (which must not exist yet)."""
-    folder, output = Path(folder).expanduser(), Path(output).expanduser()
-    if not folder.is_dir():
-        raise InputError("nnU-Net model folder not found", folder)
-    if output.exists():
-        raise ConfigError("the output bundle folder already exists; choose a new folder (nothing is overwritten)",
-                          output)
+    folder, output = check_import_paths(folder, output, "nnU-Net model")
     flavour = detect_version(folder)
     if checkpoint not in CHECKPOINTS[flavour]:
         raise ConfigError(f"--checkpoint must be one of {', '.join(CHECKPOINTS[flavour])} (got {checkpoint!r})")
