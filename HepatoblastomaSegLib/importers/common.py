@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..bundle_manifest import NAME_PATTERN
 from ..errors import ConfigError, InputError, ModelError
 
 #: Label names taken for the tumour when ``--tumor-label`` is not given (one match needed).
@@ -65,3 +66,9 @@ def check_import_paths(folder: str | Path, output: str | Path, what: str) -> tup
         raise ConfigError("the output bundle folder already exists; choose a new folder (nothing is overwritten)",
                           output)
     return folder, output
+
+
+def check_bundle_name(name: str) -> None:
+    """Refuse a bundle name the model catalogue cannot hold (letters, digits, '.', '_', '-'; at most 64)."""
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (got {name!r})")

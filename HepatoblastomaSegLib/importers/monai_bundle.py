@@ -48,7 +48,7 @@ from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWOR
                                   MonaiRecord, MonaiStep, build_network, build_steps)
 from ..preprocess.plans import MAX_SPACING_MM, MIN_SPACING_MM, Plans
 from ..safe_pickle import load_torch_checkpoint
-from .common import check_import_paths, choose_tumor, our_labels, read_json_object
+from .common import check_bundle_name, check_import_paths, choose_tumor, our_labels, read_json_object
 
 CONFIG_FILES = ("inference.json", "inference.yaml", "inference.yml")
 SOURCE_CONFIG_FILE, SOURCE_METADATA_FILE = "monai_inference.json", "monai_metadata.json"
@@ -483,8 +483,7 @@ def _card(model: dict, name: str, labels: Mapping[str, int], tumor: str) -> str:
 def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_label: str | None) -> Path:
     from safetensors.torch import save as save_safetensors
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (got {name!r})")
+    check_bundle_name(name)
     source_labels = model["labels"]
     tumor = choose_tumor(source_labels, tumor_label, model["folder"])
     labels = our_labels(source_labels, tumor)

@@ -40,7 +40,7 @@ from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
 from ..preprocess.nnunet import NnUNetPreprocessing, ResamplingRule
 from ..preprocess.plans import Plans
 from ..safe_pickle import load_pickle, load_torch_checkpoint
-from .common import check_import_paths, choose_tumor, our_labels, read_json_object
+from .common import check_bundle_name, check_import_paths, choose_tumor, our_labels, read_json_object
 
 NNUNET_PLANS_FILE, NNUNET_DATASET_FILE = "nnunet_plans.json", "nnunet_dataset.json"
 CHECKPOINTS = {"v2": {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"},
@@ -387,8 +387,7 @@ def _card(model: dict, name: str, labels: Mapping[str, int], tumor: str, modalit
 def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_label: str | None) -> Path:
     from safetensors.torch import save as save_safetensors
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-        raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (got {name!r})")
+    check_bundle_name(name)
     source_labels = model["labels"]
     tumor = choose_tumor(source_labels, tumor_label, model["folder"])
     labels = our_labels(source_labels, tumor)

@@ -70,8 +70,8 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here "
-                          f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA GPU here (torch "
+                          f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); use --device cpu")
     return torch.device(text)
 
 
