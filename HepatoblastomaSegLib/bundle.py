@@ -244,6 +244,18 @@ def stage_bundle(folder: Path, contents: Mapping[str, bytes], meta: dict) -> Pat
         raise
     return staging
 
+
+def write_new_bundle(folder: Path, contents: Mapping[str, bytes], meta: dict) -> Path:
+    """:func:`stage_bundle`, then rename it to ``folder`` (which must not exist): the bundle appears complete or not
+    at all, and nothing already there is overwritten."""
+    staging = stage_bundle(folder, contents, meta)
+    try:
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def save_bundle(folder: str | Path, state_dict: Mapping[str, torch.Tensor] | torch.nn.Module, plans: Plans, *,
                 name: str, version: str, modality: str, card_markdown: str,
                 labels: Sequence[BundleLabel | Mapping] | Mapping[str, Sequence[int]] | None = None,

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +40,7 @@ import torch
 
 from .. import __version__
 from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file,
-                      stage_bundle)
+                      write_new_bundle)
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.monai_bundle import (DTYPES, IMAGE_KEY, INFERERS, MONAI_KEY, NETWORKS, POSTPROCESSING, PREPROCESSING,
                                   MonaiRecord, MonaiStep, build_network, build_steps)
@@ -518,9 +516,4 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     }
     contents = {WEIGHTS_FILE: weights_bytes, PLANS_JSON: plans.to_json().encode(),
                 CARD_FILE: _card(model, name, source_labels, tumor).encode(), **extra}
-    staging = stage_bundle(output, contents, meta)
-    try:
-        os.replace(staging, output)  # the bundle appears complete or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return write_new_bundle(output, contents, meta)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +31,7 @@ import numpy as np
 
 from .. import __version__
 from ..bundle import (BUNDLE_FORMAT_VERSION, CARD_FILE, DEFAULT_COLORS, PLANS_JSON, WEIGHTS_FILE, sha256_file,
-                      stage_bundle)
+                      write_new_bundle)
 from ..errors import ConfigError, InputError, ModelError
 from ..infer.nnunet import NNUNET_KEY, NnUNetInference
 from ..network_nnunet import NnUNetDescription, weights_from_v1, weights_from_v2
@@ -429,12 +427,7 @@ def _write_bundle(model: dict, output: Path, *, name: str, version: str, tumor_l
     }
     contents = {WEIGHTS_FILE: weights_bytes, PLANS_JSON: plans.to_json().encode(),
                 CARD_FILE: _card(model, name, source_labels, tumor, modality).encode(), **extra}
-    staging = stage_bundle(output, contents, meta)
-    try:
-        os.replace(staging, output)  # the bundle appears complete or not at all
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return write_new_bundle(output, contents, meta)
 
 
 def _jsonable(value: Any) -> Any:
