@@ -16,9 +16,9 @@ from HepatoblastomaSegLib.evaluate.domain_shift import thick_slices, without_con
 from HepatoblastomaSegLib.infer.cohort import CohortCase, run_cohort
 from HepatoblastomaSegLib.infer.postprocess import keep_components_touching
 from HepatoblastomaSegLib.infer.result import Prediction
-from HepatoblastomaSegLib.infer.review import (ReviewSettings, flagged_table, measure_image, review,
-                                               review_settings, write_review_settings)
-from HepatoblastomaSegLib.io import write_volume
+from HepatoblastomaSegLib.infer.review import (ReviewSettings, body_mask, count_pieces, flagged_table, measure_image,
+                                               review, review_settings, write_review_settings)
+from HepatoblastomaSegLib.io import Geometry, Volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
 
 SEED = 779  # a series no training, demo, benchmark or other test uses
@@ -220,3 +220,29 @@ def test_the_demo_liver_model_anchors_only_the_bundled_ct_models_unless_asked(tm
     assert asked.liver_bundle.name == "ct-liver-demo" and asked.liver_anchor is True
     given = Predictor.from_options(PredictorOptions(model=own, liver_model="ct-liver-demo"))
     assert given.liver_bundle.name == "ct-liver-demo"
+
+
+def test_pieces_are_counted_as_scipy_labels_the_whole_mask():
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_dilation(rng.random((30, 60, 70)) > 0.9985, iterations=2)
+    mask[0, 0, 0] = mask[-1, -1, -1] = True  # one-voxel pieces in opposite corners: the box is the whole array
+    mask[10:12, 50:53, 60:70] = True
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    for min_voxels in (1, 5, 40):
+        assert count_pieces(mask, 1.0, min_ml=min_voxels) == np.count_nonzero(sizes >= min_voxels)
+    corner = np.zeros_like(mask)
+    corner[-3:, :4, -5:] = True
+    assert count_pieces(corner, 1.0, min_ml=1) == 1 and count_pieces(np.zeros_like(mask), 1.0) == 0
+
+
+def test_the_body_is_found_on_a_grid_of_about_one_millimetre():
+    array = np.full((4, 200, 200), -1000, dtype=np.int16)
+    yy, xx = np.mgrid[:200, :200]
+    array[:, (yy - 100) ** 2 + (xx - 100) ** 2 < 80 ** 2] = 40  # a 160-pixel-wide trunk
+    for spacing_mm, step in ((0.5, 2), (0.6, 2), (0.8, 1), (1.5, 1), (0.3, 3)):
+        volume = Volume(array, Geometry((200, 200, 4), (spacing_mm, spacing_mm, 5.0), (0.0, 0.0, 0.0)))
+        body, used = body_mask(volume, "ct")
+        assert used == step and body.shape == (4, -(-200 // step), -(-200 // step))
+        width_px = body[0].any(axis=0).sum() * step
+        assert abs(width_px - 159) <= step

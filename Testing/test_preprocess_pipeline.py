@@ -262,3 +262,26 @@ def test_hbseg_plan_help_teaches(capsys):
         main(["plan", "--help"])
     text = capsys.readouterr().out
     assert "manifest.csv" in text and "examples:" in text and "GB" in text
+
+
+def test_a_given_target_spacing_replaces_the_rule_and_the_network_is_planned_for_it(tmp_path, ct_dataset, capsys):
+    out = tmp_path / "coarse.json"
+    assert main(["plan", str(ct_dataset), "--modality", "ct", "--target-spacing-mm", "3,3,6", "-o", str(out),
+                 "--progress", "none"]) == 0
+    coarse, usual = Plans.load(out), plan_dataset(ct_dataset, "ct")
+    assert coarse.target_spacing_mm_xyz == (3.0, 3.0, 6.0) and coarse.spacing.rule == "given"
+    assert coarse.spacing.median_spacing_mm_xyz == usual.target_spacing_mm_xyz  # the rule's choice stays on record
+    assert coarse.topology.median_shape_zyx != usual.topology.median_shape_zyx  # planned for the coarse grid
+    volume = read_volume(read_manifest(ct_dataset)[0].image)
+    extent_mm_zyx = np.array(volume.array.shape) * np.array(volume.spacing_mm[::-1])
+    prep = preprocess_image(volume, coarse)
+    assert np.all(np.abs(np.array(prep.data.shape[-3:]) - extent_mm_zyx / (6.0, 3.0, 3.0)) <= 1)
+    for bad in ("3,3", "3,0,5", "a,b,c"):
+        assert main(["plan", str(ct_dataset), "--modality", "ct", "--target-spacing-mm", bad, "-o",
+                     str(tmp_path / "bad.json"), "--progress", "none"]) == 2
+        assert "--target-spacing-mm" in capsys.readouterr().err
+    assert main(["plan", str(ct_dataset), "--modality", "ct", "--like", "nnunet-v1", "--target-spacing-mm", "3,3,6",
+                 "-o", str(tmp_path / "bad.json"), "--progress", "none"]) == 2
+    assert not (tmp_path / "bad.json").exists()
+    with pytest.raises(Exception, match="target spacing must be"):
+        plan_dataset(ct_dataset, "ct", target_spacing_mm_xyz=(3.0, 3.0, 50.0))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from .planning_args import add_planning_arguments, parse_target_spacing
+
 EPILOG = textwrap.dedent("""\
     DATASET_DIR holds manifest.csv with the columns case,image,tumor[,liver] (paths relative to the
     folder), as 'hbseg phantom' writes it, or is an nnU-Net v1/v2 or Medical Segmentation Decathlon
@@ -17,7 +19,8 @@ EPILOG = textwrap.dedent("""\
     intensity properties, and an nnunet_v1 record (3d_lowres stage or not, scheme, nonzero mask).
 
     The plan (plain JSON, readable and editable, validated when loaded) holds:
-      target spacing      median of the training spacings (or nnU-Net's 10th-percentile rule for thick slices)
+      target spacing      median of the training spacings (or nnU-Net's 10th-percentile rule for thick slices,
+                          or --target-spacing-mm)
       patch and network   nnU-Net 3d_fullres rules for that spacing and the GPU memory budget
       intensity           CT: 0-350 HU window, then z-score with the training tumour statistics
                           MRI: N4, then Nyul standardisation learned on the training livers
@@ -29,6 +32,7 @@ EPILOG = textwrap.dedent("""\
       hbseg plan mri_cases/ --modality mri --target liver -o liver_plans.json     plans for a liver model
       hbseg plan ct_cases/ --modality ct --z-spacing-rule percentile10 -o plans.json
       hbseg plan ct_cases/ --modality ct --like nnunet-v1 -o plans_v1.json
+      hbseg plan ct_cases/ --modality ct --target liver --target-spacing-mm 3,3,5 -o coarse.json   a coarse grid
       hbseg plan Task03_Liver/ --modality ct --label tumor=2 -o liver_plans.json    an MSD folder""")
 
 
@@ -45,12 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", choices=("tumor", "liver"), default="tumor",
                         help="what the model segments: the tumour (default) or the liver incl. tumour (a liver "
                              "model that provides the MRI Nyul mask)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=8.0, metavar="GB",
-                        help="training GPU memory budget in GB that the patch size is fitted to (default 8, "
-                             "nnU-Net's default plans)")
-    parser.add_argument("--z-spacing-rule", choices=("median", "percentile10"), default="median",
-                        help="target spacing of the coarse (slice) axis: the median, as the paper says (default), "
-                             "or nnU-Net's 10th percentile for strongly anisotropic data")
+    add_planning_arguments(parser)
     parser.add_argument("--like", choices=("nnunet-v1",),
                         help="plan exactly as nnU-Net 1.7.1's 3d_fullres would (implies --z-spacing-rule percentile10 "
                              "and an 8 GB budget)")
@@ -75,14 +74,15 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import ConfigError
 
         raise ConfigError(f"--n4-shrink must be at least 1, got {args.n4_shrink}")
-    if args.like and (args.gpu_memory_gb != 8.0 or args.z_spacing_rule != "median"):
+    if args.like and (args.gpu_memory_gb != 8.0 or args.z_spacing_rule != "median" or args.target_spacing_mm):
         from ..errors import ConfigError
 
         raise ConfigError(f"--like {args.like} plans with nnU-Net's own spacing rule and 8 GB budget; leave out "
-                          "--gpu-memory-gb and --z-spacing-rule")
+                          "--gpu-memory-gb, --z-spacing-rule and --target-spacing-mm")
     try:
         plans = plan_dataset(args.dataset_dir, args.modality, gpu_memory_gb=args.gpu_memory_gb,
                              z_spacing_rule=args.z_spacing_rule, label_source=args.target,
+                             target_spacing_mm_xyz=parse_target_spacing(args.target_spacing_mm),
                              n4=N4Settings(shrink_inplane=args.n4_shrink), progress=progress, like=args.like,
                              label_map=parse_label_options(args.labels))
     finally:

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import textwrap
 
+from .planning_args import add_planning_arguments, parse_target_spacing
+
 EPILOG = textwrap.dedent("""\
     DATASET_DIR holds manifest.csv with the columns case,image,tumor[,liver] (paths relative to the folder), as
     'hbseg phantom' writes it. MODEL_DIR receives the model bundle (bundle.json, plans.json, model.safetensors,
@@ -73,10 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--init-weights", metavar="MODEL_DIR",
                        help="start from this model bundle's weights (fine-tuning); its plans are used too, unless "
                             "--plans is given")
-    group.add_argument("--gpu-memory-gb", type=float, default=8.0, metavar="GB",
-                       help="memory budget the planned patch is fitted to, GB (default 8)")
-    group.add_argument("--z-spacing-rule", choices=("median", "percentile10"), default="median",
-                       help="target slice spacing: median (paper, default) or nnU-Net's 10th percentile rule")
+    add_planning_arguments(group)
     group.add_argument("--patch-size", metavar="Z,Y,X",
                        help="override the planned patch size, voxels (z,y,x), e.g. for quick tests")
     group.add_argument("--batch-size", type=int, metavar="B", help="global batch size (default: the plans', 2)")
@@ -173,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         labels=tuple(args.labels or ()), val_manifest=args.val_manifest,
         val_fraction=args.val_fraction, resume=args.resume, seed=args.seed, plans_file=args.plans,
         init_weights=args.init_weights,
-        gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule, patch_size_zyx=_patch(args.patch_size),
+        gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule,
+        target_spacing_mm_xyz=parse_target_spacing(args.target_spacing_mm), patch_size_zyx=_patch(args.patch_size),
         batch_size=args.batch_size, cache_dir=args.cache_dir, workers=args.workers,
         preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,

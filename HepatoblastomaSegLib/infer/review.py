@@ -167,7 +167,7 @@ def body_mask(volume: Volume, modality: str) -> tuple[np.ndarray, int]:
     does). MRI: above the air's noise (4x the image's 10th percentile, at least 2 % of its 99th: on a fat-suppressed
     T2 Otsu's threshold would leave the dark fat out), holes filled slice by slice. Then the largest piece.
     """
-    step = max(1, int(1.0 / min(volume.spacing_mm[:2])))
+    step = max(1, round(1.0 / min(volume.spacing_mm[:2])))
     array = volume.array[:, ::step, ::step]
     if modality == "mri":
         low, high = np.percentile(array, [10, 99])
@@ -236,8 +236,13 @@ def measure_image(volume: Volume, modality: str, tumor: np.ndarray, liver: np.nd
 
 
 def count_pieces(mask: np.ndarray, voxel_ml: float, min_ml: float = PIECE_MIN_ML) -> int:
-    """Separate 26-connected pieces of ``mask`` of at least ``min_ml`` mL."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    """Separate 26-connected pieces of ``mask`` of at least ``min_ml`` mL (labelled inside the mask's box only)."""
+    from ..preprocess.liver import bounding_box
+
+    box = bounding_box(mask)
+    if box is None:
+        return 0
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
     if count == 0:
         return 0
     sizes_ml = np.bincount(labels.ravel())[1:] * voxel_ml

@@ -43,7 +43,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     Labelled inside the mask's bounding box only (every component lies in it): a liver fills a few percent of a CT."""
     mask = np.asarray(mask) > 0
     out = np.zeros(mask.shape, dtype=np.uint8)
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return out
     labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
@@ -56,7 +56,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box (slices) holding every nonzero voxel of ``mask``; None when it is empty."""
     box = []
     for axis in range(mask.ndim):

@@ -24,7 +24,9 @@ Decisions where the paper and nnU-Net v1.7.1 differ (each recorded in the plans 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +40,8 @@ from .intensity import CT_WINDOW_HU, ct_foreground_statistics
 from .nyul import fit_landmarks
 from .plans import (
     LABEL_SOURCES,
+    MAX_SPACING_MM,
+    MIN_SPACING_MM,
     MODALITIES,
     SPACING_RULES,
     CropRecord,
@@ -89,10 +93,18 @@ def choose_target_spacing(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, ru
 LIKE_CHOICES = ("nnunet-v1",)
 
 
-def target_grid(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, rule: str
-                ) -> tuple[SpacingPlan, np.ndarray, np.ndarray]:
-    """Target spacing (and its zyx array) and the median case shape resampled onto it (zyx, not rounded)."""
+def target_grid(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, rule: str,
+                given_mm_xyz: Sequence[float] | None = None) -> tuple[SpacingPlan, np.ndarray, np.ndarray]:
+    """Target spacing (and its zyx array) and the median case shape resampled onto it (zyx, not rounded).
+
+    ``given_mm_xyz``: this spacing instead of the rule's (the rule's median and 10th percentile stay on record)."""
     spacing = choose_target_spacing(spacings_mm_xyz, sizes_xyz, rule)
+    if given_mm_xyz is not None:
+        given = tuple(round(float(v), 6) for v in given_mm_xyz)
+        if len(given) != 3 or not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in given):
+            raise ConfigError(f"target spacing must be 3 numbers from {MIN_SPACING_MM} to {MAX_SPACING_MM} mm "
+                              f"(x, y, z), got {tuple(given_mm_xyz)}")
+        spacing = dataclasses.replace(spacing, target_spacing_mm_xyz=given, rule="given")
     target_xyz = np.asarray(spacing.target_spacing_mm_xyz)
     shapes_zyx = (np.asarray(spacings_mm_xyz, float) / target_xyz * np.asarray(sizes_xyz, float))[:, ::-1]
     return spacing, target_xyz[::-1].copy(), np.median(shapes_zyx, axis=0)
@@ -100,7 +112,8 @@ def target_grid(spacings_mm_xyz: np.ndarray, sizes_xyz: np.ndarray, rule: str
 
 def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float = 8.0,
                  z_spacing_rule: str = "median", label_source: str = "tumor", n4: N4Settings | None = None,
-                 progress: Progress | None = None, like: str | None = None, label_map=None) -> Plans:
+                 progress: Progress | None = None, like: str | None = None, label_map=None,
+                 target_spacing_mm_xyz: Sequence[float] | None = None) -> Plans:
     """Read every case of ``dataset_dir`` and derive the plans (spacing, topology, intensity, labels, versions).
 
     Args:
@@ -112,10 +125,14 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
         like: "nnunet-v1" to plan exactly as nnU-Net 1.7.1's 3d_fullres (see the module docstring); implies
             ``z_spacing_rule="percentile10"`` and an 8 GB budget.
         label_map: for nnU-Net/MSD dataset folders, which label value is the tumour (see :mod:`.dataset`).
+        target_spacing_mm_xyz: a target spacing to use instead of ``z_spacing_rule``'s (x, y, z mm; not with
+            ``like``); patch and network are planned for it as usual.
     """
     if like is not None and like not in LIKE_CHOICES:
         raise ConfigError(f"--like must be one of {', '.join(LIKE_CHOICES)}, got {like!r}")
     if like == "nnunet-v1":
+        if target_spacing_mm_xyz is not None:
+            raise ConfigError(f"--like {like} plans with nnU-Net's own spacing rule; leave out the target spacing")
         z_spacing_rule, gpu_memory_gb = "percentile10", 8.0
     if modality not in MODALITIES:
         raise ConfigError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
@@ -140,7 +157,7 @@ def plan_dataset(dataset_dir: str | Path, modality: str, *, gpu_memory_gb: float
     spacings = np.array([fp.spacing_mm_xyz for fp in prints])
     sizes = np.array([fp.cropped_size_xyz for fp in prints])
     crop = crop_record(prints, modality)
-    spacing, target_zyx, median_shape = target_grid(spacings, sizes, z_spacing_rule)
+    spacing, target_zyx, median_shape = target_grid(spacings, sizes, z_spacing_rule, target_spacing_mm_xyz)
     labels = {"background": 0, label_source: 1}
     nnunet_v1 = None
     if like == "nnunet-v1":

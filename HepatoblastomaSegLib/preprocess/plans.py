@@ -38,7 +38,7 @@ from .topology import Topology
 FORMAT_VERSION = 1
 MODALITIES = ("ct", "mri")
 LABEL_SOURCES = ("tumor", "liver")
-SPACING_RULES = ("median", "percentile10")
+SPACING_RULES = ("median", "percentile10", "given")
 #: Plausible voxel spacing, mm (also what preprocessing accepts from an image).
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 10.0
@@ -50,7 +50,8 @@ class SpacingPlan:
 
     ``rule`` "median" is the paper's (median of the training spacings per axis); "percentile10" is nnU-Net's rule
     for thick slices (the coarsest axis takes the 10th percentile of its spacings, but only when nnU-Net's anisotropy
-    condition holds: coarsest spacing > 3x the others and fewer than 1/3 as many voxels along it).
+    condition holds: coarsest spacing > 3x the others and fewer than 1/3 as many voxels along it); "given" is a
+    spacing the planner was told (``--target-spacing-mm``, e.g. a coarse grid for a fast liver model).
     ``nnunet_rule_applies`` records whether that condition held, ``percentile10_coarse_axis_mm`` what the rule would
     give, so a reader sees both choices.
     """

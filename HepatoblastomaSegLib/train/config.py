@@ -110,6 +110,7 @@ class TrainConfig:
             ``case`` column naming training cases to hold out. Exclusive with ``val_fraction``.
         val_fraction: share of the training manifest held out for validation (seeded), when no ``val_manifest``.
         plans_file: use these plans (from ``hbseg plan``) instead of planning from the training cases.
+        target_spacing_mm_xyz: plan for this spacing (x, y, z mm) instead of ``z_spacing_rule``'s.
         init_weights: a model bundle folder whose weights start the run (fine-tuning, or continuing a model whose
             checkpoints are gone); its plans are used too unless ``plans_file`` is given, since its weights expect
             its normalisation. Width and topology must match.
@@ -148,6 +149,7 @@ class TrainConfig:
     init_weights: str | Path | None = None
     gpu_memory_gb: float = 8.0
     z_spacing_rule: str = "median"
+    target_spacing_mm_xyz: tuple[float, float, float] | None = None
     patch_size_zyx: tuple[int, int, int] | None = None
     batch_size: int | None = None
     foreground_fraction: float = 1.0 / 3.0

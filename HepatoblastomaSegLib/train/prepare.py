@@ -85,7 +85,8 @@ def make_plans(cfg: TrainConfig, split: Split, progress: Progress) -> Plans:
         train_set = cfg.training_dir / "train_set"
         try:
             plans = plan_dataset(train_set, cfg.modality, gpu_memory_gb=cfg.gpu_memory_gb,
-                                 z_spacing_rule=cfg.z_spacing_rule, label_source=cfg.target, progress=progress)
+                                 z_spacing_rule=cfg.z_spacing_rule, label_source=cfg.target, progress=progress,
+                                 target_spacing_mm_xyz=cfg.target_spacing_mm_xyz)
         except InputError as exc:
             if exc.path is None or Path(exc.path).resolve() != train_set.resolve():
                 raise  # names a case file already

@@ -109,6 +109,41 @@ def phantoms(modality: str, seed: int, cases: int, folder: Path, log: list[str],
     return folder
 
 
+MIXED_FULL_FIRST_INDEX = 100  # full-variety cases of a mixed cohort are hb_ct_100, ...: no name clashes
+MANIFEST_PATH_COLUMNS = ("image", "tumor", "liver", "R1", "R2", "R3", "dicom", "tissues")
+
+
+def mixed_cohort(modality: str, seed: int, cases: int, folder: Path, log: list[str], size: str) -> Path:
+    """Demo and full-variety phantoms, ``cases`` of each, in one training dataset (``folder/manifest.csv``).
+
+    The demo cases keep the model on the children and the portal-venous phase the held-out cohort has; the full
+    variety adds what real scans bring (adults, other phases, pelvis and muscles, scanner variety)."""
+    import csv
+
+    demo = phantoms(modality, seed, cases, folder / "demo", log, size=size)
+    full_args = ["phantom", "--modality", modality, "--variety", "full", "--cases", str(cases), "--seed", str(seed),
+                 "--first-index", str(MIXED_FULL_FIRST_INDEX), "--size", size, "-o", shown(folder / "full"),
+                 "--progress", "none"]
+    if not (folder / "full" / "manifest.csv").is_file():
+        hbseg(*full_args, log=log)
+    else:
+        log.append("hbseg " + " ".join(shlex.quote(a) for a in full_args))
+    rows, fields = [], None
+    for part in (demo, folder / "full"):
+        with open(part / "manifest.csv", newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            fields = reader.fieldnames
+            for row in reader:
+                rows.extend([{k: (f"{part.name}/{v}" if k in MANIFEST_PATH_COLUMNS and v else v)
+                              for k, v in row.items()}])
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    log.append(f"# {shown(folder / 'manifest.csv')}: the rows of demo/ and full/ in one manifest (paths prefixed)")
+    return folder
+
+
 def held_out_dice(bundle_dir: Path, cohort: Path, target: str, device: str, liver_dir: Path | None,
                   tta: bool = False) -> dict[str, float]:
     """Dice of the model's mask against the phantom ground truth, per held-out case, on the case's own grid."""
@@ -198,18 +233,23 @@ def train_stage(name: str, settings: dict, work: Path, args) -> Path:
     modality, target, train_seed, _ = MODELS[name]
     log: list[str] = [script_invocation()]
     size = args.train_size
-    variety = "-full-variety" if args.variety == "full" else ""
+    variety = {"demo": "", "full": "-full-variety", "mixed": "-mixed"}[args.variety]
     folder = f"{modality}-train{'-full' if size == 'full' else ''}{variety}-s{train_seed}-n{settings['train_cases']}"
-    train_dir = phantoms(modality, train_seed, settings["train_cases"], work / folder, log, size=size,
-                         variety=args.variety)
+    if args.variety == "mixed":
+        train_dir = mixed_cohort(modality, train_seed, settings["train_cases"], work / folder, log, size=size)
+    else:
+        train_dir = phantoms(modality, train_seed, settings["train_cases"], work / folder, log, size=size,
+                             variety=args.variety)
     out = work / name
     command = ["train", shown(train_dir), "--modality", modality, "--target", target, "-o", shown(out),
                "--width", str(settings["width"]), "--epochs", str(settings["epochs"]),
                "--iters-per-epoch", str(settings["iters"]), "--val-fraction", "0.2", "--seed", str(train_seed),
-               "--name", name, "--version", "1.0.0", "--fp16-weights", "--card-note", DEMO_NOTE,
+               "--name", name, "--version", args.version, "--fp16-weights", "--card-note", DEMO_NOTE,
                "--device", args.device, "--workers", str(args.workers), "--progress", args.progress]
     if settings["patch"]:
         command += ["--patch-size", settings["patch"]]
+    if args.target_spacing_mm:
+        command += ["--target-spacing-mm", args.target_spacing_mm]
     if args.schedule:
         command += ["--schedule", args.schedule]
     if args.domain_randomisation:
@@ -286,10 +326,14 @@ def main() -> int:
                         help="start each model from DIR/<name> (a bundle from an earlier run) with --init-weights")
     parser.add_argument("--train-size", choices=("small", "full"), default="small",
                         help="training phantoms: small (quick) or full (the clinical grids the held-out cases use)")
-    parser.add_argument("--variety", choices=("demo", "full"), default="demo",
+    parser.add_argument("--variety", choices=("demo", "full", "mixed"), default="demo",
                         help="training phantoms' variety (hbseg phantom --variety): demo (children, portal-venous CT, "
-                             "abdomen only) or full (newborn to adult, four CT phases, lung bases to pelvis, scanner "
-                             "variety; the held-out cohort stays demo)")
+                             "abdomen only), full (newborn to adult, four CT phases, lung bases to pelvis, scanner "
+                             "variety) or mixed (--cases of each in one dataset); the held-out cohort stays demo")
+    parser.add_argument("--version", default="1.0.0",
+                        help="bundle version (raise it when a bundled model is retrained: summaries name it)")
+    parser.add_argument("--target-spacing-mm", metavar="X,Y,Z",
+                        help="passed to hbseg train: plan for this spacing (e.g. 3,3,5 for a fast liver model)")
     parser.add_argument("--val-every", type=int, metavar="N",
                         help="passed to hbseg train: validate every N epochs (whole validation cases are slow on a CPU)")
     parser.add_argument("--domain-randomisation", type=float, metavar="P",
