@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from .cpu_kernels import cpu_inference, fused_instance_norm, onednn_applies, onednn_conv3d
 from .errors import ModelError
 
 
@@ -72,29 +72,16 @@ def _tupled(value: Any) -> Any:
 
 
 class _Conv3d(nn.Conv3d):
-    """A convolution that, with ``fast_cpu`` set, takes oneDNN's (mkldnn) kernel on the CPU where torch's dispatcher
-    would not.
-
-    For a single float32 window torch sends the small, deep stages of this network to its im2col fallback, which
-    takes up to twice as long as oneDNN; on 1x1x1 kernels and single-channel inputs the fallback is the faster one, so
-    those keep it. The result is the same convolution, rounded differently (float32 ulps)."""
+    """A convolution that, with ``fast_cpu`` set, takes oneDNN's (mkldnn) kernel for CPU inference where torch's
+    dispatcher would take its slower im2col fallback (:mod:`..cpu_kernels`); the same convolution, rounded
+    differently (float32 ulps)."""
 
     fast_cpu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_cpu and self.use_onednn and _cpu_inference(x):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
-                                            self.groups)
+        if self.fast_cpu and cpu_inference(x) and onednn_applies(self):
+            return onednn_conv3d(self, x)
         return super().forward(x)
-
-    @property
-    def use_onednn(self) -> bool:
-        return (self.in_channels > 1 and any(k > 1 for k in self.kernel_size) and self.padding_mode == "zeros"
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
-
-
-def _cpu_inference(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
 
 class _ConvNormAct(nn.Module):
@@ -117,8 +104,8 @@ class _ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
-        if self.fast_cpu and _cpu_inference(x):
-            x = F.group_norm(x, x.shape[1], self.norm.weight, self.norm.bias, self.norm.eps)
+        if self.fast_cpu and cpu_inference(x):
+            x = fused_instance_norm(x, self.norm.weight, self.norm.bias, self.norm.eps)
         else:
             x = self.norm(x)
         return self.act(x)
