@@ -166,7 +166,9 @@ def main() -> int:
     bundle_dir = find_bundle(args.model)
     if args.rejudge is not None:
         return rejudge(args.rejudge, bundle_dir, args.json, write=args.write)
-    options = PredictorOptions(model=str(bundle_dir), device="cpu", tta=not args.no_tta)
+    # By name when given one, so a bundled model gets its default liver model as in hbseg segment (a path would not).
+    options = PredictorOptions(model=args.model if Path(args.model).name == args.model else str(bundle_dir),
+                               device="cpu", tta=not args.no_tta)
     predictor = Predictor.from_options(options)
     modality = predictor.bundle.modality
     results: dict = {"model": f"{predictor.bundle.name} {predictor.bundle.version}", "tta": not args.no_tta,
