@@ -18,8 +18,9 @@ measures this for any CT model.
 model              training cohort         held-out (full size)   notes
 =================  ======================  =====================  ===================================================
 ct-demo            CT, seed 1000, 40 cases CT, seed 1001, 8        tumour
-ct-liver-demo      CT, seed 1000, 24       CT, seed 1001, 8        liver incl. tumour (for the liver-anchored tumour
-                                                                   step and the review flag's outside_liver)
+ct-liver-demo      CT, seed 1000, 32 demo  CT, seed 1001, 8        liver incl. tumour (for the liver-anchored tumour
+                   + 32 full variety                               step and the review flag's outside_liver); 2.0.0:
+                   (--variety mixed)                               --target-spacing-mm 3,3,5 --patch 48,64,80
 mri-liver-demo     MRI, seed 1002, 40      MRI, seed 1003, 8       liver incl. tumour (no Nyul step: it makes the mask)
 mri-demo           MRI, seed 1002, 40      MRI, seed 1003, 8       tumour; Nyul in the manifest's livers for
                                                                    training, the held-out cases use mri-liver-demo's
