@@ -52,7 +52,10 @@ def test_round_trip_gives_the_same_network(bundle_dir, net, plans):
     assert bundle.plans == plans and bundle.card.startswith("# tiny test model")
     rebuilt = bundle.build_network("cpu")
     assert not rebuilt.training
-    torch.testing.assert_close(_forward(rebuilt, plans), _forward(net, plans), atol=0, rtol=0)
+    for key, value in net.state_dict().items():  # the weights bit for bit
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    # The output within float32 rounding: the inference network takes the faster CPU kernels (cpu_kernels.py).
+    torch.testing.assert_close(_forward(rebuilt, plans), _forward(net, plans), atol=1e-4, rtol=1e-4)
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     assert meta["min_library_version"] == __version__ and len(meta["weights"]["sha256"]) == 64
     # The weights are a plain safetensors file (no pickle), without DynUNet's aliased skip_layers copies.
