@@ -285,3 +285,7 @@ def test_a_given_target_spacing_replaces_the_rule_and_the_network_is_planned_for
     assert not (tmp_path / "bad.json").exists()
     with pytest.raises(Exception, match="target spacing must be"):
         plan_dataset(ct_dataset, "ct", target_spacing_mm_xyz=(3.0, 3.0, 50.0))
+    for flag, bad in (("--target-spacing-mm", "3,3"), ("--patch-size", "32,0,64")):  # hbseg train parses both too
+        assert main(["train", str(ct_dataset), "--modality", "ct", "-o", str(tmp_path / "model"), flag, bad,
+                     "--progress", "none"]) == 2
+        assert flag in capsys.readouterr().err and not (tmp_path / "model").exists()

@@ -20,14 +20,22 @@ def add_planning_arguments(parser: argparse.ArgumentParser | argparse._ArgumentG
                              "fast liver model; patch and network are planned for it as usual")
 
 
-def parse_target_spacing(text: str | None) -> tuple[float, float, float] | None:
-    """``--target-spacing-mm`` as three positive numbers (x, y, z), or None when not given."""
-    if text is None:
-        return None
+def _three(text: str, kind: type, flag: str, what: str) -> tuple:
+    """Three positive numbers from "a,b,c" (or "axbxc"), else a ConfigError naming ``flag``."""
     try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+        values = tuple(kind(v) for v in text.replace("x", ",").split(","))
     except ValueError:
         values = ()
     if len(values) != 3 or not all(v > 0 for v in values):
-        raise ConfigError(f"--target-spacing-mm must be three positive numbers x,y,z in mm (got {text!r})")
+        raise ConfigError(f"{flag} must be {what} (got {text!r})")
     return values
+
+
+def parse_target_spacing(text: str | None) -> tuple[float, float, float] | None:
+    """``--target-spacing-mm`` as three positive numbers (x, y, z), or None when not given."""
+    return None if text is None else _three(text, float, "--target-spacing-mm", "three positive numbers x,y,z in mm")
+
+
+def parse_patch_size(text: str | None) -> tuple[int, int, int] | None:
+    """``--patch-size`` as three positive integers (z, y, x), or None when not given."""
+    return None if text is None else _three(text, int, "--patch-size", "three positive integers z,y,x")

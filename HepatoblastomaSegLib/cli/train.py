@@ -6,7 +6,7 @@ import argparse
 import shlex
 import textwrap
 
-from .planning_args import add_planning_arguments, parse_target_spacing
+from .planning_args import add_planning_arguments, parse_patch_size, parse_target_spacing
 
 EPILOG = textwrap.dedent("""\
     DATASET_DIR holds manifest.csv with the columns case,image,tumor[,liver] (paths relative to the folder), as
@@ -147,20 +147,6 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def _patch(text: str | None) -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    from ..errors import ConfigError
-
-    try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or min(values) < 1:
-        raise ConfigError(f"--patch-size must be three positive integers z,y,x (got {text!r})")
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
     from ..progress import JsonLinesProgress, NullProgress, TqdmProgress
     from ..train import AugmentConfig, TrainConfig, train
@@ -173,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, resume=args.resume, seed=args.seed, plans_file=args.plans,
         init_weights=args.init_weights,
         gpu_memory_gb=args.gpu_memory_gb, z_spacing_rule=args.z_spacing_rule,
-        target_spacing_mm_xyz=parse_target_spacing(args.target_spacing_mm), patch_size_zyx=_patch(args.patch_size),
+        target_spacing_mm_xyz=parse_target_spacing(args.target_spacing_mm), patch_size_zyx=parse_patch_size(args.patch_size),
         batch_size=args.batch_size, cache_dir=args.cache_dir, workers=args.workers,
         preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
