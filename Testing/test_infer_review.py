@@ -246,3 +246,20 @@ def test_the_body_is_found_on_a_grid_of_about_one_millimetre():
         assert used == step and body.shape == (4, -(-200 // step), -(-200 // step))
         width_px = body[0].any(axis=0).sum() * step
         assert abs(width_px - 159) <= step
+
+
+def test_the_anchor_labels_only_the_masks_box_and_keeps_what_the_whole_image_would():
+    rng = np.random.default_rng(11)
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for trial in range(6):
+        shape = (20, 40, 50)
+        tumor = ndimage.binary_dilation(rng.random(shape) > 0.998, iterations=2)
+        liver = ndimage.binary_dilation(rng.random(shape) > 0.999, iterations=3)
+        if trial % 2:  # pieces on the image's border and a liver voxel just outside the mask's box
+            tumor[0, :3, :3] = tumor[-1, -3:, -3:] = True
+            liver[1, 3, 3] = True
+        labels, n = ndimage.label(tumor, structure=structure)  # the whole-image reference
+        touched = np.unique(labels[ndimage.binary_dilation(liver, structure=structure) & (labels > 0)])
+        expected = np.isin(labels, touched[touched > 0])
+        kept, dropped = keep_components_touching(tumor.astype(np.uint8), liver)
+        assert np.array_equal(kept.astype(bool), expected) and dropped == n - np.count_nonzero(touched)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..preprocess.liver import largest_component
+from ..preprocess.liver import bounding_box, largest_component
 
 #: 26-connectivity: voxels touching by a corner are one component, as in nnU-Net's connected-component analysis.
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
@@ -35,15 +35,25 @@ def keep_components_touching(mask: np.ndarray, anchor: np.ndarray) -> tuple[np.n
     The liver-anchored tumour step: hepatoblastoma arises in the liver, so a component with no contact with the liver
     mask is not a hepatoblastoma. A large tumour bulging out of the liver touches it and is kept whole, the part
     outside included.
+
+    Only the mask's bounding box is labelled, and the anchor dilated within that box grown by one voxel (every
+    component lies in the box, and a touch is at most one voxel away): the same result as on the whole image, for a
+    fraction of its voxels.
     """
-    labels, n = ndimage.label(mask, structure=_STRUCTURE)
-    if n == 0:
-        return mask.astype(np.uint8), 0
-    near = ndimage.binary_dilation(np.asarray(anchor, dtype=bool), structure=_STRUCTURE)
+    mask = np.asarray(mask)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    box = bounding_box(mask)
+    if box is None:
+        return out, 0
+    labels, n = ndimage.label(mask[box], structure=_STRUCTURE)
+    grown = tuple(slice(max(0, b.start - 1), min(size, b.stop + 1)) for b, size in zip(box, mask.shape))
+    near = ndimage.binary_dilation(np.asarray(anchor[grown], dtype=bool), structure=_STRUCTURE)
+    near = near[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))]
     keep = np.zeros(n + 1, dtype=bool)
     keep[np.unique(labels[near & (labels > 0)])] = True
     keep[0] = False
-    return keep[labels].astype(np.uint8), int(n - np.count_nonzero(keep))
+    out[box] = keep[labels]
+    return out, int(n - np.count_nonzero(keep))
 
 
 def clean_up(mask: np.ndarray, *, keep_largest: bool, min_component_ml: float, voxel_volume_ml: float) -> np.ndarray:
