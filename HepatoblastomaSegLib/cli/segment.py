@@ -97,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
         from ..io.headers import check_header
 
         check_header(args.image)  # a header bomb or broken header is refused in milliseconds, before torch loads
+    from ..allocator import retain_freed_memory
     from ..infer.runner import segment_cohort, segment_one
 
+    retain_freed_memory()  # every case allocates the same large arrays again: reuse mapped memory
     options = predictor_options(args)
     progress = make_progress(args.progress)
     try:

@@ -71,6 +71,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..allocator import retain_freed_memory
+
+    retain_freed_memory()  # every request allocates the same large arrays again: reuse mapped memory
     # stdout carries the protocol only: anything else that prints there (a third-party library) goes to stderr.
     protocol, sys.stdout = sys.stdout, sys.stderr
     try:
