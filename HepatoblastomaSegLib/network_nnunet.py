@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cpu_kernels import cpu_inference, fused_instance_norm, onednn_applies, onednn_conv3d
+from .cpu_kernels import cpu_inference, faster_conv3d, fused_instance_norm
 from .errors import ModelError
 
 
@@ -72,16 +72,15 @@ def _tupled(value: Any) -> Any:
 
 
 class _Conv3d(nn.Conv3d):
-    """A convolution that, with ``fast_cpu`` set, takes oneDNN's (mkldnn) kernel for CPU inference where torch's
-    dispatcher would take its slower im2col fallback (:mod:`..cpu_kernels`); the same convolution, rounded
-    differently (float32 ulps)."""
+    """A convolution that, with ``fast_cpu`` set, takes a faster kernel for CPU inference where torch's dispatcher
+    would take its slower im2col fallback (oneDNN, or a matrix product for 1x1x1: :mod:`..cpu_kernels`); the same
+    convolution, rounded differently (float32 ulps)."""
 
     fast_cpu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_cpu and cpu_inference(x) and onednn_applies(self):
-            return onednn_conv3d(self, x)
-        return super().forward(x)
+        out = faster_conv3d(self, x) if self.fast_cpu else None
+        return super().forward(x) if out is None else out
 
 
 class _ConvNormAct(nn.Module):

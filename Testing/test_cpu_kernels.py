@@ -11,7 +11,7 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from HepatoblastomaSegLib.bundle import load_bundle
-from HepatoblastomaSegLib.cpu_kernels import FastConv3d, FastInstanceNorm3d, use_fast_cpu_kernels
+from HepatoblastomaSegLib.cpu_kernels import FastConv3d, FastInstanceNorm3d, is_pointwise, use_fast_cpu_kernels
 from helpers_torch import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 
 
@@ -59,3 +59,19 @@ def test_a_bundles_inference_network_uses_them():
     assert FastConv3d in kinds and FastInstanceNorm3d in kinds
     trained = {type(m) for m in bundle.build_network("cpu", deep_supervision=True).modules()}
     assert FastConv3d not in trained
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_1x1x1_convolution_is_a_matrix_product_with_torchs_result(bias):
+    torch.manual_seed(3)
+    conv = nn.Conv3d(8, 3, 1, bias=bias)
+    x = torch.randn(2, 8, 5, 6, 7)
+    with torch.inference_mode():
+        expected = conv(x)
+        fast = use_fast_cpu_kernels(nn.Sequential(conv))[0]
+        assert is_pointwise(fast)
+        torch.testing.assert_close(fast(x), expected, rtol=1e-5, atol=1e-5)
+    for not_pointwise in (nn.Conv3d(8, 3, 1, stride=2), nn.Conv3d(8, 3, 1, padding=1), nn.Conv3d(8, 4, 1, groups=2),
+                          nn.Conv3d(8, 3, (1, 1, 3))):
+        assert not is_pointwise(not_pointwise)
+    assert is_pointwise(nn.Conv3d(8, 3, 1, padding="valid"))
