@@ -16,8 +16,9 @@ from HepatoblastomaSegLib.evaluate.domain_shift import thick_slices, without_con
 from HepatoblastomaSegLib.infer.cohort import CohortCase, run_cohort
 from HepatoblastomaSegLib.infer.postprocess import keep_components_touching
 from HepatoblastomaSegLib.infer.result import Prediction
-from HepatoblastomaSegLib.infer.review import (ReviewSettings, body_mask, count_pieces, flagged_table, measure_image,
-                                               review, review_settings, write_review_settings)
+from HepatoblastomaSegLib.infer.review import (ReviewSettings, body_mask, count_pieces, fill_holes_in_plane,
+                                               flagged_table, measure_image, open_with_cross, review, review_settings,
+                                               write_review_settings)
 from HepatoblastomaSegLib.io import Geometry, Volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
 
@@ -263,3 +264,16 @@ def test_the_anchor_labels_only_the_masks_box_and_keeps_what_the_whole_image_wou
         expected = np.isin(labels, touched[touched > 0])
         kept, dropped = keep_components_touching(tumor.astype(np.uint8), liver)
         assert np.array_equal(kept.astype(bool), expected) and dropped == n - np.count_nonzero(touched)
+
+
+def test_the_in_plane_opening_and_hole_filling_are_scipys():
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        mask = rng.random((3, int(rng.integers(8, 40)), int(rng.integers(8, 40)))) > rng.uniform(0.1, 0.7)
+        radius_yx = [int(r) for r in rng.integers(1, 5, 2)]
+        cross = np.zeros((1, 2 * radius_yx[0] + 1, 2 * radius_yx[1] + 1), dtype=bool)
+        cross[0, radius_yx[0], :] = True
+        cross[0, :, radius_yx[1]] = True
+        assert np.array_equal(open_with_cross(mask, radius_yx), ndimage.binary_opening(mask, structure=cross))
+        in_plane = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=bool)
+        assert np.array_equal(fill_holes_in_plane(mask), ndimage.binary_fill_holes(mask, structure=in_plane))
