@@ -8,12 +8,17 @@ request to its final answer). The ratio fresh / second request is what a warm wo
 per round as ``second_request_liver_s``). Run by hand:
 
     python benchmarks/bench_serve.py --rounds 2 --json serve.json          (--tta for 8-flip TTA, --device cuda)
+
+``--glibc-default-allocator`` runs both with glibc's allocator as it comes (``MALLOC_MMAP_MAX_`` set to glibc's
+default, so ``hbseg`` does not switch to keeping freed memory; see ``HepatoblastomaSegLib.allocator``): the
+before/after of that setting on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_results  # noqa: E402
 
 CLI = [sys.executable, "-m", "HepatoblastomaSegLib.cli"]
+#: glibc's own default for MALLOC_MMAP_MAX_: setting it keeps glibc's allocator as it comes.
+GLIBC_DEFAULT_ALLOCATOR = {"MALLOC_MMAP_MAX_": "65536"}
 
 
 def demo_ct(folder: Path) -> Path:
@@ -39,18 +46,20 @@ def options_args(model: str, device: str, tta: bool) -> list[str]:
     return ["--model", model, "--device", device, "--tta" if tta else "--no-tta"]
 
 
-def fresh_run(image: Path, out: Path, model: str, device: str, tta: bool) -> float:
+def fresh_run(image: Path, out: Path, model: str, device: str, tta: bool, env: dict[str, str] | None = None
+              ) -> float:
     t0 = time.perf_counter()
     subprocess.run([*CLI, "segment", str(image), "-o", str(out), *options_args(model, device, tta),
-                    "--progress", "none"], check=True)
+                    "--progress", "none"], check=True, env=env)
     return time.perf_counter() - t0
 
 
-def worker_runs(image: Path, out: Path, model: str, device: str, tta: bool, n: int = 2) -> tuple[float, list[float]]:
+def worker_runs(image: Path, out: Path, model: str, device: str, tta: bool, n: int = 2,
+                env: dict[str, str] | None = None) -> tuple[float, list[float]]:
     """(seconds until the worker said it is ready, [seconds per request])."""
     t0 = time.perf_counter()
     worker = subprocess.Popen([*CLI, "serve", "--stdio"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              bufsize=1)
+                              bufsize=1, env=env)
     ready = json.loads(worker.stdout.readline())
     assert ready.get("ready"), ready
     ready_s = time.perf_counter() - t0
@@ -80,15 +89,18 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="8-flip TTA (default: off, as the demo)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--glibc-default-allocator", action="store_true",
+                        help="keep glibc's allocator as it comes in both (the 'before' of keeping freed memory)")
     args = parser.parse_args()
+    env = {**os.environ, **GLIBC_DEFAULT_ALLOCATOR} if args.glibc_default_allocator else None
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp = Path(tmp)
         image = args.image or demo_ct(tmp)
         rounds = []
         for index in range(args.rounds):
-            fresh_s = fresh_run(image, tmp / f"fresh{index}", args.model, args.device, args.tta)
+            fresh_s = fresh_run(image, tmp / f"fresh{index}", args.model, args.device, args.tta, env)
             ready_s, (first_s, second_s) = worker_runs(image, tmp / f"worker{index}", args.model, args.device,
-                                                       args.tta)
+                                                       args.tta, env=env)
             seconds = json.loads((tmp / f"worker{index}" / "1" / "summary.json").read_text())["seconds"]
             fresh_seconds = json.loads((tmp / f"fresh{index}" / "summary.json").read_text())["seconds"]
             rounds.append({"fresh_process_s": round(fresh_s, 2), "worker_ready_s": round(ready_s, 2),
@@ -98,7 +110,9 @@ def main() -> int:
                            "fresh_summary_seconds": fresh_seconds, "second_summary_seconds": seconds})
     ratios = [r["fresh_over_second"] for r in rounds]
     return write_results({"image": str(args.image or "demo CT (full size)"), "model": args.model,
-                          "device": args.device, "tta": args.tta, "rounds": rounds,
+                          "device": args.device, "tta": args.tta,
+                          "allocator": "glibc as it comes" if args.glibc_default_allocator else "hbseg's default",
+                          "rounds": rounds,
                           "median_fresh_over_second": statistics.median(ratios)}, args.json)
 
 
