@@ -109,6 +109,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--model", help="tumour model (default: the bundled demo model of each modality)")
+    parser.add_argument("--liver-model", help="liver model for the CT anchor and review, or MRI's Nyul mask "
+                                              "(default: as hbseg segment)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--liver-anchor", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--device", default="cpu")
@@ -121,12 +123,14 @@ def main() -> int:
     if args.rereview is not None:
         return rereview(args.rereview, args.json)
     torch.set_num_threads(args.threads)
-    options = PredictorOptions(model=args.model, device=args.device, tta=args.tta, liver_anchor=args.liver_anchor)
+    options = PredictorOptions(model=args.model, liver_model=args.liver_model, device=args.device, tta=args.tta,
+                               liver_anchor=args.liver_anchor)
     folder = args.manifest.resolve().parent
     predictors: dict = {}
     cases = [run_case(predictors, row, folder, options) for row in read_rows(args.manifest)]
     badly_wrong = [c["case"] for c in cases if _badly_wrong(c)]
-    return write_results({"tta": args.tta, "liver_anchor": args.liver_anchor, "cases": cases,
+    return write_results({"tta": args.tta, "liver_anchor": args.liver_anchor, "liver_model": args.liver_model,
+                          "cases": cases,
                           "badly_wrong": badly_wrong,
                           "badly_wrong_without_review": [c["case"] for c in cases
                                                          if c["case"] in badly_wrong and not c["review_needed"]]},
