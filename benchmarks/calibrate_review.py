@@ -9,10 +9,12 @@ Run by hand (not a test), from the repository root::
 
 Three phantom cohorts (folders with ``manifest.csv``), none of them the held-out one of another step:
 
-1. ``--reference``: the training seeds (small and full-size grids). Their images give the reference ranges of
-   :class:`~HepatoblastomaSegLib.infer.review.ImageFacts` (slice thickness, body width, liver and fat HU on CT, the
-   fat/liver signal ratio on MRI), measured with the phantom's own liver and tumour masks, widened by a margin
-   (a quarter of the observed span, at least :data:`MIN_MARGIN` of each unit).
+1. ``--reference``: phantoms of the domain the model is meant for, normally its training seeds (small and full-size
+   grids); for a model also trained on wider data (the full-variety phantoms), the contrast-enhanced children's
+   phantoms only, so that an unenhanced or adult CT is still called out of domain. Their images give the reference
+   ranges of :class:`~HepatoblastomaSegLib.infer.review.ImageFacts` (slice thickness, body width, liver and fat HU
+   on CT, the fat/liver signal ratio on MRI), measured with the phantom's own liver and tumour masks, widened by a
+   margin (a quarter of the observed span, at least :data:`MIN_MARGIN` of each unit).
 2. ``--calibration``: another seed. The model segments each case as ``hbseg segment`` does by default (8-flip TTA,
    CT crop, liver model, liver anchor); the entropy threshold is the largest mean entropy inside the mask of the
    cases it segments well (Dice >= :data:`GOOD_DICE`) times :data:`ENTROPY_MARGIN`, so a new well-segmented phantom
@@ -144,7 +146,9 @@ def bad_cases(predictor: Predictor, folder: Path, modality: str, count: int) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ct-demo")
-    parser.add_argument("--reference", required=True, help="comma-separated phantom folders of the training seeds")
+    parser.add_argument("--reference", required=True,
+                        help="comma-separated phantom folders of the model's intended domain (normally its training "
+                             "seeds)")
     parser.add_argument("--calibration", type=Path, help="phantom folder for the entropy threshold")
     parser.add_argument("--heldout", type=Path, help="the model's held-out phantom folder")
     parser.add_argument("--calibration-cases", type=int, help="use only the first N calibration cases")
@@ -289,7 +293,8 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask.",
              f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
              f"{settings.max_pieces} pieces of 1 mL or more.",
-             "- out_of_domain, reference ranges of the training phantoms (with a margin): "
+             "- out_of_domain, reference ranges (with a margin) of the phantoms of the domain the model is meant for "
+             f"({', '.join(settings.calibration.get('reference', {}).get('cohorts', [])) or '?'}): "
              + ", ".join(f"{k} {v[0]:.3g} to {v[1]:.3g}" for k, v in settings.reference.items()) + "."]
     if "heldout_flagged" in results:
         lines.append(f"- Held-out phantoms ({results.get('heldout_cohort', '')}): {results['heldout_flagged']} "
