@@ -107,7 +107,7 @@ def run_case(predictors: dict, row: dict, folder: Path, options: PredictorOption
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("manifest", type=Path)
+    parser.add_argument("manifest", type=Path, nargs="?", help="the cases (not with --rereview)")
     parser.add_argument("--model", help="tumour model (default: the bundled demo model of each modality)")
     parser.add_argument("--liver-model", help="liver model for the CT anchor and review, or MRI's Nyul mask "
                                               "(default: as hbseg segment)")
@@ -122,6 +122,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.rereview is not None:
         return rereview(args.rereview, args.json)
+    if args.manifest is None:
+        parser.error("a manifest is needed (or --rereview JSON)")
     torch.set_num_threads(args.threads)
     options = PredictorOptions(model=args.model, liver_model=args.liver_model, device=args.device, tta=args.tta,
                                liver_anchor=args.liver_anchor)

@@ -209,7 +209,7 @@ class Debouncer:
 REVIEW_REASON_WORDS = {
     "outside_liver": "Part of the tumour mask lies outside the liver.",
     "high_uncertainty": "The model is unsure about a large part of the tumour.",
-    "out_of_domain": "The image is unlike the images the model was trained on.",
+    "out_of_domain": "The image is unlike the images the model is meant for.",
     "implausible": "The tumour's size or shape is implausible for hepatoblastoma.",
 }
 

@@ -18,10 +18,11 @@ gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.js
     (:attr:`ReviewSettings.max_mean_entropy_nats`, measured on held-out phantoms by
     ``benchmarks/calibrate_review.py`` and stored in the bundle; no threshold in the bundle, no check).
 ``out_of_domain``
-    the image is unlike the training images: slice thickness, body width, and for CT the liver's and the fat's
-    attenuation (a liver far below the contrast-enhanced training livers means no contrast), for MRI the fat/liver
-    signal ratio (fat bright = no fat suppression). The reference ranges are stored in the bundle; the message
-    names every measurement that falls outside them.
+    the image is unlike the images the model is meant for (its reference phantoms: normally its training images;
+    for a model also trained on wider data, the contrast-enhanced children's CT it is vouched for): slice thickness,
+    body width, and for CT the liver's and the fat's attenuation (a liver far below the contrast-enhanced reference
+    livers means no contrast), for MRI the fat/liver signal ratio (fat bright = no fat suppression). The reference
+    ranges are stored in the bundle; the message names every measurement that falls outside them.
 ``implausible``
     a tumour larger than the liver that holds it, larger than fits in a child's abdomen
     (:attr:`ReviewSettings.max_tumor_ml`), or scattered in many separate pieces.
@@ -79,10 +80,11 @@ class ReviewReason:
 
 @dataclasses.dataclass
 class ReviewSettings:
-    """A model's review thresholds and the reference ranges of its training images (``bundle.json`` ``"review"``).
+    """A model's review thresholds and the reference ranges of the images it is meant for (``bundle.json``
+    ``"review"``).
 
     ``reference`` maps a measurement of :class:`ImageFacts` (``slice_thickness_mm``, ``body_width_mm``, ``liver_hu``,
-    ``fat_hu``, ``fat_to_liver_ratio``) to the ``[low, high]`` range the training images span (with a margin).
+    ``fat_hu``, ``fat_to_liver_ratio``) to the ``[low, high]`` range the reference images span (with a margin).
     """
 
     max_mean_entropy_nats: float | None = None
@@ -299,7 +301,7 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
     unusual = _out_of_domain(facts, modality, settings.reference)
     if unusual:
         reasons.append(ReviewReason("out_of_domain", (
-            "The image is unlike the images the model was trained on: " + "; ".join(unusual)
+            "The image is unlike the images the model is meant for: " + "; ".join(unusual)
             + ", so its result may be unreliable.")))
     implausible = _implausible(facts, tumor_volume_ml, settings)
     if implausible:
@@ -318,7 +320,7 @@ def _out_of_domain(facts: ImageFacts, modality: str, reference: dict[str, tuple[
         if lo <= value <= hi:
             continue
         shown = f"{value:.2f}" if key == "fat_to_liver_ratio" else f"{value:.0f}"
-        text = f"{what} {shown} {unit}".rstrip() + f" (training {_num(lo)} to {_num(hi)})"
+        text = f"{what} {shown} {unit}".rstrip() + f" (expected {_num(lo)} to {_num(hi)})"
         if key == "liver_hu" and value < lo:
             text += ": a CT without intravenous contrast, or another phase?"
         elif key == "fat_to_liver_ratio" and value > hi:

@@ -1,14 +1,13 @@
 """Crop a CT to the patient's trunk before the network (inference), and put the results back on the whole grid.
 
 A CT's field of view holds the child and a lot of air around it. Windows of air cost the network as much as windows
-of liver: on the issue-size phantom CT (512x512x101 at 0.705x0.705x2.5 mm) the trunk spans about 300x220 of the
-512x512 pixels; the cropped image needs 20 windows of the paper network instead of 80 (ct-demo: 4 instead of 18), and
-8-flip TTA took 2.4-2.6 s end to end instead of 6.6 s on an H200 (benchmarks/results/2026-11-27-h200/session4).
+of liver, and a child's trunk fills only part of a 512x512 slice, so the cropped image needs several times fewer
+windows (measured speed-ups in the README and ``benchmarks/results/``).
 
-The crop changes the window grid, and a model's answer depends on its window grid: ct-demo's mask on the cropped CT
-has a Dice of 0.92 with its mask on the whole CT, about what cutting 24 rows and 40 columns of air off the image's
-edge does (0.91), and 0.96-0.99 on two other phantoms; on 8 held-out phantoms its mean Dice with the truth is 0.942
-cropped, 0.944 whole (benchmarks/tiling_sensitivity.py). ``hbseg segment --no-crop-to-body`` runs on the whole image.
+The crop changes the window grid, and a model's answer depends on its window grid: its mask on the cropped CT is close
+to, not identical with, its mask on the whole CT, about as different as after cutting a few rows and columns of air off
+the image's edge (``benchmarks/tiling_sensitivity.py`` measures both, per case and on a cohort).
+``hbseg segment --no-crop-to-body`` runs on the whole image.
 
 The box (:func:`body_box`): voxels above -500 HU (:data:`~.checks.AIR_THRESHOLD_HU`: skin, fat, organs, bone; also
 the table and the arms), found on a grid 4x coarser in-plane; what is thinner than 10 mm in-plane is dropped (a
