@@ -15,9 +15,10 @@ with their source and licence, and how to fetch them)::
 - ``modality`` (optional): ``ct`` or ``mri`` (default: guessed as ``hbseg segment`` does);
 - ``note`` (optional): printed with the case.
 
-Per case: Dice with the true tumour (when given), predicted and true volume (mL), mL of the predicted tumour outside
-the liver, the review flag and its reasons, seconds. Options as ``hbseg segment`` (defaults: 8-flip TTA, CT crop,
-liver anchor on for CT); ``--no-liver-anchor`` shows what the anchor changes.
+Per case: Dice with the true tumour (when given), the share of the true tumour found and the mL predicted outside it,
+predicted and true volume (mL), mL of the predicted tumour outside the liver, the review flag and its reasons,
+seconds. Options as ``hbseg segment`` (defaults: 8-flip TTA, CT crop, liver anchor on for CT); ``--no-liver-anchor``
+shows what the anchor changes.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def run_case(predictors: dict, row: dict, folder: Path, options: PredictorOption
         "tumor_ml": round(s["tumor_volume_ml"], 1),
         "truth_ml": None if truth is None else round(float(truth.sum()) * voxel_ml, 1),
         "dice": None if truth is None or not truth.any() else round(float(dice(mask, truth)[0]), 3),
+        "truth_found": None if truth is None or not truth.any() else
+        round(float((mask & truth).sum() / truth.sum()), 3),
+        "outside_truth_ml": None if truth is None else round(float((mask & ~truth).sum()) * voxel_ml, 1),
         "outside_true_liver_ml": None if liver is None else round(float((mask & ~liver).sum()) * voxel_ml, 1),
         "outside_predicted_liver_ml": s.get("tumor_outside_liver_ml"),
         "predicted_liver_ml": s.get("liver_volume_ml"),
@@ -96,7 +100,8 @@ def run_case(predictors: dict, row: dict, folder: Path, options: PredictorOption
         "seconds": round(seconds, 1),
     }
     print(f"{result['case']} ({modality}{', ' + result['note'] if result['note'] else ''}): "
-          f"{result['tumor_ml']} mL predicted (truth {result['truth_ml']}), Dice {result['dice']}, outside the liver "
+          f"{result['tumor_ml']} mL predicted (truth {result['truth_ml']}), Dice {result['dice']}, found "
+          f"{result['truth_found']} of the truth, {result['outside_truth_ml']} mL outside it, outside the liver "
           f"{result['outside_true_liver_ml']} mL (true liver) / {result['outside_predicted_liver_ml']} mL (predicted), "
           f"review {'NEEDED ' + ','.join(result['reasons']) if result['review_needed'] else 'not needed'}, "
           f"{result['seconds']} s", flush=True)
@@ -149,6 +154,9 @@ def rereview(path: Path, json_path: Path | None) -> int:
     for case in earlier["cases"]:
         settings = review_settings(find_bundle(case["model"]))
         facts = ImageFacts(**case["measurements"])
+        anchor = case.get("liver_anchor") or {}
+        if facts.anchor_removed_ml is None and anchor.get("applied"):  # a run from before the anchor was reviewed
+            facts.anchor_removed_ml = anchor.get("ml_dropped")
         flag = review(facts, tumor_volume_ml=case["tumor_ml"], mean_entropy_nats=case["mean_entropy_nats"],
                       modality=case["modality"], settings=settings, liver_source=case["liver_model"])
         case.update(review_needed=flag["needed"], reasons=[r["code"] for r in flag["reasons"]],
