@@ -99,7 +99,8 @@ class HepatoblastomaSeg(ScriptedLoadableModule):
 class HepatoblastomaSegParameterNode:
     """The module's settings, saved with the scene.
 
-    inputVolume: the CT or T2 MRI to segment. modality / modelPath / device / tta: how. entropyOpacity: of the
+    inputVolume: the CT or T2 MRI to segment. modality / modelPath / device / tta / liverAnchor: how (liverAnchor off:
+    keep CT tumour found away from the liver mask; on: the library's default). entropyOpacity: of the
     uncertainty overlay. resultSegmentation: the result under review; referenceSegmentation: an annotator or
     consensus to score it against; autoRescore: re-score after each edit.
     """
@@ -109,6 +110,7 @@ class HepatoblastomaSegParameterNode:
     modelPath: str = ""
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "Auto"
     tta: bool = True
+    liverAnchor: bool = True
     entropyOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     resultSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
@@ -371,7 +373,8 @@ class HepatoblastomaSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if choice.device is None:
             slicer.util.errorDisplay(choice.message)
             return
-        job = self.logic.createJob(p.inputVolume, model, MODALITY_CHOICES[p.modality], choice.device, p.tta)
+        job = self.logic.createJob(p.inputVolume, model, MODALITY_CHOICES[p.modality], choice.device, p.tta,
+                                   liverAnchor=p.liverAnchor)
         job.start()  # writes the input file and starts the process; raises (shown) if either fails
         self._job = job
         self._lastLog = ""
@@ -794,13 +797,14 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
         if self._warmWorker is not None:
             self._warmWorker.shutdown()
 
-    def createJob(self, volumeNode, model, modality, device="auto", tta=True, warm=True):
+    def createJob(self, volumeNode, model, modality, device="auto", tta=True, warm=True, liverAnchor=True):
         """A background segmentation of ``volumeNode`` (start it, poll it, then :meth:`loadResults`), sent to the
-        warm worker (``warm=False``: in a new ``hbseg segment`` process)."""
+        warm worker (``warm=False``: in a new ``hbseg segment`` process). ``liverAnchor``: False turns the CT liver
+        anchor off; True leaves it to the library (on with the bundled CT models)."""
         from HepatoblastomaSegMRML.background import SegmentJob, SegmentRequest
 
         request = SegmentRequest(model_path=model.path if model is not None else None, modality=modality,
-                                 device=device, tta=tta)
+                                 device=device, tta=tta, liver_anchor=None if liverAnchor else False)
         workDir = Path(slicer.app.temporaryPath) / "HepatoblastomaSeg" / time.strftime("run-%Y%m%d-%H%M%S")
         suffix = 0
         while workDir.with_name(f"{workDir.name}-{suffix}").exists():

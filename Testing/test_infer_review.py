@@ -164,6 +164,39 @@ def test_liver_anchor_keeps_what_touches_the_liver_and_drops_the_rest():
     assert none_dropped == 0 and not empty.any()
 
 
+def test_what_the_liver_anchor_removed_is_flagged_above_the_outside_liver_limit(ct_case, ct_settings):
+    limit = ct_settings.max_outside_liver_ml
+    _, facts = flag(ct_case.image, ct_case.tumor.array, liver_of(ct_case), ct_settings)
+    for removed_ml, fires in ((None, False), (0.0, False), (limit, False), (limit + 0.5, True), (10 * limit, True)):
+        facts.anchor_removed_ml = removed_ml
+        result = review(facts, tumor_volume_ml=float(ct_case.tumor.array.sum()) * ct_case.image.voxel_volume_ml,
+                        mean_entropy_nats=0.0, modality="ct", settings=ct_settings, liver_source="test liver")
+        assert ("anchor_removed" in codes(result)) is fires, removed_ml
+        if fires:
+            message = next(r["message"] for r in result["reasons"] if r["code"] == "anchor_removed")
+            assert message.startswith(f"{removed_ml:.0f} mL") and "(test liver)" in message
+
+
+def test_a_tumour_the_anchor_removes_whole_is_never_silent(ct_case):
+    """A liver mask that misses the tumour's part of the liver (as the demo liver model can on a real scan): the
+    anchor removes every component, and the summary says how much and why instead of reporting a clean 0 mL."""
+    from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
+
+    predictor = Predictor.from_options(PredictorOptions(modality="ct", tta=False, device="cpu"))
+    free = predictor.predict(ct_case.image, liver_mask=ct_case.tumor.with_array(liver_of(ct_case).astype(np.uint8)))
+    assert free.summary["tumor_volume_ml"] > 2 * predictor.review_settings.max_outside_liver_ml
+    far = np.zeros(ct_case.image.array.shape, dtype=np.uint8)
+    far[:2, :4, :4] = 1  # a "liver" in the image's corner, touching nothing the model finds
+    removed = predictor.predict(ct_case.image, liver_mask=ct_case.tumor.with_array(far))
+    summary = removed.summary
+    anchor = summary["postprocessing"]["liver_anchor"]
+    assert summary["tumor_volume_ml"] == 0.0 and anchor["applied"]
+    assert anchor["ml_dropped"] == pytest.approx(free.summary["tumor_volume_ml"], abs=0.01)
+    assert summary["review_measurements"]["anchor_removed_ml"] == pytest.approx(anchor["ml_dropped"], abs=0.01)
+    assert summary["review"]["needed"] and "anchor_removed" in codes(summary["review"])
+    assert free.summary["review_measurements"]["anchor_removed_ml"] == 0.0
+
+
 def test_cohort_table_and_evaluate_read_the_flag(tmp_path, ct_case):
     def predict(case, progress):
         flagged = case.case == "b"
@@ -221,6 +254,36 @@ def test_the_demo_liver_model_anchors_only_the_bundled_ct_models_unless_asked(tm
     assert asked.liver_bundle.name == "ct-liver-demo" and asked.liver_anchor is True
     given = Predictor.from_options(PredictorOptions(model=own, liver_model="ct-liver-demo"))
     assert given.liver_bundle.name == "ct-liver-demo"
+
+
+def test_the_anchor_liver_is_the_largest_piece_and_the_sizeable_pieces_on_its_slices():
+    """Against scipy's labels of the whole mask: a piece is kept when it is the largest, or at least ``min_ml`` and
+    sharing a slice (z) with the largest."""
+    from HepatoblastomaSegLib.preprocess.liver import pieces_beside_largest
+
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        mask = ndimage.binary_dilation(rng.random((40, 50, 50)) > 0.9992, iterations=3)
+        mask[10:22, 5:25, 5:25] = True  # the largest
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(labels.ravel())[1:]
+        largest = 1 + int(np.argmax(sizes))
+        z_largest = set(np.nonzero(labels == largest)[0])
+        expected = np.zeros_like(mask)
+        for label in range(1, n + 1):
+            piece = labels == label
+            beside = bool(z_largest & set(np.nonzero(piece)[0]))
+            if label == largest or (beside and sizes[label - 1] * 0.5 >= 20.0):
+                expected |= piece
+        kept = pieces_beside_largest(mask, 20.0, 0.5)
+        np.testing.assert_array_equal(kept.astype(bool), expected)
+        kept_pieces = len(np.unique(labels[expected]))
+        assert 1 < kept_pieces < n  # besides the largest, some pieces kept and some dropped
+    below = np.zeros((30, 10, 10), dtype=bool)
+    below[15:25, :, :] = True
+    below[0:5, :, :] = True  # big, but wholly below the largest: another organ
+    assert pieces_beside_largest(below, 1.0, 1.0)[0:5].sum() == 0
+    assert not pieces_beside_largest(np.zeros_like(below), 1.0, 1.0).any()
 
 
 def test_pieces_are_counted_as_scipy_labels_the_whole_mask():

@@ -194,6 +194,16 @@ def test_review_reasons_in_plain_words():
     assert review_flag_text({"review": {"needed": True}}) == "Please review this result carefully."
 
 
+def test_every_reason_the_library_gives_has_plain_words_in_the_module():
+    from HepatoblastomaSegLib.infer.review import REVIEW_CODES
+    from HepatoblastomaSegMRML.review import REVIEW_REASON_WORDS, review_flag_text
+
+    assert set(REVIEW_REASON_WORDS) == set(REVIEW_CODES)
+    for code in REVIEW_CODES:
+        text = review_flag_text({"review": {"needed": True, "reasons": [{"code": code}]}})
+        assert text.splitlines()[1] == "\u2022 " + REVIEW_REASON_WORDS[code] and "_" not in text
+
+
 def test_a_loaded_result_carries_its_review_reasons(slicer_env, tmp_path):
     """hbseg's summary.json with a review flag -> load_results -> the text the module shows beside the result."""
     from HepatoblastomaSegLib.infer.outputs import write_prediction

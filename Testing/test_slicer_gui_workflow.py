@@ -56,6 +56,10 @@ def test_request_arguments_are_what_the_hbseg_parser_expects(bundle):
     assert defaults.model is None and defaults.modality is None and defaults.device == "auto" and defaults.tta
     with pytest.raises(ValueError):
         SegmentRequest(device="gpu")
+    assert defaults.liver_anchor is None  # left to hbseg segment: on for the bundled CT models
+    for asked in (False, True):
+        args = build_parser().parse_args(SegmentRequest(liver_anchor=asked).cli_args("in.nrrd", "out"))
+        assert args.liver_anchor is asked
     more = SegmentRequest(more=(("overlap", 0.6), ("keep_largest", True)))
     args = build_parser().parse_args(more.cli_args("in.nrrd", "out"))
     assert args.overlap == 0.6 and args.keep_largest and more.options()["overlap"] == 0.6

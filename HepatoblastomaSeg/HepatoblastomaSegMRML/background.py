@@ -45,12 +45,14 @@ def library_dir() -> Path:
 class SegmentRequest:
     """What the user chose. ``model_path``: a bundle folder (None: the library's bundled default of
     ``modality``); ``modality``: "ct" or "mri" (None: the model's); ``device``: "auto", "cpu" or "cuda";
+    ``liver_anchor``: False turns the CT liver anchor off, True asks for it, None leaves it to ``hbseg segment``;
     ``more``: any other ``hbseg segment`` options by long name, e.g. ``(("overlap", 0.6),)``."""
 
     model_path: str | Path | None = None
     modality: str | None = None
     device: str = "auto"
     tta: bool = True
+    liver_anchor: bool | None = None
     more: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
@@ -67,6 +69,8 @@ class SegmentRequest:
             options["model"] = str(self.model_path)
         if self.modality is not None:
             options["modality"] = self.modality
+        if self.liver_anchor is not None:
+            options["liver_anchor"] = self.liver_anchor
         return {**options, **dict(self.more)}
 
     def cli_args(self, input_path: str | Path, output_dir: str | Path) -> list[str]:

@@ -208,6 +208,8 @@ class Debouncer:
 #: reason comes without its own message.
 REVIEW_REASON_WORDS = {
     "outside_liver": "Part of the tumour mask lies outside the liver.",
+    "anchor_removed": "Tumour found outside the liver mask was removed; the liver mask may have missed part of the "
+                      "liver.",
     "high_uncertainty": "The model is unsure about a large part of the tumour.",
     "out_of_domain": "The image is unlike the images the model is meant for.",
     "implausible": "The tumour's size or shape is implausible for hepatoblastoma.",

@@ -13,9 +13,9 @@ Per case (:meth:`Predictor.predict`):
    mask is the argmax and the entropy map the softmax entropy in nats, both on the input grid (outside a CT's body
    box: mask 0, entropy 0);
 4. optional clean-up (largest component / small components); the liver mask (CT: the liver bundle, ``ct-liver-demo``
-   by default, on the body box; MRI: the one its Nyul step used) and, on by default for CT, the liver-anchored tumour
-   step: components that neither overlap nor touch the liver are dropped
-   (:func:`~.postprocess.keep_components_touching`);
+   by default, on the body box, its largest piece and the pieces beside it; MRI: the one its Nyul step used) and, on
+   by default for CT, the liver-anchored tumour step: components that neither overlap nor touch the liver are
+   dropped (:func:`~.postprocess.keep_components_touching`);
 5. the summary, with the review flag (:mod:`.review`: tumour outside the liver, high uncertainty, an image unlike the
    training images, an implausible result).
 
@@ -62,6 +62,10 @@ DEFAULT_MODELS = {"ct": "ct-demo", "mri": "mri-demo"}
 DEFAULT_LIVER_MODEL = "mri-liver-demo"
 #: Bundled liver models per modality (CT: for the liver-anchored tumour step and the review flag).
 DEFAULT_LIVER_MODELS = {"ct": "ct-liver-demo", "mri": DEFAULT_LIVER_MODEL}
+#: CT liver mask for the anchor and the review: the liver model's largest piece and every piece of at least this many
+#: mL beside it (on the same slices). A phantom-trained liver model can split a real liver and leave the part holding
+#: a tumour outside its largest piece; anchoring to that piece alone removed such tumours whole.
+LIVER_PIECE_MIN_ML = 10.0
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
@@ -278,6 +282,7 @@ class Predictor:
             summary["dicom_series"] = volume.metadata["dicom"]
         t0 = time.perf_counter()
         facts = measure_image(volume, self.bundle.modality, mask_np, liver_np)
+        facts.anchor_removed_ml = anchor["ml_dropped"] if anchor["applied"] else None
         summary.update({"liver_source": liver_source, "liver_volume_ml": facts.liver_volume_ml,
                         "tumor_outside_liver_ml": facts.tumor_outside_liver_ml,
                         "review_measurements": facts.to_dict(),
@@ -310,7 +315,8 @@ class Predictor:
         from ..preprocess.liver import liver_mask_from_model
 
         progress("liver", 0.0, f"liver mask ({self.liver_bundle.name})")
-        liver = liver_mask_from_model(work, self.liver_bundle, device=self.device, checked=True).array
+        liver = liver_mask_from_model(work, self.liver_bundle, device=self.device, checked=True,
+                                      min_piece_ml=LIVER_PIECE_MIN_ML).array
         progress("liver", 1.0, "done")
         if box is not None:
             liver = paste(liver, box, volume.array.shape)

@@ -13,6 +13,11 @@ gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.js
     :attr:`ReviewSettings.max_outside_liver_fraction` of the tumour (the demo liver models miss a rim of a large
     tumour: 30 mL of a 316 mL phantom tumour segmented at Dice 0.96). Hepatoblastoma arises in the liver; a tumour
     that bulges out of it is still mostly inside the liver model's mask (it was trained on liver *including* tumour).
+``anchor_removed``
+    the liver anchor removed more than :attr:`ReviewSettings.max_outside_liver_ml` of the tumour model's mask because
+    it did not touch the liver mask. That is its job when the liver mask is right; but a phantom-trained liver model
+    can miss the part of a real liver that holds the tumour (``benchmarks/lesion_insertion.py`` made such cases), and
+    then the anchor removes the tumour itself, so a large removal is shown, never silent.
 ``high_uncertainty``
     mean softmax entropy inside the mask above the model's calibrated threshold
     (:attr:`ReviewSettings.max_mean_entropy_nats`, measured on held-out phantoms by
@@ -64,12 +69,13 @@ FAT_WINDOW_HU = (-250.0, -30.0)
 #: MRI: the outer shell of the body (mm) where subcutaneous fat lies.
 MRI_FAT_SHELL_MM = 6.0
 
-_CODES = ("outside_liver", "high_uncertainty", "out_of_domain", "implausible")
+#: Every reason code the flag can give, in the order the reasons are listed.
+REVIEW_CODES = ("outside_liver", "anchor_removed", "high_uncertainty", "out_of_domain", "implausible")
 
 
 @dataclasses.dataclass(frozen=True)
 class ReviewReason:
-    """One reason to review a result: a code from :data:`_CODES` and one sentence in plain words."""
+    """One reason to review a result: a code from :data:`REVIEW_CODES` and one sentence in plain words."""
 
     code: str
     message: str
@@ -158,6 +164,8 @@ class ImageFacts:
     liver_volume_ml: float | None = None
     tumor_outside_liver_ml: float | None = None
     tumor_pieces: int = 0
+    #: tumour mask removed by the liver anchor (None: no anchor applied)
+    anchor_removed_ml: float | None = None
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -298,6 +306,13 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
         reasons.append(ReviewReason("high_uncertainty", (
             f"The model was unsure of this mask: its mean uncertainty inside it is {mean_entropy_nats:.2f} nats, "
             f"above the {threshold:.2f} nats it stays under on its held-out test phantoms.")))
+    removed = facts.anchor_removed_ml
+    if removed is not None and removed > settings.max_outside_liver_ml:
+        where = f" ({liver_source})" if liver_source else ""
+        reasons.append(ReviewReason("anchor_removed", (
+            f"{removed:.0f} mL that the model called tumour was removed because it does not touch the liver "
+            f"mask{where}; if that mask missed part of the liver, a tumour may have been removed with it, so "
+            "compare with a run without the liver anchor.")))
     unusual = _out_of_domain(facts, modality, settings.reference)
     if unusual:
         reasons.append(ReviewReason("out_of_domain", (

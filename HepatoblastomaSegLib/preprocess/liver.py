@@ -6,9 +6,10 @@ depend on a liver mask). :func:`liver_mask_from_model` preprocesses the image wi
 the one sliding-window engine (:class:`~..sliding_window.SlidingWindowEngine`: overlap 0.5, Gaussian weights, the
 windows' logits stitched, then the softmax; no mirroring: a mask for landmark statistics and the liver anchor does
 not need TTA; 4 windows per network call, on a GPU under autocast), brings the liver probability back to the
-original grid and keeps the largest connected component of p > 0.5. Two classes: only the liver channel is
-resampled, since linear and nearest interpolation weights sum to 1, so the background on the original grid is
-exactly 1 - p and the argmax (ties to background) is p > 0.5. The network is built once per loaded bundle
+original grid and keeps the largest connected component of p > 0.5 (for the CT liver anchor, also the sizeable
+pieces beside it: :func:`pieces_beside_largest`). Two classes: only the liver channel is resampled, since linear and
+nearest interpolation weights sum to 1, so the background on the original grid is exactly 1 - p and the argmax (ties
+to background) is p > 0.5. The network is built once per loaded bundle
 (:meth:`~..bundle.ModelBundle.cached_network`), not once per case.
 
 **Fallback.** Without a liver mask or model, the body: Otsu threshold (bright body vs dark air), the largest
@@ -56,6 +57,31 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def pieces_beside_largest(mask: np.ndarray, min_ml: float, voxel_ml: float) -> np.ndarray:
+    """The largest 26-connected component of a binary [z, y, x] mask and every other component of at least
+    ``min_ml`` mL that shares at least one slice (z) with it (uint8); an empty mask stays empty.
+
+    A liver split in pieces (the pieces lie side by side on the same slices) is kept whole; a piece wholly above or
+    below the largest one is another organ, e.g. a muscle in the pelvis."""
+    mask = np.asarray(mask) > 0
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    z_ranges = ndimage.find_objects(labels)
+    top, bottom = z_ranges[largest - 1][0].start, z_ranges[largest - 1][0].stop
+    keep = np.zeros(count + 1, dtype=bool)
+    for index, slices in enumerate(z_ranges, start=1):
+        beside = slices[0].start < bottom and slices[0].stop > top
+        keep[index] = index == largest or (beside and sizes[index] * voxel_ml >= min_ml)
+    out[box] = keep[labels]
+    return out
+
+
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box (slices) holding every nonzero voxel of ``mask``; None when it is empty."""
     box = []
@@ -76,11 +102,13 @@ def body_mask(volume: Volume) -> np.ndarray:
 
 
 def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | torch.device = "cpu",
-                          overlap: float = 0.5, checked: bool = False) -> Volume:
+                          overlap: float = 0.5, checked: bool = False, min_piece_ml: float | None = None) -> Volume:
     """Segment the liver (incl. tumour) of ``volume`` with a liver bundle; uint8 0/1 on the volume's grid.
 
     ``checked``: spacing and modality were checked on the whole image already (a CT cropped to the body holds too
-    little air for the modality check)."""
+    little air for the modality check). ``min_piece_ml``: None keeps the largest connected component (one organ for
+    Nyul's landmarks); a number keeps the largest and every piece beside it of at least that many mL
+    (:func:`pieces_beside_largest`)."""
     from .pipeline import preprocess_image, resample_to_original
 
     if "liver" not in bundle.plans.labels:
@@ -103,4 +131,6 @@ def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | 
     del probs
     if isinstance(liver, torch.Tensor):
         liver = liver.cpu().numpy()
-    return volume.with_array(largest_component(liver), liver_source=f"{bundle.name} {bundle.version}")
+    kept = largest_component(liver) if min_piece_ml is None else \
+        pieces_beside_largest(liver, min_piece_ml, volume.voxel_volume_ml)
+    return volume.with_array(kept, liver_source=f"{bundle.name} {bundle.version}")
