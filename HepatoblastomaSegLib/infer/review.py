@@ -339,7 +339,7 @@ def _out_of_domain(facts: ImageFacts, modality: str, reference: dict[str, tuple[
         if key == "liver_hu" and value < lo:
             text += ": a CT without intravenous contrast, or another phase?"
         elif key == "fat_to_liver_ratio" and value > hi:
-            text += ": a T2 without fat suppression?"
+            text += ": bright fat, as on a T2 without fat suppression or a T1-weighted image?"
         elif key == "body_width_mm" and value > hi:
             text += ": an adult-sized body?"
         words.append(text)
