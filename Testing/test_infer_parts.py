@@ -176,6 +176,30 @@ def test_outputs_keep_geometry_and_resume_check(tmp_path, oblique_geometry, fmt)
     assert not is_finished(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("fmt", ["nifti", "nrrd"])
+def test_what_the_anchor_removed_is_written_beside_the_result_and_cleared_when_nothing_is(tmp_path, oblique_geometry,
+                                                                                         fmt):
+    import dataclasses
+
+    prediction = _prediction(oblique_geometry)
+    removed = np.zeros(oblique_geometry.shape_zyx, np.uint8)
+    removed[1:3, 2:5, 3:7] = 1
+    with_removed = dataclasses.replace(prediction, anchor_removed=prediction.mask.with_array(removed))
+    folder = tmp_path / "case"
+    summary = json.loads(write_prediction(with_removed, folder, fmt=fmt).read_text())
+    path = folder / summary["outputs"]["anchor_removed"]["file"]
+    back = read_volume(path)
+    np.testing.assert_array_equal(back.array, removed)
+    assert back.geometry.mismatches(oblique_geometry, spacing_tol_mm=1e-6, origin_tol_mm=1e-6) == []
+    assert is_finished(folder)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert not is_finished(folder)  # it is checked like the other outputs
+    # A rerun that removed nothing (or an empty mask) leaves no stale file that would claim otherwise.
+    for again in (prediction, dataclasses.replace(prediction, anchor_removed=prediction.mask.with_array(0 * removed))):
+        summary = json.loads(write_prediction(again, folder, fmt=fmt).read_text())
+        assert "anchor_removed" not in summary["outputs"] and not path.exists() and is_finished(folder)
+
+
 def test_seg_nrrd_is_read_by_slicerio(tmp_path, oblique_geometry):
     prediction = _prediction(oblique_geometry)
     write_prediction(prediction, tmp_path, fmt="nrrd")

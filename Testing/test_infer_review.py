@@ -194,7 +194,10 @@ def test_a_tumour_the_anchor_removes_whole_is_never_silent(ct_case):
     assert anchor["ml_dropped"] == pytest.approx(free.summary["tumor_volume_ml"], abs=0.01)
     assert summary["review_measurements"]["anchor_removed_ml"] == pytest.approx(anchor["ml_dropped"], abs=0.01)
     assert summary["review"]["needed"] and "anchor_removed" in codes(summary["review"])
-    assert free.summary["review_measurements"]["anchor_removed_ml"] == 0.0
+    assert free.summary["review_measurements"]["anchor_removed_ml"] == 0.0 and free.anchor_removed is None
+    # What was removed is handed on whole, on the input's grid, for a reviewer to see and take back.
+    np.testing.assert_array_equal(removed.anchor_removed.array, free.mask.array)
+    assert removed.anchor_removed.geometry == ct_case.image.geometry
 
 
 def test_cohort_table_and_evaluate_read_the_flag(tmp_path, ct_case):

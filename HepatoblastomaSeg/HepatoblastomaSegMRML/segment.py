@@ -7,7 +7,8 @@ A result is, in one subject-hierarchy folder per run, in the input volume's stud
   the input volume), which links to the other nodes;
 - the untouched AI mask, a separate locked segmentation (hidden), to score later edits against;
 - the entropy map (float32, input grid, Inferno, window 0 .. ln 2 nats);
-- the metrics table (:mod:`.rescore`).
+- the metrics table (:mod:`.rescore`);
+- on CT, when the liver anchor removed tumour, what it removed: a hidden segmentation "Removed by liver anchor".
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from HepatoblastomaSegLib.io import Volume, require_binary
 
 from . import nodes, storage
 from .rescore import METRICS_COLUMNS, rescore, score_rows
-from .terminology import TUMOR_SEGMENT
+from .terminology import ANCHOR_REMOVED_SEGMENT, TUMOR_SEGMENT
 from .volumes import (find_segment, geometry_of_node, node_grid, node_name, require_node_geometry, segment_mask,
                       volume_array_on_grid, volume_from_node)
 
@@ -98,13 +99,27 @@ def add_prediction(scene, volume_node, prediction: Prediction, *, name: str | No
         segmentation.SetAttribute(nodes.CASE_ATTRIBUTE, case)
     nodes.store_summary(segmentation, summary)
     nodes.store_summary(ai_node, summary)
-    nodes.link(segmentation, ai_mask=ai_node, entropy=entropy, metrics=table, volume=volume_node)
+    removed = _add_anchor_removed(scene, volume_node, prediction.anchor_removed, f"{base} removed by liver anchor")
+    nodes.link(segmentation, ai_mask=ai_node, entropy=entropy, metrics=table, volume=volume_node,
+               anchor_removed=removed)
     folder = nodes.create_run_folder(scene, volume_node, RUN_FOLDER_LABEL)
-    nodes.move_to_folder(scene, folder, [segmentation, ai_node, entropy, table])
+    nodes.move_to_folder(scene, folder, [n for n in (segmentation, ai_node, entropy, table, removed) if n is not None])
     # The first table comes from the nodes, by the same code as every re-score, so the two can never disagree.
     rescore(scene, segmentation, case=case)
     return SegmentationResult(volume_node, segmentation, segment_id, ai_node, ai_segment_id, entropy, table, folder,
                               summary)
+
+
+def _add_anchor_removed(scene, volume_node, removed: Volume | None, name: str):
+    """What the liver anchor removed, as its own hidden segmentation node (None when it removed nothing): the review
+    flag points the reviewer to it when much was removed; Segment Editor's logical operators take it back."""
+    if removed is None or not np.any(removed.array):
+        return None
+    require_node_geometry(removed, volume_node, what="mask removed by the liver anchor")
+    node, _ = nodes.add_segmentation_node(scene, volume_node, np.asarray(removed.array, dtype=np.uint8), name,
+                                          spec=ANCHOR_REMOVED_SEGMENT, role="anchor_removed")
+    node.GetDisplayNode().SetVisibility(False)
+    return node
 
 
 def segment(scene, volume_node, predict: Predict, *, name: str | None = None, case: str | None = None,
@@ -169,7 +184,17 @@ def load_results(scene, volume_node, output_folder: str | Path, *, name: str | N
     finally:
         storage.remove_node(scene, entropy_node)
     geometry = geometry_of_node(volume_node)
-    prediction = Prediction(Volume(mask, geometry, mask_path), Volume(entropy, geometry, entropy_path), summary)
+    removed = None
+    if isinstance(outputs.get("anchor_removed"), dict):
+        removed_path = folder / outputs["anchor_removed"]["file"]
+        removed_node, removed_segment = storage.load_mask(scene, removed_path, volume_node, name="__hbseg_removed__")
+        try:
+            removed = Volume(segment_mask(removed_node, removed_segment, grid).astype(np.uint8), geometry,
+                             removed_path)
+        finally:
+            storage.remove_node(scene, removed_node)
+    prediction = Prediction(Volume(mask, geometry, mask_path), Volume(entropy, geometry, entropy_path), summary,
+                            anchor_removed=removed)
     return add_prediction(scene, volume_node, prediction, name=name, case=case)
 
 

@@ -23,6 +23,10 @@ CONTEXT_NAME = "Segmentation category and type - HepatoblastomaSeg"
 
 #: The segment every result of this module carries: the library's spec in this extension's context.
 TUMOR_SEGMENT: SegmentSpec = dataclasses.replace(HEPATOBLASTOMA, context_name=CONTEXT_NAME)
+#: What the liver anchor removed from a CT result: tumour-like tissue away from the liver mask (same terminology,
+#: its own name and colour, so it is never mistaken for the result).
+ANCHOR_REMOVED_SEGMENT: SegmentSpec = dataclasses.replace(TUMOR_SEGMENT, name="Removed by liver anchor",
+                                                          color_rgb=(0.80, 0.25, 0.80))
 
 
 def terminology_entry(spec: SegmentSpec = TUMOR_SEGMENT) -> str:

@@ -1,4 +1,6 @@
-"""A case's output folder: segmentation, entropy map and ``summary.json``, complete or absent.
+"""A case's output folder: segmentation, entropy map and ``summary.json``, complete or absent; and, when the CT liver
+anchor removed tumour, what it removed (``anchor_removed.nii.gz`` / ``.nrrd``: a binary mask for a reviewer to see
+and take back).
 
 Each file is written atomically, and ``summary.json`` is written last and lists the SHA256 of the others. A folder is
 *finished* only when its summary exists and every file it lists has that checksum, so a run killed at any moment is
@@ -33,6 +35,9 @@ OUTPUT_NAMES = {
     "nrrd": {"segmentation": "segmentation.seg.nrrd", "entropy": "entropy.nrrd"},
     "dicom-seg": {"segmentation": "segmentation.dcm", "entropy": "entropy.nii.gz"},
 }
+#: What the liver anchor removed, per ``fmt`` (written only when it removed something; a DICOM SEG run writes NIfTI).
+ANCHOR_REMOVED_NAMES = {"nifti": "anchor_removed.nii.gz", "nrrd": "anchor_removed.nrrd",
+                        "dicom-seg": "anchor_removed.nii.gz"}
 #: ``--entropy-format``: the entropy map's file when it should differ from the one ``fmt`` implies.
 ENTROPY_NAMES = {"nifti": "entropy.nii.gz", "nrrd": "entropy.nrrd", "dicom-pm": "entropy.dcm"}
 
@@ -46,10 +51,10 @@ def sha256_of(path: Path) -> str:
 
 
 def output_paths(out_dir: str | Path, fmt: str = "nifti") -> list[Path]:
-    """Every file :func:`write_prediction` writes into ``out_dir`` in ``fmt``."""
+    """Every file :func:`write_prediction` may write into ``out_dir`` in ``fmt``."""
     if fmt not in OUTPUT_NAMES:
         raise ValueError(f"format must be one of {sorted(OUTPUT_NAMES)}, not {fmt!r}")
-    return [Path(out_dir) / name for name in (*OUTPUT_NAMES[fmt].values(), SUMMARY_NAME)]
+    return [Path(out_dir) / name for name in (*OUTPUT_NAMES[fmt].values(), ANCHOR_REMOVED_NAMES[fmt], SUMMARY_NAME)]
 
 
 def check_output_folder(out_dir: str | Path, fmt: str = "nifti", inputs: tuple[str | Path, ...] = ()) -> None:
@@ -100,7 +105,11 @@ def _write_prediction(prediction: Prediction, out_dir: Path, fmt: str, entropy_f
     if summary_path.exists():
         summary_path.unlink()  # the folder stops counting as finished before any file in it changes
     # An earlier run's outputs in another format would no longer match the summary.
-    stale = {name for each in OUTPUT_NAMES.values() for name in each.values()} | set(ENTROPY_NAMES.values())
+    removed = prediction.anchor_removed
+    if removed is not None and np.any(removed.array):
+        names["anchor_removed"] = ANCHOR_REMOVED_NAMES[fmt]
+    stale = ({name for each in OUTPUT_NAMES.values() for name in each.values()} | set(ENTROPY_NAMES.values())
+             | set(ANCHOR_REMOVED_NAMES.values()))
     for name in stale - set(names.values()):
         (out_dir / name).unlink(missing_ok=True)
     mask = prediction.mask.with_array(prediction.mask.array.astype(np.uint8, copy=False))
@@ -115,6 +124,8 @@ def _write_prediction(prediction: Prediction, out_dir: Path, fmt: str, entropy_f
         write_entropy_map_of_case(entropy, out_dir / names["entropy"], prediction.summary)
     else:
         write_volume(entropy, out_dir / names["entropy"])
+    if "anchor_removed" in names:
+        write_volume(removed.with_array(removed.array.astype(np.uint8, copy=False)), out_dir / names["anchor_removed"])
     summary = dict(prediction.summary)
     summary["outputs"] = {key: {"file": name, "sha256": sha256_of(out_dir / name)} for key, name in names.items()}
     if resume_key is not None:

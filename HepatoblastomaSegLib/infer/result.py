@@ -36,8 +36,11 @@ class Prediction:
             ``applied``, ``components_dropped``, ``ml_dropped``), ``review`` (``needed`` and ``reasons``, each a
             ``code`` and a plain-words ``message``: :mod:`.review`) and ``review_measurements`` (what it was
             judged on).
+        anchor_removed: what the liver anchor removed from the mask (uint8 0/1, same grid), so that a reviewer can
+            see it and take it back; None when it removed nothing.
     """
 
     mask: Volume
     entropy: Volume
     summary: dict[str, Any]
+    anchor_removed: Volume | None = None

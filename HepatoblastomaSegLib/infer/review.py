@@ -311,8 +311,8 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
         where = f" ({liver_source})" if liver_source else ""
         reasons.append(ReviewReason("anchor_removed", (
             f"{removed:.0f} mL that the model called tumour was removed because it does not touch the liver "
-            f"mask{where}; if that mask missed part of the liver, a tumour may have been removed with it, so "
-            "compare with a run without the liver anchor.")))
+            f"mask{where}; if that mask missed part of the liver, a tumour may have been removed with it: look at "
+            "what was removed (saved beside the result as anchor_removed) or run without the liver anchor.")))
     unusual = _out_of_domain(facts, modality, settings.reference)
     if unusual:
         reasons.append(ReviewReason("out_of_domain", (
