@@ -177,27 +177,44 @@ def test_outputs_keep_geometry_and_resume_check(tmp_path, oblique_geometry, fmt)
 
 
 @pytest.mark.parametrize("fmt", ["nifti", "nrrd"])
-def test_what_the_anchor_removed_is_written_beside_the_result_and_cleared_when_nothing_is(tmp_path, oblique_geometry,
-                                                                                         fmt):
+def test_review_masks_are_written_beside_the_result_and_cleared_when_absent(tmp_path, oblique_geometry, fmt):
     import dataclasses
+
+    from HepatoblastomaSegLib.errors import GeometryError
 
     prediction = _prediction(oblique_geometry)
     removed = np.zeros(oblique_geometry.shape_zyx, np.uint8)
     removed[1:3, 2:5, 3:7] = 1
-    with_removed = dataclasses.replace(prediction, anchor_removed=prediction.mask.with_array(removed))
+    liver = np.zeros_like(removed)
+    liver[2:, 4:, 4:] = 1
+    masks = {"anchor_removed": prediction.mask.with_array(removed), "liver": prediction.mask.with_array(liver)}
     folder = tmp_path / "case"
-    summary = json.loads(write_prediction(with_removed, folder, fmt=fmt).read_text())
-    path = folder / summary["outputs"]["anchor_removed"]["file"]
-    back = read_volume(path)
-    np.testing.assert_array_equal(back.array, removed)
-    assert back.geometry.mismatches(oblique_geometry, spacing_tol_mm=1e-6, origin_tol_mm=1e-6) == []
+    summary = json.loads(write_prediction(dataclasses.replace(prediction, review_masks=masks), folder,
+                                          fmt=fmt).read_text())
+    paths = {key: folder / summary["outputs"][key]["file"] for key in masks}
+    assert {p.name for p in paths.values()} == ({"anchor_removed.nii.gz", "liver_mask.nii.gz"} if fmt == "nifti"
+                                                 else {"anchor_removed.nrrd", "liver_mask.nrrd"})
+    for key, path in paths.items():
+        back = read_volume(path)
+        np.testing.assert_array_equal(back.array, masks[key].array)
+        assert back.geometry.mismatches(oblique_geometry, spacing_tol_mm=1e-6, origin_tol_mm=1e-6) == []
     assert is_finished(folder)
-    path.write_bytes(path.read_bytes()[:-10])
-    assert not is_finished(folder)  # it is checked like the other outputs
-    # A rerun that removed nothing (or an empty mask) leaves no stale file that would claim otherwise.
-    for again in (prediction, dataclasses.replace(prediction, anchor_removed=prediction.mask.with_array(0 * removed))):
+    paths["anchor_removed"].write_bytes(paths["anchor_removed"].read_bytes()[:-10])
+    assert not is_finished(folder)  # checked like the other outputs
+    # A rerun without them (or with an empty one) leaves no stale file that would claim otherwise.
+    empty = dataclasses.replace(prediction, review_masks={"anchor_removed": prediction.mask.with_array(0 * removed)})
+    for again in (prediction, empty):
         summary = json.loads(write_prediction(again, folder, fmt=fmt).read_text())
-        assert "anchor_removed" not in summary["outputs"] and not path.exists() and is_finished(folder)
+        assert not set(masks) & set(summary["outputs"]) and is_finished(folder)
+        assert not any(p.exists() for p in paths.values())
+    # A review mask on another grid is refused before anything in the folder changes.
+    other = Volume(liver[:, :, :-1].copy(), Geometry(tuple(s - (i == 0) for i, s in enumerate(oblique_geometry.size)),
+                                                     oblique_geometry.spacing_mm, oblique_geometry.origin_mm,
+                                                     oblique_geometry.direction))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(GeometryError):
+        write_prediction(dataclasses.replace(prediction, review_masks={"liver": other}), folder, fmt=fmt)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_seg_nrrd_is_read_by_slicerio(tmp_path, oblique_geometry):

@@ -194,10 +194,13 @@ def test_a_tumour_the_anchor_removes_whole_is_never_silent(ct_case):
     assert anchor["ml_dropped"] == pytest.approx(free.summary["tumor_volume_ml"], abs=0.01)
     assert summary["review_measurements"]["anchor_removed_ml"] == pytest.approx(anchor["ml_dropped"], abs=0.01)
     assert summary["review"]["needed"] and "anchor_removed" in codes(summary["review"])
-    assert free.summary["review_measurements"]["anchor_removed_ml"] == 0.0 and free.anchor_removed is None
-    # What was removed is handed on whole, on the input's grid, for a reviewer to see and take back.
-    np.testing.assert_array_equal(removed.anchor_removed.array, free.mask.array)
-    assert removed.anchor_removed.geometry == ct_case.image.geometry
+    assert free.summary["review_measurements"]["anchor_removed_ml"] == 0.0
+    # What was removed is handed on whole, on the input's grid, for a reviewer to see and take back, with the liver
+    # mask it was judged against.
+    assert set(free.review_masks) == {"liver"} and set(removed.review_masks) == {"liver", "anchor_removed"}
+    np.testing.assert_array_equal(removed.review_masks["anchor_removed"].array, free.mask.array)
+    np.testing.assert_array_equal(removed.review_masks["liver"].array, far)
+    assert removed.review_masks["anchor_removed"].geometry == ct_case.image.geometry
 
 
 def test_cohort_table_and_evaluate_read_the_flag(tmp_path, ct_case):

@@ -165,7 +165,8 @@ def test_cohort_run_writes_seg_and_parametric_map_equal_to_the_nifti_outputs(obl
     dicom = run_cohort(cases, tmp_path / "dicom", predict, fmt="dicom-seg", entropy_fmt="dicom-pm")
     assert [r["status"] for r in nifti.rows + dicom.rows] == ["ok", "ok"]
     out = tmp_path / "dicom" / "child"
-    assert listing(out) == ["entropy.dcm", "segmentation.dcm", "summary.json"] and is_finished(out)
+    assert listing(out) == ["entropy.dcm", "liver_mask.nii.gz", "segmentation.dcm", "summary.json"]
+    assert is_finished(out)
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nifti" / "child" / "segmentation.nii.gz")))
     entropy = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nifti" / "child" / "entropy.nii.gz")))
     assert mask.sum() > 100  # ct-demo finds the phantom's tumour

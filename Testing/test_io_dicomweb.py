@@ -73,7 +73,8 @@ def test_round_trip_pull_segment_push_read_back(orthanc, study, credentials, pri
     out = tmp_path / "out"
     assert _segment("--dicomweb", orthanc.dicomweb, "--study", study_uid, "--push", "--entropy-format", "dicom-pm",
                     "-o", str(out)) == 0
-    assert listing(out) == ["entropy.dcm", "segmentation.dcm", "summary.json"]
+    # The liver mask the review flag used stays local (NIfTI); only the DICOM objects go to the PACS.
+    assert listing(out) == ["entropy.dcm", "liver_mask.nii.gz", "segmentation.dcm", "summary.json"]
     assert _downloads(private_tmp) == []  # the downloaded series is gone
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     source_series = str(first_source_header(folder).SeriesInstanceUID)

@@ -213,9 +213,9 @@ def test_load_results_of_an_hbseg_run_gives_the_same_nodes(slicer_env, case, tmp
 
 
 @pytest.mark.parametrize("fmt", ["nrrd", "nifti"])
-def test_what_the_liver_anchor_removed_comes_back_hidden_beside_the_result(slicer_env, case, tmp_path, fmt):
-    """The anchor's removal, written by hbseg beside the result, becomes its own hidden segmentation in the run's
-    folder, linked from the reviewer's node; the result itself is untouched."""
+def test_the_review_masks_come_back_hidden_beside_the_result(slicer_env, case, tmp_path, fmt):
+    """The liver mask and the anchor's removal, written by hbseg beside the result, each become a hidden segmentation
+    in the run's folder, linked from the reviewer's node; the result itself is untouched."""
     import dataclasses
 
     scene = slicer_env.scene
@@ -224,22 +224,26 @@ def test_what_the_liver_anchor_removed_comes_back_hidden_beside_the_result(slice
     removed[:2, :5, :6] = 1
     removed &= 1 - case.tumor.array.astype(np.uint8)
     assert removed.any()
-    prediction = dataclasses.replace(prediction_of(case), anchor_removed=case.tumor.with_array(removed))
-    write_prediction(prediction, tmp_path / "run", fmt=fmt)
+    liver = np.zeros_like(removed)
+    liver[3:, 10:, 10:] = 1
+    masks = {"anchor_removed": case.tumor.with_array(removed), "liver": case.tumor.with_array(liver)}
+    write_prediction(dataclasses.replace(prediction_of(case), review_masks=masks), tmp_path / "run", fmt=fmt)
     loaded = mrml.load_results(scene, volume_node, tmp_path / "run")
-    node = mrml.nodes.linked(loaded.segmentation_node, "anchor_removed")
     grid = mrml.volumes.node_grid(volume_node)
-    segment_id = node.GetSegmentation().GetNthSegmentID(0)
-    assert np.array_equal(mrml.segment_mask(node, segment_id, grid), removed)
-    assert node.GetSegmentation().GetSegment(segment_id).GetName() == "Removed by liver anchor"
-    assert node.GetDisplayNode().GetVisibility() == 0
-    assert np.array_equal(mrml.segment_mask(loaded.segmentation_node, loaded.segment_id, grid), case.tumor.array)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == loaded.folder_item
-    # Without a removal there is no such node.
+    for key, name in (("anchor_removed", "Removed by liver anchor"), ("liver", "Liver")):
+        node = mrml.nodes.linked(loaded.segmentation_node, key)
+        segment_id = node.GetSegmentation().GetNthSegmentID(0)
+        assert np.array_equal(mrml.segment_mask(node, segment_id, grid), masks[key].array)
+        assert node.GetSegmentation().GetSegment(segment_id).GetName() == name
+        assert node.GetDisplayNode().GetVisibility() == 0
+        assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == loaded.folder_item
+    assert np.array_equal(mrml.segment_mask(loaded.segmentation_node, loaded.segment_id, grid), case.tumor.array)
+    # Without them there are no such nodes.
     write_prediction(prediction_of(case), tmp_path / "plain", fmt=fmt)
     plain = mrml.load_results(scene, volume_node, tmp_path / "plain")
     assert mrml.nodes.linked(plain.segmentation_node, "anchor_removed") is None
+    assert mrml.nodes.linked(plain.segmentation_node, "liver") is None
 
 
 def _assert_rows_equal(a, b, skip=()) -> None:

@@ -2,7 +2,7 @@
 hierarchy. Every function takes the scene (or a node of it) as a parameter.
 
 Nodes made here carry the attribute :data:`ROLE_ATTRIBUTE` (``segmentation``, ``ai_mask``, ``entropy``,
-``metrics``, ``consensus``, ``agreement``, ``anchor_removed``), and the reviewer's segmentation node references the
+``metrics``, ``consensus``, ``agreement``, ``liver``, ``anchor_removed``), and the reviewer's segmentation node references the
 others (roles in :data:`REFERENCE_ROLES`), so a result can be found again from that one node after the scene was saved
 and reloaded.
 """
@@ -39,7 +39,7 @@ RUN_LABEL_ATTRIBUTE = "HepatoblastomaSeg.RunLabel"
 #: Node reference roles from the reviewer's segmentation node to the rest of its result.
 REFERENCE_ROLES = {"ai_mask": "HepatoblastomaSeg.AIMask", "entropy": "HepatoblastomaSeg.Entropy",
                    "metrics": "HepatoblastomaSeg.Metrics", "volume": "HepatoblastomaSeg.InputVolume",
-                   "anchor_removed": "HepatoblastomaSeg.AnchorRemoved"}
+                   "liver": "HepatoblastomaSeg.LiverMask", "anchor_removed": "HepatoblastomaSeg.AnchorRemoved"}
 
 #: Opacity the entropy map is shown with as the slice views' foreground layer.
 DEFAULT_ENTROPY_OPACITY = 0.5

@@ -8,7 +8,8 @@ A result is, in one subject-hierarchy folder per run, in the input volume's stud
 - the untouched AI mask, a separate locked segmentation (hidden), to score later edits against;
 - the entropy map (float32, input grid, Inferno, window 0 .. ln 2 nats);
 - the metrics table (:mod:`.rescore`);
-- on CT, when the liver anchor removed tumour, what it removed: a hidden segmentation "Removed by liver anchor".
+- hidden, when the result has them: the liver mask the liver anchor and the review flag used, and what the anchor
+  removed ("Removed by liver anchor").
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import numpy as np
 
 from HepatoblastomaSegLib.errors import GeometryError, InputError
 from HepatoblastomaSegLib.infer import Prediction
+from HepatoblastomaSegLib.infer.result import REVIEW_MASKS
 from HepatoblastomaSegLib.infer.outputs import SUMMARY_NAME, is_finished
 from HepatoblastomaSegLib.io import Volume, require_binary
 
 from . import nodes, storage
 from .rescore import METRICS_COLUMNS, rescore, score_rows
-from .terminology import ANCHOR_REMOVED_SEGMENT, TUMOR_SEGMENT
+from .terminology import ANCHOR_REMOVED_SEGMENT, LIVER_SEGMENT, TUMOR_SEGMENT
 from .volumes import (find_segment, geometry_of_node, node_grid, node_name, require_node_geometry, segment_mask,
                       volume_array_on_grid, volume_from_node)
 
@@ -37,6 +39,10 @@ from .volumes import (find_segment, geometry_of_node, node_grid, node_name, requ
 Predict = Callable[[Volume], Prediction]
 
 RUN_FOLDER_LABEL = "Hepatoblastoma run"
+#: The result's review masks (:data:`~HepatoblastomaSegLib.infer.result.REVIEW_MASKS`): segment spec and node name
+#: suffix of each.
+REVIEW_MASK_SEGMENTS = {"liver": (LIVER_SEGMENT, "liver mask used"),
+                        "anchor_removed": (ANCHOR_REMOVED_SEGMENT, "removed by liver anchor")}
 
 
 @dataclasses.dataclass
@@ -99,25 +105,28 @@ def add_prediction(scene, volume_node, prediction: Prediction, *, name: str | No
         segmentation.SetAttribute(nodes.CASE_ATTRIBUTE, case)
     nodes.store_summary(segmentation, summary)
     nodes.store_summary(ai_node, summary)
-    removed = _add_anchor_removed(scene, volume_node, prediction.anchor_removed, f"{base} removed by liver anchor")
-    nodes.link(segmentation, ai_mask=ai_node, entropy=entropy, metrics=table, volume=volume_node,
-               anchor_removed=removed)
+    review = {key: _add_review_mask(scene, volume_node, prediction.review_masks.get(key), key, base)
+              for key in REVIEW_MASK_SEGMENTS}
+    nodes.link(segmentation, ai_mask=ai_node, entropy=entropy, metrics=table, volume=volume_node, **review)
     folder = nodes.create_run_folder(scene, volume_node, RUN_FOLDER_LABEL)
-    nodes.move_to_folder(scene, folder, [n for n in (segmentation, ai_node, entropy, table, removed) if n is not None])
+    nodes.move_to_folder(scene, folder, [n for n in (segmentation, ai_node, entropy, table, *review.values())
+                                         if n is not None])
     # The first table comes from the nodes, by the same code as every re-score, so the two can never disagree.
     rescore(scene, segmentation, case=case)
     return SegmentationResult(volume_node, segmentation, segment_id, ai_node, ai_segment_id, entropy, table, folder,
                               summary)
 
 
-def _add_anchor_removed(scene, volume_node, removed: Volume | None, name: str):
-    """What the liver anchor removed, as its own hidden segmentation node (None when it removed nothing): the review
-    flag points the reviewer to it when much was removed; Segment Editor's logical operators take it back."""
-    if removed is None or not np.any(removed.array):
+def _add_review_mask(scene, volume_node, mask: Volume | None, key: str, base: str):
+    """A review mask of the result (:data:`REVIEW_MASK_SEGMENTS`) as its own hidden segmentation node; None when the
+    result has none. The review flag's reasons refer to them: the liver mask that ``outside_liver`` is measured
+    against, the tumour the anchor removed (Segment Editor's logical operators take it back)."""
+    if mask is None or not np.any(mask.array):
         return None
-    require_node_geometry(removed, volume_node, what="mask removed by the liver anchor")
-    node, _ = nodes.add_segmentation_node(scene, volume_node, np.asarray(removed.array, dtype=np.uint8), name,
-                                          spec=ANCHOR_REMOVED_SEGMENT, role="anchor_removed")
+    spec, suffix = REVIEW_MASK_SEGMENTS[key]
+    require_node_geometry(mask, volume_node, what=REVIEW_MASKS[key])
+    node, _ = nodes.add_segmentation_node(scene, volume_node, np.asarray(mask.array, dtype=np.uint8),
+                                          f"{base} {suffix}", spec=spec, role=key)
     node.GetDisplayNode().SetVisibility(False)
     return node
 
@@ -184,17 +193,17 @@ def load_results(scene, volume_node, output_folder: str | Path, *, name: str | N
     finally:
         storage.remove_node(scene, entropy_node)
     geometry = geometry_of_node(volume_node)
-    removed = None
-    if isinstance(outputs.get("anchor_removed"), dict):
-        removed_path = folder / outputs["anchor_removed"]["file"]
-        removed_node, removed_segment = storage.load_mask(scene, removed_path, volume_node, name="__hbseg_removed__")
-        try:
-            removed = Volume(segment_mask(removed_node, removed_segment, grid).astype(np.uint8), geometry,
-                             removed_path)
-        finally:
-            storage.remove_node(scene, removed_node)
+    review_masks = {}
+    for key in REVIEW_MASK_SEGMENTS:
+        if isinstance(outputs.get(key), dict):
+            path = folder / outputs[key]["file"]
+            node, segment_id = storage.load_mask(scene, path, volume_node, name=f"__hbseg_{key}__")
+            try:
+                review_masks[key] = Volume(segment_mask(node, segment_id, grid).astype(np.uint8), geometry, path)
+            finally:
+                storage.remove_node(scene, node)
     prediction = Prediction(Volume(mask, geometry, mask_path), Volume(entropy, geometry, entropy_path), summary,
-                            anchor_removed=removed)
+                            review_masks=review_masks)
     return add_prediction(scene, volume_node, prediction, name=name, case=case)
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from HepatoblastomaSegLib.terminology import HEPATOBLASTOMA, SegmentSpec
+from HepatoblastomaSegLib.terminology import HEPATOBLASTOMA, LIVER, Code, SegmentSpec
 
 #: ``HepatoblastomaSeg/Resources/HepatoblastomaSeg.term.json`` (next to this package in the module folder).
 TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "HepatoblastomaSeg.term.json"
@@ -21,12 +21,17 @@ TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "Hepat
 #: The ``SegmentationCategoryTypeContextName`` of :data:`TERMINOLOGY_FILE`.
 CONTEXT_NAME = "Segmentation category and type - HepatoblastomaSeg"
 
+ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
+
 #: The segment every result of this module carries: the library's spec in this extension's context.
 TUMOR_SEGMENT: SegmentSpec = dataclasses.replace(HEPATOBLASTOMA, context_name=CONTEXT_NAME)
 #: What the liver anchor removed from a CT result: tumour-like tissue away from the liver mask (same terminology,
 #: its own name and colour, so it is never mistaken for the result).
 ANCHOR_REMOVED_SEGMENT: SegmentSpec = dataclasses.replace(TUMOR_SEGMENT, name="Removed by liver anchor",
                                                           color_rgb=(0.80, 0.25, 0.80))
+#: The liver mask a result's anchor and review flag used, in 3D Slicer's general anatomy list.
+LIVER_SEGMENT = SegmentSpec("Liver", (0.87, 0.51, 0.40), ANATOMICAL_STRUCTURE, LIVER,
+                            context_name="Segmentation category and type - 3D Slicer General Anatomy list")
 
 
 def terminology_entry(spec: SegmentSpec = TUMOR_SEGMENT) -> str:

@@ -1,6 +1,7 @@
-"""A case's output folder: segmentation, entropy map and ``summary.json``, complete or absent; and, when the CT liver
-anchor removed tumour, what it removed (``anchor_removed.nii.gz`` / ``.nrrd``: a binary mask for a reviewer to see
-and take back).
+"""A case's output folder: segmentation, entropy map and ``summary.json``, complete or absent; and the masks a
+reviewer needs beside them (:data:`~.result.REVIEW_MASKS`): the liver mask the anchor and the review flag used
+(``liver_mask.nii.gz`` / ``.nrrd``) and what the CT liver anchor removed (``anchor_removed.nii.gz`` / ``.nrrd``),
+each written only when there is one.
 
 Each file is written atomically, and ``summary.json`` is written last and lists the SHA256 of the others. A folder is
 *finished* only when its summary exists and every file it lists has that checksum, so a run killed at any moment is
@@ -22,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io import write_text_atomic, write_volume
+from ..io import require_same_geometry, write_text_atomic, write_volume
 from ..io.atomic import folder_lock, remove_stale_partials
 from ..io.dicom_seg import write_dicom_seg_of_case, write_entropy_map_of_case
 from ..io.segmentation_file import write_segmentation_nrrd
 from ..terminology import HEPATOBLASTOMA
-from .result import Prediction
+from .result import REVIEW_MASKS, Prediction
 
 SUMMARY_NAME = "summary.json"
 OUTPUT_NAMES = {
@@ -35,9 +36,9 @@ OUTPUT_NAMES = {
     "nrrd": {"segmentation": "segmentation.seg.nrrd", "entropy": "entropy.nrrd"},
     "dicom-seg": {"segmentation": "segmentation.dcm", "entropy": "entropy.nii.gz"},
 }
-#: What the liver anchor removed, per ``fmt`` (written only when it removed something; a DICOM SEG run writes NIfTI).
-ANCHOR_REMOVED_NAMES = {"nifti": "anchor_removed.nii.gz", "nrrd": "anchor_removed.nrrd",
-                        "dicom-seg": "anchor_removed.nii.gz"}
+#: The review masks' files, per key of :data:`~.result.REVIEW_MASKS` and ``fmt`` (a DICOM SEG run writes NIfTI).
+REVIEW_MASK_NAMES = {key: {"nifti": f"{stem}.nii.gz", "nrrd": f"{stem}.nrrd", "dicom-seg": f"{stem}.nii.gz"}
+                     for key, stem in (("liver", "liver_mask"), ("anchor_removed", "anchor_removed"))}
 #: ``--entropy-format``: the entropy map's file when it should differ from the one ``fmt`` implies.
 ENTROPY_NAMES = {"nifti": "entropy.nii.gz", "nrrd": "entropy.nrrd", "dicom-pm": "entropy.dcm"}
 
@@ -54,7 +55,8 @@ def output_paths(out_dir: str | Path, fmt: str = "nifti") -> list[Path]:
     """Every file :func:`write_prediction` may write into ``out_dir`` in ``fmt``."""
     if fmt not in OUTPUT_NAMES:
         raise ValueError(f"format must be one of {sorted(OUTPUT_NAMES)}, not {fmt!r}")
-    return [Path(out_dir) / name for name in (*OUTPUT_NAMES[fmt].values(), ANCHOR_REMOVED_NAMES[fmt], SUMMARY_NAME)]
+    review = [names[fmt] for names in REVIEW_MASK_NAMES.values()]
+    return [Path(out_dir) / name for name in (*OUTPUT_NAMES[fmt].values(), *review, SUMMARY_NAME)]
 
 
 def check_output_folder(out_dir: str | Path, fmt: str = "nifti", inputs: tuple[str | Path, ...] = ()) -> None:
@@ -101,15 +103,17 @@ def _write_prediction(prediction: Prediction, out_dir: Path, fmt: str, entropy_f
         raise ValueError(f"format must be one of {sorted(OUTPUT_NAMES)} (entropy: {sorted(ENTROPY_NAMES)}), "
                          f"not {fmt!r} ({entropy_fmt!r})")
     names = {**OUTPUT_NAMES[fmt], **({"entropy": ENTROPY_NAMES[entropy_fmt]} if entropy_fmt else {})}
+    review_masks = {key: mask for key, mask in prediction.review_masks.items()
+                    if key in REVIEW_MASK_NAMES and np.any(mask.array)}
+    for key, review_mask in review_masks.items():  # refused before any file changes
+        require_same_geometry(prediction.mask, review_mask, what_b=REVIEW_MASKS[key])
+    names.update({key: REVIEW_MASK_NAMES[key][fmt] for key in review_masks})
     summary_path = out_dir / SUMMARY_NAME
     if summary_path.exists():
         summary_path.unlink()  # the folder stops counting as finished before any file in it changes
-    # An earlier run's outputs in another format would no longer match the summary.
-    removed = prediction.anchor_removed
-    if removed is not None and np.any(removed.array):
-        names["anchor_removed"] = ANCHOR_REMOVED_NAMES[fmt]
+    # An earlier run's outputs in another format, or review masks this run has not, would not match the summary.
     stale = ({name for each in OUTPUT_NAMES.values() for name in each.values()} | set(ENTROPY_NAMES.values())
-             | set(ANCHOR_REMOVED_NAMES.values()))
+             | {name for each in REVIEW_MASK_NAMES.values() for name in each.values()})
     for name in stale - set(names.values()):
         (out_dir / name).unlink(missing_ok=True)
     mask = prediction.mask.with_array(prediction.mask.array.astype(np.uint8, copy=False))
@@ -124,8 +128,8 @@ def _write_prediction(prediction: Prediction, out_dir: Path, fmt: str, entropy_f
         write_entropy_map_of_case(entropy, out_dir / names["entropy"], prediction.summary)
     else:
         write_volume(entropy, out_dir / names["entropy"])
-    if "anchor_removed" in names:
-        write_volume(removed.with_array(removed.array.astype(np.uint8, copy=False)), out_dir / names["anchor_removed"])
+    for key, review_mask in review_masks.items():
+        write_volume(review_mask.with_array(review_mask.array.astype(np.uint8, copy=False)), out_dir / names[key])
     summary = dict(prediction.summary)
     summary["outputs"] = {key: {"file": name, "sha256": sha256_of(out_dir / name)} for key, name in names.items()}
     if resume_key is not None:

@@ -251,9 +251,12 @@ class Predictor:
         liver_np, liver_source = self._liver_mask(volume, work, box, prep, liver_mask, progress)
         before_anchor = mask_np
         mask_np, anchor = self._anchor_to_liver(mask_np, liver_np, volume.voxel_volume_ml, warnings)
-        removed = None
+        review_masks = {}
+        if liver_np is not None:
+            review_masks["liver"] = volume.with_array(np.asarray(liver_np, dtype=np.uint8))
         if anchor["components_dropped"]:
-            removed = volume.with_array(((np.asarray(before_anchor) > 0) & ~(np.asarray(mask_np) > 0)).astype(np.uint8))
+            review_masks["anchor_removed"] = volume.with_array(
+                ((np.asarray(before_anchor) > 0) & ~(np.asarray(mask_np) > 0)).astype(np.uint8))
         seconds["liver"] = _stage_seconds(t0, self.device)
         t0 = time.perf_counter()
         mask_volume = volume.with_array(mask_np)
@@ -295,7 +298,7 @@ class Predictor:
                                          modality=self.bundle.modality, settings=self.review_settings,
                                          liver_source=liver_source)})
         summary["seconds"]["review"] = round(time.perf_counter() - t0, 4)
-        return Prediction(mask_volume, entropy_volume, summary, anchor_removed=removed)
+        return Prediction(mask_volume, entropy_volume, summary, review_masks=review_masks)
 
     def _liver_mask(self, volume: Volume, work: Volume, box: CropBox | None, prep, given: Volume | None,
                     progress: Progress) -> tuple[np.ndarray | None, str | None]:

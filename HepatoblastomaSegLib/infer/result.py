@@ -12,6 +12,10 @@ from typing import Any
 
 from ..io import Volume
 
+#: The masks a :class:`Prediction` may carry for its reviewer, and what each is.
+REVIEW_MASKS = {"liver": "the liver mask the liver anchor and the review flag used",
+                "anchor_removed": "what the liver anchor removed from the tumour mask"}
+
 #: The largest possible entropy of a 2-class softmax, in nats (the unit of every entropy the library reports).
 MAX_ENTROPY_2CLASS_NATS = math.log(2.0)
 
@@ -36,11 +40,12 @@ class Prediction:
             ``applied``, ``components_dropped``, ``ml_dropped``), ``review`` (``needed`` and ``reasons``, each a
             ``code`` and a plain-words ``message``: :mod:`.review`) and ``review_measurements`` (what it was
             judged on).
-        anchor_removed: what the liver anchor removed from the mask (uint8 0/1, same grid), so that a reviewer can
-            see it and take it back; None when it removed nothing.
+        review_masks: masks a reviewer needs beside the result (uint8 0/1, same grid), by key of
+            :data:`REVIEW_MASKS`: ``"liver"``, the liver mask the liver anchor and the review flag used;
+            ``"anchor_removed"``, what the liver anchor removed from the tumour mask (absent when nothing).
     """
 
     mask: Volume
     entropy: Volume
     summary: dict[str, Any]
-    anchor_removed: Volume | None = None
+    review_masks: dict[str, Volume] = dataclasses.field(default_factory=dict)
