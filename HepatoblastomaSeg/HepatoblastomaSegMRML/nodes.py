@@ -2,9 +2,9 @@
 hierarchy. Every function takes the scene (or a node of it) as a parameter.
 
 Nodes made here carry the attribute :data:`ROLE_ATTRIBUTE` (``segmentation``, ``ai_mask``, ``entropy``,
-``metrics``, ``consensus``, ``agreement``, ``liver``, ``anchor_removed``), and the reviewer's segmentation node references the
-others (roles in :data:`REFERENCE_ROLES`), so a result can be found again from that one node after the scene was saved
-and reloaded.
+``metrics``, ``consensus``, ``agreement``, ``liver``, ``anchor_removed``), and the reviewer's segmentation node
+references the others (roles in :data:`REFERENCE_ROLES`), so a result can be found again from that one node after the
+scene was saved and reloaded.
 """
 
 from __future__ import annotations
