@@ -116,3 +116,16 @@ def test_the_script_writes_a_manifest_real_scans_reads_and_never_overwrites(inse
     with pytest.raises(SystemExit, match="already exists"):
         insertion.main()
     assert sorted(p.name for p in out.iterdir()) == before
+    # A plain liver mask (label 1) with --liver-label 1; a label that is not there is refused before anything is made.
+    mask_path = write_volume(image.with_array((labels == 5).astype(np.uint8)), tmp_path / "liver_only.nii.gz")
+    argv[2], argv[3] = str(mask_path), str(tmp_path / "from_mask")
+    monkeypatch.setattr(sys, "argv", argv + ["--liver-label", "1"])
+    assert insertion.main() == 0
+    rows = real_scans.read_rows(tmp_path / "from_mask" / "manifest.csv")
+    assert rows[0]["liver_label"] == "1"
+    truth = real_scans.label_mask(tmp_path / "from_mask" / rows[0]["tumor"], written, "")
+    assert not (truth & ~(labels == 5)).any()
+    monkeypatch.setattr(sys, "argv", argv[:3] + [str(tmp_path / "never"), "--liver-label", "7"])
+    with pytest.raises(SystemExit, match="label 7"):
+        insertion.main()
+    assert not (tmp_path / "never").exists() and not (tmp_path / "never.partial").exists()

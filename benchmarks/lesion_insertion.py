@@ -22,7 +22,7 @@ liver tumours" figure of the issue. Every output says "semi-synthetic" in its ma
 Run by hand (real scans never enter the repository; the inputs are listed in ``benchmarks/real_scans.md``)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/lesion_insertion.py CT.nii.gz LABELS.nii.gz OUT_DIR \
-        [--case NAME:PHASE:ML[+ML...]] [--seed 0]
+        [--case NAME:PHASE:ML[+ML...]] [--seed 0] [--liver-label N] [--no-necrosis]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/real_scans.py OUT_DIR/manifest.csv --json out.json
 
 Without ``--case`` the default set is written: tumour-free controls in both phases, one 150 mL lesion, two lesions of
@@ -179,6 +179,9 @@ def main() -> int:
     parser.add_argument("out_dir", type=Path, help="a new folder for the cases and their manifest.csv")
     parser.add_argument("--case", action="append", dest="cases", metavar="NAME:PHASE:ML[+ML...]",
                         help=f"a case to write (repeatable; PHASE: {', '.join(PHASES)}; no ML: no lesion)")
+    parser.add_argument("--liver-label", type=int, default=LIVER_LABEL,
+                        help=f"the liver's label in LABELS (default {LIVER_LABEL}); with any other value the map is "
+                             "taken as a liver mask only (no other organ is shifted to the portal-venous phase)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--necrosis", action=argparse.BooleanOptionalAction, default=True,
                         help=f"a necrotic core in lesions over {NECROSIS_MIN_ML:g} mL (default: on)")
@@ -190,20 +193,25 @@ def main() -> int:
     labels = read_volume(args.labels)
     if not labels.geometry.matches(image.geometry):
         raise SystemExit(f"{args.labels}: not on the grid of {args.image}")
+    label_map = labels.array.astype(np.int32)
+    if args.liver_label != LIVER_LABEL:  # another numbering: keep only its liver, as TotalSegmentator's label
+        label_map = np.where(label_map == args.liver_label, LIVER_LABEL, 0).astype(np.int32)
+    if not (label_map == LIVER_LABEL).any():
+        raise SystemExit(f"{args.labels}: no voxel has the liver's label {args.liver_label}")
     partial = args.out_dir.with_name(args.out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     rows = []
     for index, spec in enumerate(specs):
         rng = np.random.default_rng([args.seed, index])
-        array, tumour = make_case(image, labels.array.astype(np.int32), spec, rng, necrosis=args.necrosis)
+        array, tumour = make_case(image, label_map, spec, rng, necrosis=args.necrosis)
         write_volume(image.with_array(np.clip(np.rint(array), -1024, 3071).astype(np.int16)),
                      partial / f"{spec.name}.nii.gz")
         write_volume(image.with_array(tumour.astype(np.uint8)), partial / f"{spec.name}_tumor.nii.gz")
         truth_ml = float(tumour.sum()) * image.voxel_volume_ml
         rows.append({"case": spec.name, "image": f"{spec.name}.nii.gz",
                      "tumor": f"{spec.name}_tumor.nii.gz" if tumour.any() else "none",
-                     "liver": str(args.labels.resolve()), "liver_label": str(LIVER_LABEL), "modality": "ct",
+                     "liver": str(args.labels.resolve()), "liver_label": str(args.liver_label), "modality": "ct",
                      "note": f"semi-synthetic: {args.image.name}, {spec.phase}, "
                              f"{'' if args.necrosis else 'no necrosis, '}lesion(s) "
                              f"{'+'.join(f'{v:g}' for v in spec.lesion_volumes_ml) or 'none'} mL "
