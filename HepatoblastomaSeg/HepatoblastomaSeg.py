@@ -875,10 +875,13 @@ class HepatoblastomaSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def reviewFlagText(segmentationNode) -> str:
-        """The review reasons of the result's summary in plain words; "" when there are none."""
-        from HepatoblastomaSegMRML import nodes, review
+        """The review reasons of the result's summary in plain words, and where its hidden review masks are; ""
+        when there are no reasons."""
+        from HepatoblastomaSegMRML import nodes, review, review_masks_hint
 
-        return review.review_flag_text(nodes.stored_summary(segmentationNode)) if segmentationNode else ""
+        text = review.review_flag_text(nodes.stored_summary(segmentationNode)) if segmentationNode else ""
+        hint = review_masks_hint(segmentationNode) if text else ""
+        return "\n".join(line for line in (text, hint) if line)
 
     @staticmethod
     def exportDicomSeg(segmentationNode, volumeNode, folder=None) -> Path:

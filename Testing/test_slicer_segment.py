@@ -239,11 +239,14 @@ def test_the_review_masks_come_back_hidden_beside_the_result(slicer_env, case, t
         assert node.GetDisplayNode().GetVisibility() == 0
         assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == loaded.folder_item
     assert np.array_equal(mrml.segment_mask(loaded.segmentation_node, loaded.segment_id, grid), case.tumor.array)
+    hint = mrml.review_masks_hint(loaded.segmentation_node)
+    assert "'case01 liver mask used'" in hint and "'case01 removed by liver anchor'" in hint
     # Without them there are no such nodes.
     write_prediction(prediction_of(case), tmp_path / "plain", fmt=fmt)
     plain = mrml.load_results(scene, volume_node, tmp_path / "plain")
     assert mrml.nodes.linked(plain.segmentation_node, "anchor_removed") is None
     assert mrml.nodes.linked(plain.segmentation_node, "liver") is None
+    assert mrml.review_masks_hint(plain.segmentation_node) == mrml.review_masks_hint(None) == ""
 
 
 def _assert_rows_equal(a, b, skip=()) -> None:

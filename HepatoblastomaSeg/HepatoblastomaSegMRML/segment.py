@@ -131,6 +131,16 @@ def _add_review_mask(scene, volume_node, mask: Volume | None, key: str, base: st
     return node
 
 
+def review_masks_hint(segmentation_node) -> str:
+    """One line naming the result's hidden review masks (the liver mask used, what the anchor removed) so that the
+    module can point to them beside the review reasons; ``""`` when the result has none."""
+    names = [node.GetName() for key in REVIEW_MASK_SEGMENTS
+             if (node := nodes.linked(segmentation_node, key)) is not None] if segmentation_node else []
+    if not names:
+        return ""
+    return "Hidden in this run's folder, to show with its eye icon: " + "; ".join(f"'{n}'" for n in names) + "."
+
+
 def segment(scene, volume_node, predict: Predict, *, name: str | None = None, case: str | None = None,
             modality: str | None = None) -> SegmentationResult:
     """Run ``predict`` on the voxels of ``volume_node`` in this process and add the result to ``scene``.
