@@ -42,7 +42,7 @@ __all__ = [
     "Environment", "INFERNO_COLOR_NODE_ID", "METRICS_COLUMNS", "Predict", "SegmentationResult", "TERMINOLOGY_FILE",
     "TUMOR_SEGMENT", "add_prediction", "application_environment", "consensus", "geometry_of_node",
     "headless_environment", "in_application", "load_mask", "load_results", "load_segmentation", "load_table",
-    "load_terminology", "load_volume", "metrics_rows", "remove_node", "rescore", "result_paths", "review_masks_hint", "save_node",
-    "save_results", "segment", "segment_mask", "set_segment_mask", "show_entropy_overlay", "table_rows",
+    "load_terminology", "load_volume", "metrics_rows", "remove_node", "rescore", "result_paths", "review_masks_hint",
+    "save_node", "save_results", "segment", "segment_mask", "set_segment_mask", "show_entropy_overlay", "table_rows",
     "terminology_entry", "volume_from_node",
 ]
