@@ -42,19 +42,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a binary mask (uint8); an empty mask stays empty.
 
     Labelled inside the mask's bounding box only (every component lies in it): a liver fills a few percent of a CT."""
-    mask = np.asarray(mask) > 0
-    out = np.zeros(mask.shape, dtype=np.uint8)
-    box = bounding_box(mask)
-    if box is None:
-        return out
-    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        out[box] = labels > 0
-        return out
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    out[box] = labels == int(np.argmax(sizes))
-    return out
+    return _keep_components(mask, lambda labels, sizes, largest: np.arange(len(sizes)) == largest)
 
 
 def pieces_beside_largest(mask: np.ndarray, min_ml: float, voxel_ml: float) -> np.ndarray:
@@ -63,21 +51,30 @@ def pieces_beside_largest(mask: np.ndarray, min_ml: float, voxel_ml: float) -> n
 
     A liver split in pieces (the pieces lie side by side on the same slices) is kept whole; a piece wholly above or
     below the largest one is another organ, e.g. a muscle in the pelvis."""
+    def beside_largest(labels, sizes, largest):
+        z_ranges = [slices[0] for slices in ndimage.find_objects(labels)]
+        top, bottom = z_ranges[largest - 1].start, z_ranges[largest - 1].stop
+        keep = np.zeros(len(sizes), dtype=bool)
+        for index, z in enumerate(z_ranges, start=1):
+            keep[index] = index == largest or (z.start < bottom and z.stop > top and sizes[index] * voxel_ml >= min_ml)
+        return keep
+
+    return _keep_components(mask, beside_largest)
+
+
+def _keep_components(mask: np.ndarray, choose) -> np.ndarray:
+    """``mask``'s 26-connected components that ``choose(labels, sizes, largest)`` keeps (a bool per label, 0 the
+    background), labelled inside the mask's bounding box only; uint8."""
     mask = np.asarray(mask) > 0
     out = np.zeros(mask.shape, dtype=np.uint8)
     box = bounding_box(mask)
     if box is None:
         return out
-    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = int(np.argmax(sizes))
-    z_ranges = ndimage.find_objects(labels)
-    top, bottom = z_ranges[largest - 1][0].start, z_ranges[largest - 1][0].stop
-    keep = np.zeros(count + 1, dtype=bool)
-    for index, slices in enumerate(z_ranges, start=1):
-        beside = slices[0].start < bottom and slices[0].stop > top
-        keep[index] = index == largest or (beside and sizes[index] * voxel_ml >= min_ml)
+    keep = np.asarray(choose(labels, sizes, int(np.argmax(sizes))), dtype=bool)
+    keep[0] = False
     out[box] = keep[labels]
     return out
 
