@@ -124,6 +124,28 @@ def test_folder_with_several_series_and_non_image_objects(tmp_path, plain_series
         assert named in info["reason"], named
 
 
+def test_an_anonymised_series_with_its_sop_class_only_in_the_file_meta_reads_and_gets_a_seg(tmp_path, series_copy,
+                                                                                            plain_series):
+    """Some anonymisers strip SOPClassUID from the data set and leave MediaStorageSOPClassUID in the file meta (a
+    public test CT does); the file meta names the same class, so the series reads, and a DICOM SEG can reference it."""
+    from HepatoblastomaSegLib.io.dicom_seg import AlgorithmInfo, write_dicom_seg
+
+    edit_slices(series_copy, lambda k, ds: delattr(ds, "SOPClassUID"))
+    assert all("SOPClassUID" not in pydicom.dcmread(p) for p in series_copy.iterdir())
+    back = read_volume(series_copy)
+    np.testing.assert_array_equal(back.array, plain_series[1].array)
+    mask = back.with_array((back.array > np.median(back.array)).astype(np.uint8))
+    seg = write_dicom_seg(mask, tmp_path / "seg.dcm", series_copy, back.metadata["dicom"]["series_uid"],
+                          AlgorithmInfo("ct-test", "1", "0"))
+    referenced = pydicom.dcmread(seg).ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert {str(r.ReferencedSOPClassUID) for r in referenced} == {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage
+    # Without SeriesInstanceUID (the same anonymiser) the files cannot be grouped: refused, naming a file and why.
+    edit_slices(series_copy, lambda k, ds: delattr(ds, "SeriesInstanceUID"))
+    with pytest.raises(InputError, match="without SeriesInstanceUID.*anonymiser") as info:
+        read_volume(series_copy)
+    assert str(series_copy) in str(info.value)
+
+
 def _tilt(degrees: float):
     def edit(k, dataset):
         cosines = np.array(dataset.ImageOrientationPatient, float)

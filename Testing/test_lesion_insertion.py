@@ -37,21 +37,23 @@ def scan():
     return case.image, labels
 
 
-def test_a_native_lesion_has_the_volume_and_contrast_asked_and_touches_nothing_else(insertion, scan):
+@pytest.mark.parametrize("phase, drop_hu", [("native", (8.0, 15.0)), ("enhanced", (30.0, 45.0))])
+def test_a_lesion_has_the_volume_and_contrast_asked_and_touches_nothing_else(insertion, scan, phase, drop_hu):
+    """``native`` and ``enhanced`` keep the scan's own attenuation; only the lesion's contrast differs."""
     image, labels = scan
-    spec = insertion.CaseSpec.parse("a:native:12")
+    spec = insertion.CaseSpec.parse(f"a:{phase}:12")
     result, tumour = insertion.make_case(image, labels, spec, np.random.default_rng(0))
     liver = labels == 5
     voxel_ml = image.voxel_volume_ml
     assert tumour.sum() * voxel_ml == pytest.approx(12.0, rel=0.15)
     assert not (tumour & ~liver).any()
     assert ndimage.label(tumour, structure=np.ones((3, 3, 3)))[1] == 1
-    # Outside the lesion and its one-voxel rim the image is the scan itself (native: no enhancement).
+    # Outside the lesion and its one-voxel rim the image is the scan itself (no organ is shifted).
     rim = ndimage.binary_dilation(tumour, structure=np.ones((3, 3, 3)), iterations=2)
     np.testing.assert_allclose(result[~rim], image.array[~rim].astype(np.float32))
-    # Inside: the liver's level minus 8-15 HU (the heterogeneity is smooth, so the median keeps the drop).
+    # Inside: the liver's level minus the phase's drop (the heterogeneity is smooth, so the median keeps the drop).
     drop = np.median(image.array[liver & ~tumour]) - np.median(result[tumour])
-    assert 8.0 - 4.0 <= drop <= 15.0 + 4.0
+    assert drop_hu[0] - 4.0 <= drop <= drop_hu[1] + 4.0
     # The scan's own noise is kept inside the lesion (the lesion is an offset, not new voxels): the fine detail of
     # the result there follows the scan's.
     def fine(a):

@@ -6,11 +6,12 @@ nearest thing from a real CT that has an organ label map (TotalSegmentator's "to
 1. **Phase.** ``portal_venous`` gives an unenhanced scan the look of the portal-venous phase the models are meant for:
    each labelled organ is shifted so that its median reaches a typical portal-venous level (liver 105 HU, spleen 115,
    kidneys 160, pancreas 95, aorta 160, portal vein 165, IVC 130; table ``PORTAL_VENOUS_HU``). The shift is smoothed
-   over about one voxel so the organ edges keep a partial-volume rim. ``native`` leaves the scan as it is.
+   over about one voxel so the organ edges keep a partial-volume rim. ``native`` and ``enhanced`` leave the scan as
+   it is (``enhanced``: a scan already contrast-enhanced).
 2. **Lesion.** Each requested volume (mL) becomes one lobulated lesion inside the liver mask: a sphere whose radius is
    perturbed by a smooth random field, clipped to the liver and grown until it holds the volume asked for. Its
-   attenuation is a hepatoblastoma's on that phase relative to the liver (portal-venous: 30-45 HU below the enhanced
-   liver; native: 8-15 HU below), heterogeneous (a smooth field, +-8 HU), with a necrotic core (15-30 HU) in lesions
+   attenuation is a hepatoblastoma's on that phase relative to the liver (portal-venous or enhanced: 30-45 HU below
+   the enhanced liver; native: 8-15 HU below), heterogeneous (a smooth field, +-8 HU), with a necrotic core (15-30 HU) in lesions
    over 50 mL. The scan's own noise and texture are kept: the lesion is added as an offset to the real voxels, with
    a one-voxel partial-volume edge.
 
@@ -57,7 +58,7 @@ PORTAL_VENOUS_HU = {
 }
 
 # Lesion attenuation below the liver on each phase (HU), drawn per lesion.
-LESION_DROP_HU = {"portal_venous": (30.0, 45.0), "native": (8.0, 15.0)}
+LESION_DROP_HU = {"portal_venous": (30.0, 45.0), "enhanced": (30.0, 45.0), "native": (8.0, 15.0)}
 NECROSIS_HU = (15.0, 30.0)
 NECROSIS_MIN_ML = 50.0
 PHASES = tuple(LESION_DROP_HU)

@@ -80,7 +80,7 @@ def scan_folder(folder: Path) -> FolderScan:
         if dataset is None:
             other["file(s) that are not DICOM"] += 1
             continue
-        sop_class = str(dataset.get("SOPClassUID", ""))
+        sop_class = sop_class_of(dataset)
         uid = str(dataset.get("SeriesInstanceUID", ""))
         if sop_class not in IMAGE_SOP_CLASSES:
             name = UID(sop_class).name if sop_class else "DICOM object without SOP class"
@@ -88,10 +88,25 @@ def scan_folder(folder: Path) -> FolderScan:
             other[f"{name} {kind}" + (f" (series {uid})" if uid else "")] += 1
             continue
         if not uid:
-            raise InputError("DICOM image without SeriesInstanceUID", path)
+            raise InputError("DICOM image without SeriesInstanceUID (removed by an anonymiser?): its series cannot "
+                             "be told apart; restore the UIDs, or convert the series to NIfTI and segment that",
+                             path)
         series[uid].append(_slice_header(dataset, path))
     skipped = [f"{n} {what}" for what, n in other.items()]
     return FolderScan(dict(series), skipped)
+
+
+def sop_class_of(dataset: pydicom.Dataset) -> str:
+    """The SOP Class UID of a file's data set, or, where an anonymiser removed it from the data set, of its file meta
+    information (MediaStorageSOPClassUID, which names the same class); "" when neither says. The data set is given
+    the file meta's value, so that writers referencing it (DICOM SEG) find it where they look."""
+    sop_class = str(dataset.get("SOPClassUID", ""))
+    if not sop_class:
+        meta = getattr(dataset, "file_meta", None)
+        sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+        if sop_class:
+            dataset.SOPClassUID = sop_class
+    return sop_class
 
 
 def _read_header(path: Path) -> pydicom.Dataset | None:
@@ -116,7 +131,7 @@ def _read_header(path: Path) -> pydicom.Dataset | None:
         with warnings.catch_warnings():  # pydicom warns about what it guesses in a file that may not be DICOM
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        return dataset if "SeriesInstanceUID" in dataset and "SOPClassUID" in dataset else None
+        return dataset if "SeriesInstanceUID" in dataset and sop_class_of(dataset) else None
     except Exception:
         return None
 

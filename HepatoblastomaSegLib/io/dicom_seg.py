@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..terminology import HEPATOBLASTOMA, Code, SegmentSpec
 from .atomic import atomic_path
+from .dicom_headers import sop_class_of
 from .volume import Volume
 
 #: Geometry tolerance (in voxels) for placing a source slice on the mask's grid.
@@ -108,6 +109,7 @@ def read_source_headers(source: str | Path | Sequence[str | Path], series_uid: s
             continue  # not DICOM (or not readable as such): the series reader skipped it too
         if "ImagePositionPatient" not in dataset or "SeriesInstanceUID" not in dataset:
             continue
+        sop_class_of(dataset)  # an anonymised file may keep its SOP class in the file meta only
         series_seen.add(str(dataset.SeriesInstanceUID))
         if series_uid is None or dataset.SeriesInstanceUID == series_uid:
             found.setdefault(str(dataset.SOPInstanceUID), dataset)
