@@ -177,6 +177,15 @@ def test_what_the_liver_anchor_removed_is_flagged_above_the_outside_liver_limit(
             assert message.startswith(f"{removed_ml:.0f} mL") and "(test liver)" in message
 
 
+def test_every_reason_at_once_is_listed_in_the_documented_order(ct_settings):
+    from HepatoblastomaSegLib.infer.review import REVIEW_CODES, ImageFacts
+
+    facts = ImageFacts(slice_thickness_mm=3.0, body_width_mm=200.0, liver_hu=40.0, fat_hu=-100.0,
+                       liver_volume_ml=300.0, tumor_outside_liver_ml=400.0, tumor_pieces=1, anchor_removed_ml=100.0)
+    result = review(facts, tumor_volume_ml=500.0, mean_entropy_nats=1.0, modality="ct", settings=ct_settings)
+    assert [r["code"] for r in result["reasons"]] == list(REVIEW_CODES)
+
+
 def test_a_tumour_the_anchor_removes_whole_is_never_silent(ct_case):
     """A liver mask that misses the tumour's part of the liver (as the demo liver model can on a real scan): the
     anchor removes every component, and the summary says how much and why instead of reporting a clean 0 mL."""

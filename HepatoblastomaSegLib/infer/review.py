@@ -301,11 +301,6 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
         reasons.append(ReviewReason("outside_liver", (
             f"{outside:.0f} mL of the {tumor_volume_ml:.0f} mL tumour mask ({share:.0%}) lies outside the liver "
             f"mask{where}; hepatoblastoma arises in the liver, so check those parts before using the volume.")))
-    threshold = settings.max_mean_entropy_nats
-    if threshold is not None and mean_entropy_nats is not None and mean_entropy_nats > threshold:
-        reasons.append(ReviewReason("high_uncertainty", (
-            f"The model was unsure of this mask: its mean uncertainty inside it is {mean_entropy_nats:.2f} nats, "
-            f"above the {threshold:.2f} nats it stays under on its held-out test phantoms.")))
     removed = facts.anchor_removed_ml
     if removed is not None and removed > settings.max_outside_liver_ml:
         where = f" ({liver_source})" if liver_source else ""
@@ -313,6 +308,11 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
             f"{removed:.0f} mL that the model called tumour was removed because it does not touch the liver "
             f"mask{where}; if that mask missed part of the liver, a tumour may have been removed with it: look at "
             "what was removed (saved beside the result as anchor_removed) or run without the liver anchor.")))
+    threshold = settings.max_mean_entropy_nats
+    if threshold is not None and mean_entropy_nats is not None and mean_entropy_nats > threshold:
+        reasons.append(ReviewReason("high_uncertainty", (
+            f"The model was unsure of this mask: its mean uncertainty inside it is {mean_entropy_nats:.2f} nats, "
+            f"above the {threshold:.2f} nats it stays under on its held-out test phantoms.")))
     unusual = _out_of_domain(facts, modality, settings.reference)
     if unusual:
         reasons.append(ReviewReason("out_of_domain", (
