@@ -89,7 +89,7 @@ def test_two_lesions_do_not_overlap_and_a_lesion_too_big_is_refused(insertion, s
     with pytest.raises(SystemExit, match="no room"):
         insertion.make_case(image, labels, insertion.CaseSpec.parse(f"d:native:{2 * liver_ml:.0f}"),
                             np.random.default_rng(0))
-    for bad in ("x:arterial:10", "x:native:ten", "x:native:-5", "nameonly"):
+    for bad in ("x:arterial:10", "x:native:ten", "x:native:-5", "nameonly", "../up:native:5", ":native:5"):
         with pytest.raises(SystemExit):
             insertion.CaseSpec.parse(bad)
 
@@ -130,4 +130,21 @@ def test_the_script_writes_a_manifest_real_scans_reads_and_never_overwrites(inse
     monkeypatch.setattr(sys, "argv", argv[:3] + [str(tmp_path / "never"), "--liver-label", "7"])
     with pytest.raises(SystemExit, match="label 7"):
         insertion.main()
-    assert not (tmp_path / "never").exists() and not (tmp_path / "never.partial").exists()
+    assert not (tmp_path / "never").exists()
+    # A folder of the user's that happens to be named like a work folder is never touched; a run that fails midway
+    # (here: no room for its second case's lesion) leaves nothing behind; two cases of one name are refused.
+    own = tmp_path / "again.partial"
+    own.mkdir()
+    (own / "mine.txt").write_text("keep")
+    monkeypatch.setattr(sys, "argv", [argv[0], argv[1], str(labels_path), str(tmp_path / "again"),
+                                      "--case", "a:native:5",
+                                      "--case", "b:native:100000"])
+    with pytest.raises(SystemExit, match="no room"):
+        insertion.main()
+    assert (own / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if "again" in p.name) == ["again.partial"]
+    monkeypatch.setattr(sys, "argv", [argv[0], argv[1], str(labels_path), str(tmp_path / "twice"),
+                                      "--case", "a:native:5",
+                                      "--case", "a:enhanced:5"])
+    with pytest.raises(SystemExit, match="its own name"):
+        insertion.main()

@@ -11,9 +11,9 @@ nearest thing from a real CT that has an organ label map (TotalSegmentator's "to
 2. **Lesion.** Each requested volume (mL) becomes one lobulated lesion inside the liver mask: a sphere whose radius is
    perturbed by a smooth random field, clipped to the liver and grown until it holds the volume asked for. Its
    attenuation is a hepatoblastoma's on that phase relative to the liver (portal-venous or enhanced: 30-45 HU below
-   the enhanced liver; native: 8-15 HU below), heterogeneous (a smooth field, +-8 HU), with a necrotic core (15-30 HU) in lesions
-   over 50 mL. The scan's own noise and texture are kept: the lesion is added as an offset to the real voxels, with
-   a one-voxel partial-volume edge.
+   the enhanced liver; native: 8-15 HU below), heterogeneous (a smooth field, +-8 HU), with a necrotic core
+   (15-30 HU) in lesions over 50 mL. The scan's own noise and texture are kept: the lesion is added as an offset to
+   the real voxels, with a one-voxel partial-volume edge.
 
 What this measures and what it does not: real anatomy, real noise and real adult organs around a lesion we drew. It
 tells whether the models find a hypodense liver mass and leave the rest of a real abdomen alone; it is not a real
@@ -36,7 +36,9 @@ import argparse
 import csv
 import dataclasses
 import math
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +78,9 @@ class CaseSpec:
     @classmethod
     def parse(cls, text: str) -> CaseSpec:
         parts = text.split(":")
-        if len(parts) != 3 or not parts[0] or parts[1] not in PHASES:
-            raise SystemExit(f"--case {text!r}: expected NAME:PHASE:ML[+ML...] with PHASE one of {', '.join(PHASES)}")
+        if len(parts) != 3 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", parts[0]) or parts[1] not in PHASES:
+            raise SystemExit(f"--case {text!r}: expected NAME:PHASE:ML[+ML...], NAME letters, digits, '_', '-' or "
+                             f"'.', PHASE one of {', '.join(PHASES)}")
         try:
             volumes = tuple(float(v) for v in parts[2].split("+") if v)
         except ValueError:
@@ -188,6 +191,8 @@ def main() -> int:
                         help=f"a necrotic core in lesions over {NECROSIS_MIN_ML:g} mL (default: on)")
     args = parser.parse_args()
     specs = [CaseSpec.parse(text) for text in (args.cases or DEFAULT_CASES)]
+    if len({spec.name for spec in specs}) < len(specs):
+        raise SystemExit("--case: every case needs its own name (its files are named after it)")
     if args.out_dir.exists():
         raise SystemExit(f"{args.out_dir}: already exists; choose a new folder")
     image = read_volume(args.image)
@@ -199,16 +204,27 @@ def main() -> int:
         label_map = np.where(label_map == args.liver_label, LIVER_LABEL, 0).astype(np.int32)
     if not (label_map == LIVER_LABEL).any():
         raise SystemExit(f"{args.labels}: no voxel has the liver's label {args.liver_label}")
-    partial = args.out_dir.with_name(args.out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    args.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # A new folder of our own beside the target (never a user's), renamed into place only when complete.
+    partial = Path(tempfile.mkdtemp(prefix=f".{args.out_dir.name}.partial-", dir=args.out_dir.parent))
+    try:
+        write_cases(partial, image, label_map, specs, args)
+        partial.rename(args.out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return 0
+
+
+def write_cases(folder: Path, image: Volume, label_map: np.ndarray, specs: list[CaseSpec], args) -> None:
+    """Each case's image and tumour mask, and the ``real_scans.py`` manifest, into ``folder``."""
     rows = []
     for index, spec in enumerate(specs):
         rng = np.random.default_rng([args.seed, index])
         array, tumour = make_case(image, label_map, spec, rng, necrosis=args.necrosis)
         write_volume(image.with_array(np.clip(np.rint(array), -1024, 3071).astype(np.int16)),
-                     partial / f"{spec.name}.nii.gz")
-        write_volume(image.with_array(tumour.astype(np.uint8)), partial / f"{spec.name}_tumor.nii.gz")
+                     folder / f"{spec.name}.nii.gz")
+        write_volume(image.with_array(tumour.astype(np.uint8)), folder / f"{spec.name}_tumor.nii.gz")
         truth_ml = float(tumour.sum()) * image.voxel_volume_ml
         rows.append({"case": spec.name, "image": f"{spec.name}.nii.gz",
                      "tumor": f"{spec.name}_tumor.nii.gz" if tumour.any() else "none",
@@ -218,12 +234,10 @@ def main() -> int:
                              f"{'+'.join(f'{v:g}' for v in spec.lesion_volumes_ml) or 'none'} mL "
                              f"(drawn {truth_ml:.1f} mL)"})
         print(rows[-1]["case"], rows[-1]["note"], flush=True)
-    with open(partial / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    partial.rename(args.out_dir)
-    return 0
 
 
 if __name__ == "__main__":
