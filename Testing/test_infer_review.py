@@ -18,7 +18,7 @@ from HepatoblastomaSegLib.infer.postprocess import keep_components_touching
 from HepatoblastomaSegLib.infer.result import Prediction
 from HepatoblastomaSegLib.infer.review import (ReviewSettings, body_mask, count_pieces, fill_holes_in_plane,
                                                flagged_table, measure_image, open_with_cross, review, review_settings,
-                                               write_review_settings)
+                                               scan_length_mm, tumor_on_scan_edge, write_review_settings)
 from HepatoblastomaSegLib.io import Geometry, Volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
 
@@ -105,7 +105,9 @@ def test_a_mask_filling_the_body_is_implausible(ct_case, ct_settings):
     # No liver at all: the child-sized limit still catches a mask of several litres.
     settings = ReviewSettings(max_tumor_ml=facts.liver_volume_ml)
     result, _ = flag(ct_case.image, huge, None, settings, entropy=0.0)
-    assert codes(result) == {"implausible"} and "fits in a child's abdomen" in result["reasons"][0]["message"]
+    # (the body runs through the phantom's first and last slices, and so does this mask)
+    assert codes(result) == {"implausible", "at_scan_edge"}
+    assert "fits in a child's abdomen" in result["reasons"][0]["message"]
 
 
 def test_high_uncertainty_against_the_calibrated_threshold(ct_case, ct_settings):
@@ -181,9 +183,108 @@ def test_every_reason_at_once_is_listed_in_the_documented_order(ct_settings):
     from HepatoblastomaSegLib.infer.review import REVIEW_CODES, ImageFacts
 
     facts = ImageFacts(slice_thickness_mm=3.0, body_width_mm=200.0, liver_hu=40.0, fat_hu=-100.0,
-                       liver_volume_ml=300.0, tumor_outside_liver_ml=400.0, tumor_pieces=1, anchor_removed_ml=100.0)
+                       liver_volume_ml=300.0, tumor_outside_liver_ml=400.0, tumor_pieces=1, anchor_removed_ml=100.0,
+                       tumor_edge_area_mm2=500.0, tumor_edge_side="the scan's upper (head) end")
     result = review(facts, tumor_volume_ml=500.0, mean_entropy_nats=1.0, modality="ct", settings=ct_settings)
     assert [r["code"] for r in result["reasons"]] == list(REVIEW_CODES)
+
+
+def _corners_mm(image) -> np.ndarray:
+    """The 8 outer corners of ``image``'s voxel box in world coordinates, by SimpleITK."""
+    size = image.GetSize()
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([(-0.5, n - 0.5)[c >> k & 1] for k, n in
+                                                                    enumerate(size)]) for c in range(8)])
+
+
+@pytest.mark.parametrize("direction", [
+    (1, 0, 0, 0, 1, 0, 0, 0, 1),             # axial
+    (1, 0, 0, 0, 0, 1, 0, -1, 0),            # coronal: the array's j axis runs from head to foot
+    (0, 0, -1, 1, 0, 0, 0, -1, 0),           # sagittal
+    (0.866, -0.5, 0, 0.5, 0.866, 0, 0, 0, 1),  # axial, rotated in-plane
+    (1, 0, 0, 0, 0.8, -0.6, 0, 0.6, 0.8),     # oblique
+])
+def test_scan_length_is_the_head_to_foot_extent_of_the_voxel_box(direction):
+    import SimpleITK as sitk
+
+    geometry = Geometry((40, 30, 12), (0.8, 0.9, 5.0), (10.0, -20.0, 300.0), direction)
+    image = geometry.apply_to(sitk.Image(*geometry.size, sitk.sitkUInt8))
+    corners_z = _corners_mm(image)[:, 2]
+    assert scan_length_mm(geometry) == pytest.approx(corners_z.max() - corners_z.min(), rel=1e-9)
+
+
+@pytest.mark.parametrize(("direction", "face", "side"), [
+    ((1, 0, 0, 0, 1, 0, 0, 0, 1), (0, -1), "the scan's upper (head) end"),       # LPS z grows to the head
+    ((1, 0, 0, 0, 1, 0, 0, 0, -1), (0, -1), "the scan's lower (foot) end"),      # slices stored head first
+    ((1, 0, 0, 0, 1, 0, 0, 0, 1), (2, 0), "the field of view's right side"),    # LPS x grows to the left
+    ((-1, 0, 0, 0, -1, 0, 0, 0, 1), (1, 0), "the field of view's posterior side"),  # RAS-like storage
+])
+def test_a_tumour_on_a_face_of_the_scan_is_measured_and_placed_in_patient_words(direction, face, side):
+    import SimpleITK as sitk
+
+    geometry = Geometry((20, 16, 10), (0.7, 0.8, 3.0), (0.0, 0.0, 0.0), direction)
+    tumor = np.zeros(geometry.shape_zyx, dtype=bool)
+    tumor[4:7, 5:9, 6:12] = True
+    assert tumor_on_scan_edge(tumor, geometry) == (0.0, None)
+    axis, end = face
+    index = [slice(4, 7), slice(5, 9), slice(6, 12)]
+    index[axis] = slice(0, 3) if end == 0 else slice(geometry.shape_zyx[axis] - 3, None)
+    tumor[tuple(index)] = True
+    area, where = tumor_on_scan_edge(tumor, geometry)
+    on_face = np.take(tumor, end, axis=axis).sum()
+    assert area == pytest.approx(on_face * np.prod([geometry.spacing_mm[::-1][a] for a in range(3) if a != axis]))
+    assert where == side
+    # The face's side by SimpleITK: the world step from the image's centre to the face's voxels.
+    image = geometry.apply_to(sitk.Image(*geometry.size, sitk.sitkUInt8))
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in geometry.size]))
+    face_voxel = [n // 2 for n in geometry.shape_zyx]
+    face_voxel[axis] = 0 if end == 0 else geometry.shape_zyx[axis] - 1
+    step = np.array(image.TransformIndexToPhysicalPoint([int(v) for v in face_voxel[::-1]])) - centre
+    world = int(np.argmax(np.abs(step)))
+    words = {(0, 1): "left", (0, -1): "right", (1, 1): "posterior", (1, -1): "anterior", (2, 1): "head",
+             (2, -1): "foot"}
+    assert words[(world, int(np.sign(step[world])))] in where
+
+
+def test_a_tumour_cut_off_by_the_scan_is_flagged_and_a_short_scan_is_out_of_domain(ct_case, ct_settings):
+    """A slab through the phantom's tumour: the tumour runs off both ends of the scan and the scan is much shorter
+    than the reference phantoms'; the whole phantom has neither (and is never flagged for being long)."""
+    assert "scan_length_mm" in ct_settings.reference
+    lo = ct_settings.reference["scan_length_mm"][0]
+    tumor = ct_case.tumor.array > 0
+    slices = np.flatnonzero(tumor.any(axis=(1, 2)))
+    middle = int(slices[len(slices) // 2])
+    thickness = ct_case.image.spacing_mm[2]
+    n = max(3, int(0.5 * lo / thickness))
+    assert n * thickness < lo and slices.size > n + 2
+    first = max(0, middle - n // 2)
+    slab = slice(first, first + n)
+    image = Volume(ct_case.image.array[slab].copy(), Geometry(
+        (*ct_case.image.geometry.size[:2], n), ct_case.image.spacing_mm,
+        ct_case.image.to_sitk().TransformIndexToPhysicalPoint((0, 0, first)), ct_case.image.direction))
+    result, facts = flag(image, tumor[slab], liver_of(ct_case)[slab], ct_settings)
+    assert facts.scan_length_mm == pytest.approx(n * thickness)
+    assert {"at_scan_edge", "out_of_domain"} <= codes(result)
+    edge = next(r["message"] for r in result["reasons"] if r["code"] == "at_scan_edge")
+    assert "lower bound" in edge and ("head" in edge or "foot" in edge)
+    short = next(r["message"] for r in result["reasons"] if r["code"] == "out_of_domain")
+    assert f"the scan {n * thickness:.0f} mm from head to foot (expected at least" in short
+    whole, whole_facts = flag(ct_case.image, tumor, liver_of(ct_case), ct_settings)
+    assert whole_facts.tumor_edge_area_mm2 == 0.0 and whole_facts.scan_length_mm > lo and not whole["needed"]
+    whole_facts.scan_length_mm = 10 * ct_settings.reference["scan_length_mm"][1]
+    assert not review(whole_facts, tumor_volume_ml=1.0, mean_entropy_nats=0.0, modality="ct",
+                      settings=ct_settings)["needed"]
+
+
+def test_the_edge_limit_is_a_setting_with_a_default_for_older_bundles(ct_case, ct_settings):
+    from HepatoblastomaSegLib.infer.review import DEFAULT_MAX_TUMOR_EDGE_AREA_MM2, ImageFacts
+
+    assert ReviewSettings.from_dict({}).max_tumor_edge_area_mm2 == DEFAULT_MAX_TUMOR_EDGE_AREA_MM2
+    settings = ReviewSettings.from_dict({**ct_settings.to_dict(), "max_tumor_edge_area_mm2": 300.0})
+    assert ReviewSettings.from_dict(settings.to_dict()) == settings
+    for area, fires in ((None, False), (0.0, False), (300.0, False), (301.0, True)):
+        facts = ImageFacts(slice_thickness_mm=3.0, tumor_edge_area_mm2=area, tumor_edge_side="x")
+        result = review(facts, tumor_volume_ml=10.0, mean_entropy_nats=None, modality="ct", settings=settings)
+        assert ("at_scan_edge" in codes(result)) is fires, area
 
 
 def test_a_tumour_the_anchor_removes_whole_is_never_silent(ct_case):

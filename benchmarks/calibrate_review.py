@@ -12,9 +12,9 @@ Three phantom cohorts (folders with ``manifest.csv``), none of them the held-out
 1. ``--reference``: phantoms of the domain the model is meant for, normally its training seeds (small and full-size
    grids); for a model also trained on wider data (the full-variety phantoms), the contrast-enhanced children's
    phantoms only, so that an unenhanced or adult CT is still called out of domain. Their images give the reference
-   ranges of :class:`~HepatoblastomaSegLib.infer.review.ImageFacts` (slice thickness, body width, liver and fat HU
-   on CT, the fat/liver signal ratio on MRI), measured with the phantom's own liver and tumour masks, widened by a
-   margin (a quarter of the observed span, at least :data:`MIN_MARGIN` of each unit).
+   ranges of :class:`~HepatoblastomaSegLib.infer.review.ImageFacts` (slice thickness, body width, scan length,
+   liver and fat HU on CT, the fat/liver signal ratio on MRI), measured with the phantom's own liver and tumour
+   masks, widened by a margin (a quarter of the observed span, at least :data:`MIN_MARGIN` of each unit).
 2. ``--calibration``: another seed. The model segments each case as ``hbseg segment`` does by default (8-flip TTA,
    CT crop, liver model, liver anchor); the entropy threshold is the largest mean entropy inside the mask of the
    cases it segments well (Dice >= :data:`GOOD_DICE`) times :data:`ENTROPY_MARGIN`, so a new well-segmented phantom
@@ -23,7 +23,9 @@ Three phantom cohorts (folders with ``manifest.csv``), none of them the held-out
    the share flagged; then deliberately bad versions of the first held-out cases (CT: no contrast, 7 mm slices, an
    adult-sized body; MRI: no fat suppression, a tumour mask pasted outside the liver) and whether the flag fires.
 
-``--write`` stores the settings under ``"review"`` in the bundle's ``bundle.json`` (weights untouched).
+``--write`` stores the settings under ``"review"`` in the bundle's ``bundle.json`` (weights untouched). With
+``--reference`` alone (no ``--calibration``, ``--heldout``) only the reference ranges are measured again, the rest of
+the stored settings kept.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ from HepatoblastomaSegLib.preprocess import read_manifest
 from report import write_results  # benchmarks/ (the script's folder) is on sys.path
 
 #: Smallest margin added on each side of a reference range, per measurement (its unit).
-MIN_MARGIN = {"slice_thickness_mm": 0.5, "body_width_mm": 10.0, "liver_hu": 10.0, "fat_hu": 10.0,
-              "fat_to_liver_ratio": 0.05}
+MIN_MARGIN = {"slice_thickness_mm": 0.5, "body_width_mm": 10.0, "scan_length_mm": 20.0, "liver_hu": 10.0,
+              "fat_hu": 10.0, "fat_to_liver_ratio": 0.05}
 #: Share of the observed span added on each side (slice thickness: none, the phantoms' 1.25-6.25 mm would grow to
 #: 0-7.5 mm and a 7 mm CT would pass).
 MARGIN_FRACTION = {"slice_thickness_mm": 0.0}
@@ -277,9 +279,12 @@ CARD_HEADING = "## Review flag"
 
 
 def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
-    """Replace (or add) the model card's review-flag section with the calibrated figures."""
+    """Replace (or add) the model card's review-flag section with the calibrated figures. A run that does not
+    measure the held-out cohort or the bad cases again (``--reference`` alone) keeps the card's earlier lines on them,
+    which stay true as long as the new reference ranges still hold those cohorts."""
     card_path = bundle_dir / "model_card.md"
-    card = card_path.read_text(encoding="utf-8").split("\n" + CARD_HEADING)[0].rstrip("\n")
+    card, _, old_section = card_path.read_text(encoding="utf-8").partition("\n" + CARD_HEADING)
+    card = card.rstrip("\n")
     entropy = settings.calibration.get("entropy", {})
     lines = ["", CARD_HEADING,
              "`hbseg segment` marks a result for review (`summary.json` `review`) by the rules of "
@@ -290,20 +295,45 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              f"{entropy.get('cases', '?')} cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
              f"{'8-flip TTA' if entropy.get('tta') else 'no TTA'}).",
              f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL and more than "
-             f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask.",
+             f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask; anchor_removed: more "
+             f"than {settings.max_outside_liver_ml:g} mL removed by the liver anchor.",
              f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
              f"{settings.max_pieces} pieces of 1 mL or more.",
+             f"- at_scan_edge: more than {settings.max_tumor_edge_area_mm2:g} mm2 of the tumour mask on one face of "
+             "the scanned volume.",
              "- out_of_domain, reference ranges (with a margin) of the phantoms of the domain the model is meant for "
              f"({', '.join(settings.calibration.get('reference', {}).get('cohorts', [])) or '?'}): "
-             + ", ".join(f"{k} {v[0]:.3g} to {v[1]:.3g}" for k, v in settings.reference.items()) + "."]
+             + ", ".join(f"{k} {v[0]:.3g} to {v[1]:.3g}" for k, v in settings.reference.items())
+             + " (scan_length_mm: the low end only)."]
+    kept, keeping = [], False
+    for line in old_section.splitlines():  # a kept bullet with its wrapped continuation lines
+        if line.startswith("- ") or not line.startswith("  "):
+            keeping = line.startswith(("- Held-out phantoms", "- Deliberately bad"))
+        if keeping:
+            kept.append(line)
     if "heldout_flagged" in results:
         lines.append(f"- Held-out phantoms ({results.get('heldout_cohort', '')}): {results['heldout_flagged']} "
                      f"flagged, mean Dice {results['heldout_mean_dice']} with the flag's default pipeline.")
+    else:
+        lines += _bullets(kept, "- Held-out phantoms")
     if "bad_cases_flagged" in results:
         variants = ", ".join(sorted({r["variant"] for r in results["bad_cases"]}))
         lines.append(f"- Deliberately bad versions of held-out cases ({variants}): {results['bad_cases_flagged']} "
                      "flagged.")
+    else:
+        lines += _bullets(kept, "- Deliberately bad")
     card_path.write_text(card + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _bullets(lines: list[str], start: str) -> list[str]:
+    """The bullets of ``lines`` that begin with ``start``, with their continuation lines."""
+    out, keeping = [], False
+    for line in lines:
+        if line.startswith("- "):
+            keeping = line.startswith(start)
+        if keeping:
+            out.append(line)
+    return out
 
 
 if __name__ == "__main__":

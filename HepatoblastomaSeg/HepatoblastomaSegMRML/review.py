@@ -213,6 +213,7 @@ REVIEW_REASON_WORDS = {
     "high_uncertainty": "The model is unsure about a large part of the tumour.",
     "out_of_domain": "The image is unlike the images the model is meant for.",
     "implausible": "The tumour's size or shape is implausible for hepatoblastoma.",
+    "at_scan_edge": "The tumour reaches the edge of the scan; its volume may be underestimated.",
 }
 
 

@@ -25,12 +25,18 @@ gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.js
 ``out_of_domain``
     the image is unlike the images the model is meant for (its reference phantoms: normally its training images;
     for a model also trained on wider data, the contrast-enhanced children's CT it is vouched for): slice thickness,
-    body width, and for CT the liver's and the fat's attenuation (a liver far below the contrast-enhanced reference
-    livers means no contrast), for MRI the fat/liver signal ratio (fat bright = no fat suppression). The reference
-    ranges are stored in the bundle; the message names every measurement that falls outside them.
+    body width, a scan much shorter from head to foot than theirs (a longer one is never flagged), and for CT the
+    liver's and the fat's attenuation (a liver far below the contrast-enhanced reference livers means no contrast),
+    for MRI the fat/liver signal ratio (fat bright = no fat suppression). The reference ranges are stored in the
+    bundle; the message names every measurement that falls outside them.
 ``implausible``
     a tumour larger than the liver that holds it, larger than fits in a child's abdomen
     (:attr:`ReviewSettings.max_tumor_ml`), or scattered in many separate pieces.
+``at_scan_edge``
+    the tumour mask reaches the edge of the scanned volume (its first or last slice, or a side of the field of view)
+    over more than :attr:`ReviewSettings.max_tumor_edge_area_mm2`: the tumour may go on beyond the scan, so its
+    volume and diameter are lower bounds. A partial scan (a slab, a scan stopped at the liver dome) does this; no
+    phantom tumour touches its scan's edge.
 
 The settings live under the ``"review"`` key of the bundle's ``bundle.json`` (readers of bundles ignore keys they do
 not know); :func:`review_settings` reads them, :func:`write_review_settings` adds them to an existing bundle.
@@ -48,7 +54,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..io import Volume, write_text_atomic
+from ..io import Geometry, Volume, write_text_atomic
 
 #: The key in ``summary.json`` and in ``bundle.json``.
 REVIEW_KEY = "review"
@@ -69,8 +75,15 @@ FAT_WINDOW_HU = (-250.0, -30.0)
 #: MRI: the outer shell of the body (mm) where subcutaneous fat lies.
 MRI_FAT_SHELL_MM = 6.0
 
+#: Tumour mask on one face of the scanned volume (mm2) beyond which the tumour may continue outside the scan: 1 cm2,
+#: more than the few voxels a stray false positive puts there.
+DEFAULT_MAX_TUMOR_EDGE_AREA_MM2 = 100.0
+#: Measurements checked against the low end of their reference range only (a longer scan than the reference
+#: phantoms' is no reason to doubt a result).
+LOWER_BOUND_ONLY = ("scan_length_mm",)
+
 #: Every reason code the flag can give, in the order the reasons are listed.
-REVIEW_CODES = ("outside_liver", "anchor_removed", "high_uncertainty", "out_of_domain", "implausible")
+REVIEW_CODES = ("outside_liver", "anchor_removed", "high_uncertainty", "out_of_domain", "implausible", "at_scan_edge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +102,9 @@ class ReviewSettings:
     """A model's review thresholds and the reference ranges of the images it is meant for (``bundle.json``
     ``"review"``).
 
-    ``reference`` maps a measurement of :class:`ImageFacts` (``slice_thickness_mm``, ``body_width_mm``, ``liver_hu``,
-    ``fat_hu``, ``fat_to_liver_ratio``) to the ``[low, high]`` range the reference images span (with a margin).
+    ``reference`` maps a measurement of :class:`ImageFacts` (``slice_thickness_mm``, ``body_width_mm``,
+    ``scan_length_mm``, ``liver_hu``, ``fat_hu``, ``fat_to_liver_ratio``) to the ``[low, high]`` range the reference
+    images span (with a margin); a measurement missing from it is not checked.
     """
 
     max_mean_entropy_nats: float | None = None
@@ -98,6 +112,7 @@ class ReviewSettings:
     max_outside_liver_fraction: float = DEFAULT_MAX_OUTSIDE_LIVER_FRACTION
     max_tumor_ml: float = DEFAULT_MAX_TUMOR_ML
     max_pieces: int = DEFAULT_MAX_PIECES
+    max_tumor_edge_area_mm2: float = DEFAULT_MAX_TUMOR_EDGE_AREA_MM2
     reference: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -117,13 +132,15 @@ class ReviewSettings:
                                                              DEFAULT_MAX_OUTSIDE_LIVER_FRACTION)),
                    max_tumor_ml=float(data.get("max_tumor_ml", DEFAULT_MAX_TUMOR_ML)),
                    max_pieces=int(data.get("max_pieces", DEFAULT_MAX_PIECES)),
+                   max_tumor_edge_area_mm2=float(data.get("max_tumor_edge_area_mm2",
+                                                          DEFAULT_MAX_TUMOR_EDGE_AREA_MM2)),
                    reference=reference, calibration=dict(data.get("calibration") or {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_mean_entropy_nats": self.max_mean_entropy_nats,
                 "max_outside_liver_ml": self.max_outside_liver_ml,
                 "max_outside_liver_fraction": self.max_outside_liver_fraction, "max_tumor_ml": self.max_tumor_ml,
-                "max_pieces": self.max_pieces,
+                "max_pieces": self.max_pieces, "max_tumor_edge_area_mm2": self.max_tumor_edge_area_mm2,
                 "reference": {k: [round(v[0], 3), round(v[1], 3)] for k, v in self.reference.items()},
                 "calibration": self.calibration}
 
@@ -158,6 +175,8 @@ class ImageFacts:
 
     slice_thickness_mm: float
     body_width_mm: float | None = None
+    #: head-to-foot extent of the scanned volume
+    scan_length_mm: float | None = None
     liver_hu: float | None = None
     fat_hu: float | None = None
     fat_to_liver_ratio: float | None = None
@@ -166,6 +185,9 @@ class ImageFacts:
     tumor_pieces: int = 0
     #: tumour mask removed by the liver anchor (None: no anchor applied)
     anchor_removed_ml: float | None = None
+    #: the largest area of tumour mask on one face of the scanned volume, and where that face is (patient words)
+    tumor_edge_area_mm2: float | None = None
+    tumor_edge_side: str | None = None
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
@@ -242,7 +264,9 @@ def measure_image(volume: Volume, modality: str, tumor: np.ndarray, liver: np.nd
     body, step = body_mask(volume, modality)
     facts = ImageFacts(slice_thickness_mm=float(max(volume.spacing_mm)),
                        body_width_mm=body_width_mm(body, volume.spacing_mm[0] * step),
+                       scan_length_mm=scan_length_mm(volume.geometry),
                        tumor_pieces=count_pieces(tumor, voxel_ml))
+    facts.tumor_edge_area_mm2, facts.tumor_edge_side = tumor_on_scan_edge(tumor, volume.geometry)
     image = volume.array
     coarse = image[:, ::step, ::step]
     parenchyma = None
@@ -269,6 +293,38 @@ def measure_image(volume: Volume, modality: str, tumor: np.ndarray, liver: np.nd
     return facts
 
 
+def scan_length_mm(geometry: Geometry) -> float:
+    """Head-to-foot extent (mm) of the scanned volume: the length of its box, edge to edge of the outer voxels,
+    projected on the patient's superior axis (LPS z), so that an axial, coronal, sagittal or oblique scan is measured
+    alike."""
+    edges = geometry.direction_matrix * (np.asarray(geometry.size, dtype=float) * np.asarray(geometry.spacing_mm))
+    return float(np.abs(edges[2]).sum())
+
+
+#: Where a face of the scanned volume lies, by its outward world direction (LPS axis, sign).
+_SIDE_WORDS = {(0, 1): "the field of view's left side", (0, -1): "the field of view's right side",
+               (1, 1): "the field of view's posterior side", (1, -1): "the field of view's anterior side",
+               (2, 1): "the scan's upper (head) end", (2, -1): "the scan's lower (foot) end"}
+
+
+def tumor_on_scan_edge(tumor: np.ndarray, geometry: Geometry) -> tuple[float, str | None]:
+    """The largest area (mm2) of ``tumor`` [z, y, x] lying on one of the six faces of the scanned volume (its
+    outermost layer of voxels, each counted with the area of its face), and where that face lies in patient words;
+    ``(0.0, None)`` when the mask touches no face."""
+    mask = np.asarray(tumor, dtype=bool)
+    sx, sy, sz = geometry.spacing_mm
+    direction = geometry.direction_matrix
+    best, side = 0.0, None
+    for axis_ijk, (axis_zyx, face_mm2) in enumerate(((2, sy * sz), (1, sx * sz), (0, sx * sy))):
+        outward = direction[:, axis_ijk]
+        world = int(np.argmax(np.abs(outward)))
+        for end, sign in ((0, -1), (-1, 1)):
+            area = float(np.count_nonzero(np.take(mask, end, axis=axis_zyx))) * face_mm2
+            if area > best:
+                best, side = area, _SIDE_WORDS[(world, sign * (1 if outward[world] > 0 else -1))]
+    return best, side
+
+
 def count_pieces(mask: np.ndarray, voxel_ml: float, min_ml: float = PIECE_MIN_ML) -> int:
     """Separate 26-connected pieces of ``mask`` of at least ``min_ml`` mL (labelled inside the mask's box only)."""
     from ..preprocess.liver import bounding_box
@@ -286,6 +342,7 @@ def count_pieces(mask: np.ndarray, voxel_ml: float, min_ml: float = PIECE_MIN_ML
 # ------------------------------------------------------------------------------------------------ the flag
 #: How each out-of-domain measurement is named to a reader, and its unit.
 _FACT_WORDS = {"slice_thickness_mm": ("slices", "mm thick"), "body_width_mm": ("the body", "mm wide"),
+               "scan_length_mm": ("the scan", "mm from head to foot"),
                "liver_hu": ("the liver", "HU"), "fat_hu": ("fat", "HU"),
                "fat_to_liver_ratio": ("fat/liver signal", "")}
 
@@ -322,6 +379,12 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
     if implausible:
         reasons.append(ReviewReason("implausible", "The result is implausible for a hepatoblastoma: "
                                     + "; ".join(implausible) + "."))
+    edge = facts.tumor_edge_area_mm2
+    if edge is not None and edge > settings.max_tumor_edge_area_mm2:
+        where = facts.tumor_edge_side or "the edge of the scan"
+        reasons.append(ReviewReason("at_scan_edge", (
+            f"The tumour mask reaches {where} ({edge / 100:.1f} cm2 of it on the scan's outermost voxels): the tumour "
+            "may go on beyond the scanned volume, so its volume and diameter are lower bounds.")))
     return {"needed": bool(reasons), "reasons": [r.to_dict() for r in reasons]}
 
 
@@ -332,16 +395,19 @@ def _out_of_domain(facts: ImageFacts, modality: str, reference: dict[str, tuple[
         if value is None or key not in reference:
             continue
         lo, hi = reference[key]
-        if lo <= value <= hi:
+        if lo <= value and (value <= hi or key in LOWER_BOUND_ONLY):
             continue
         shown = f"{value:.2f}" if key == "fat_to_liver_ratio" else f"{value:.0f}"
-        text = f"{what} {shown} {unit}".rstrip() + f" (expected {_num(lo)} to {_num(hi)})"
+        expected = f"at least {_num(lo)}" if key in LOWER_BOUND_ONLY else f"{_num(lo)} to {_num(hi)}"
+        text = f"{what} {shown} {unit}".rstrip() + f" (expected {expected})"
         if key == "liver_hu" and value < lo:
             text += ": a CT without intravenous contrast, or another phase?"
         elif key == "fat_to_liver_ratio" and value > hi:
             text += ": bright fat, as on a T2 without fat suppression or a T1-weighted image?"
         elif key == "body_width_mm" and value > hi:
             text += ": an adult-sized body?"
+        elif key == "scan_length_mm":
+            text += ": a partial scan, with too little of the liver and its surroundings in view?"
         words.append(text)
     return words
 
