@@ -6,8 +6,11 @@ liver models (:mod:`.preprocess.liver`) and validation during training (:mod:`.t
 :mod:`.network` (below both ``preprocess`` and ``infer``, importing neither), so no layer imports upwards.
 
 The settings are nnU-Net's, not MONAI's defaults: overlap 0.5 and Gaussian importance weights with sigma = patch/8
-(``sigma_scale`` 0.125); images smaller than a patch are padded with 0 (the normalised image's value is irrelevant:
-what the network sees there is cropped away again). The tumour models stitch the windows' **softmax** (nnU-Net
+(``sigma_scale`` 0.125). An image smaller than a patch along an axis (a CT shorter from head to foot than the window)
+must be padded, and what fills the padding matters: the network's output inside the image depends on everything in
+its window. nnU-Net pads with 0 (the foreground mean after normalisation: a slab of uniform soft tissue, nothing a
+scan holds); ``pad_mode="mirror"`` fills it with the image's own edge slices mirrored (:func:`mirror_pad`), so that
+a tumour that reaches a short scan's end is seen next to tissue like its own. The tumour models stitch the windows' **softmax** (nnU-Net
 v1.7.1, the paper's version) and with TTA the mean softmax over the flips (:class:`SoftmaxPredictor`); the liver
 models stitch **logits** and take the softmax of the stitched map, as they always have (``stitch="logits"``; the two
 differ where overlapping windows disagree). Stitching is float32 whatever the autocast dtype; the stitching itself is
@@ -30,6 +33,33 @@ SPATIAL_AXES = (2, 3, 4)  # of a [B, C, z, y, x] tensor
 ALL_FLIPS: tuple[tuple[int, ...], ...] = ((),) + tuple(c for r in (1, 2, 3) for c in combinations(SPATIAL_AXES, r))
 #: No mirroring: the identity only.
 NO_FLIPS: tuple[tuple[int, ...], ...] = ((),)
+#: How an image smaller than a patch is padded: "zero" (nnU-Net's) or "mirror" (:func:`mirror_pad`).
+PAD_MODES = ("zero", "mirror")
+
+
+def mirror_padding(shape_zyx: Sequence[int], patch_size_zyx: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Voxels (before, after) to add per axis so that ``shape_zyx`` is at least ``patch_size_zyx``, split evenly
+    (the odd voxel after), as MONAI pads an image smaller than its window."""
+    return tuple(((p - n) // 2, (p - n) - (p - n) // 2) if n < p else (0, 0)
+                 for n, p in zip(shape_zyx, patch_size_zyx))
+
+
+def mirror_pad(image: torch.Tensor, padding: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """``image`` [z, y, x] padded by its own mirror image about its edge voxels (the edge voxel not repeated), as
+    numpy's ``np.pad(mode="reflect")``: beyond one image length the mirroring repeats (a 5-slice image padded by 12
+    reads 2 3 4 3 2 1 0 1 2 3 4 3 2 1 0 1 2 ...). An axis of one voxel is repeated."""
+    for axis, (before, after) in enumerate(padding):
+        n = image.shape[axis]
+        if before == after == 0:
+            continue
+        if n == 1:
+            image = torch.cat([image] * (before + 1 + after), dim=axis)
+            continue
+        # One period of the mirrored sequence is the image and its reverse without their end voxels (2n - 2 long).
+        period = torch.cat([torch.arange(n), torch.arange(n - 2, 0, -1)])
+        index = period[torch.arange(-before, n + after) % (2 * n - 2)]
+        image = image.index_select(axis, index.to(image.device))
+    return image
 
 
 class SoftmaxPredictor:
@@ -158,6 +188,8 @@ class SlidingWindowEngine:
             sees one shape only); None = no padding.
         stitch: ``"softmax"``: stitch the windows' (flip-averaged) softmax (nnU-Net v1, the tumour models);
             ``"logits"``: stitch the logits and take the softmax of the stitched map (the liver models).
+        pad_mode: how an image smaller than the patch is padded to it (:data:`PAD_MODES`): ``"zero"`` (nnU-Net's,
+            and what the training sees) or ``"mirror"`` (:func:`mirror_pad`). The padding is cropped off again.
     """
 
     patch_size_zyx: tuple[int, ...]
@@ -171,6 +203,7 @@ class SlidingWindowEngine:
     stitch_device: torch.device | None = None
     pad_windows_to: int | None = None
     stitch: str = "softmax"
+    pad_mode: str = "zero"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_zyx", tuple(int(v) for v in self.patch_size_zyx))
@@ -182,6 +215,8 @@ class SlidingWindowEngine:
             raise ValueError(f"windows_per_call must be at least 1, not {self.windows_per_call}")
         if self.stitch not in ("softmax", "logits"):
             raise ValueError(f"stitch must be 'softmax' or 'logits', not {self.stitch!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, not {self.pad_mode!r}")
 
     def count_windows(self, shape_zyx: Sequence[int]) -> int:
         """Windows over an image of ``shape_zyx`` (after padding to the patch)."""
@@ -204,6 +239,11 @@ class SlidingWindowEngine:
         sw_device = torch.device(self.sw_device) if self.sw_device is not None else image.device
         stitch_device = torch.device(self.stitch_device) if self.stitch_device is not None else image.device
         data = image.to(sw_device, torch.float32)
+        padding = mirror_padding(data.shape, self.patch_size_zyx) if self.pad_mode == "mirror" else ()
+        if any(before or after for before, after in padding):
+            data = mirror_pad(data, padding)
+        else:
+            padding = ()
         on_batch = None if on_window_batch is None else _counting(on_window_batch, self.window_batches(data.shape))
         inferer = SlidingWindowInferer(roi_size=list(self.patch_size_zyx), sw_batch_size=self.windows_per_call,
                                        overlap=self.overlap, mode="gaussian", sigma_scale=self.sigma_scale,
@@ -214,4 +254,6 @@ class SlidingWindowEngine:
                                    pad_windows_to=self.pad_windows_to, softmax=self.stitch == "softmax")
         with torch.inference_mode(), cudnn_benchmark(sw_device.type == "cuda"):
             stitched = inferer(data[None, None], softmax)[0]
+            if padding:
+                stitched = stitched[(slice(None), *(slice(b, n - a) for (b, a), n in zip(padding, data.shape)))]
             return stitched if self.stitch == "softmax" else torch.softmax(stitched, dim=0)

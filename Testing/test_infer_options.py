@@ -26,7 +26,7 @@ def _random_options(rng: random.Random) -> PredictorOptions:
         tta=rng.random() < 0.5, overlap=rng.choice([0.0, 0.25, 0.5, 0.75]), batch_size=rng.choice([None, 1, 3]),
         compile=rng.random() < 0.5, keep_largest=rng.random() < 0.5, min_component_ml=rng.choice([0.0, 1.5]),
         gpu_memory_gb=rng.choice([None, 8.0]), crop_to_body=rng.random() < 0.5,
-        liver_anchor=rng.choice([None, True, False]))
+        liver_anchor=rng.choice([None, True, False]), short_scan_padding=rng.choice(["mirror", "zero"]))
 
 
 def test_every_field_is_a_flag_of_hbseg_segment():
@@ -67,6 +67,18 @@ def test_impossible_values_are_refused_naming_the_flag(arguments, flag):
         _parse(arguments)
 
 
+def test_a_padding_no_engine_knows_is_refused_before_any_run():
+    from HepatoblastomaSegLib.sliding_window import PAD_MODES
+
+    field = next(f for f in dataclasses.fields(PredictorOptions) if f.name == "short_scan_padding")
+    assert set(field.metadata["argparse"]["choices"]) == set(PAD_MODES)
+    with pytest.raises(ConfigError, match="--short-scan-padding must be one of mirror, zero, got 'reflect'"):
+        PredictorOptions(short_scan_padding="reflect").validate()
+    with pytest.raises(ConfigError, match="--short-scan-padding: invalid choice: 'reflect'"):
+        _parse(["--short-scan-padding", "reflect"])
+    assert _parse(["--short-scan-padding", "zero"]).short_scan_padding == "zero"
+
+
 def test_every_option_that_changes_the_mask_is_in_the_resume_key():
     """A cohort rerun recomputes a case when any result-shaping option changed (the liver anchor was missing)."""
     assert "liver_anchor" in RESULT_OPTIONS
@@ -91,3 +103,5 @@ def test_options_an_imported_model_would_ignore_are_refused_by_name(tmp_path):
         _refuse_options_that_do_not_apply(PredictorOptions(overlap=0.6, liver_anchor=True), "nnU-Net")
     with pytest.raises(ConfigError, match="^--no-crop-to-body: not used by an imported MONAI bundle model"):
         _refuse_options_that_do_not_apply(PredictorOptions(crop_to_body=False), "MONAI bundle")
+    with pytest.raises(ConfigError, match="^--short-scan-padding zero: not used by an imported nnU-Net model"):
+        _refuse_options_that_do_not_apply(PredictorOptions(short_scan_padding="zero"), "nnU-Net")

@@ -15,7 +15,8 @@ from HepatoblastomaSegLib.io import Geometry, Volume
 from HepatoblastomaSegLib.preprocess import preprocess_image, resample_to_original
 from HepatoblastomaSegLib.preprocess.liver import largest_component, liver_mask_from_model
 from HepatoblastomaSegLib.progress import NullProgress
-from HepatoblastomaSegLib.sliding_window import ALL_FLIPS, NO_FLIPS, SlidingWindowEngine
+from HepatoblastomaSegLib.sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, mirror_pad,
+                                                 mirror_padding)
 from HepatoblastomaSegLib.train.validate import predict_labels
 
 from tiny_models import tiny_bundle, tiny_liver_bundle
@@ -86,6 +87,37 @@ def test_engine_refuses_nonsense_settings():
         SlidingWindowEngine((8, 32))
     with pytest.raises(ValueError, match="stitch"):
         SlidingWindowEngine(PATCH, stitch="mean")
+    with pytest.raises(ValueError, match="pad_mode"):
+        SlidingWindowEngine(PATCH, pad_mode="reflect")
+
+
+@pytest.mark.parametrize(("n", "before", "after"), [(5, 6, 6), (5, 12, 3), (2, 5, 4), (1, 2, 3), (7, 0, 1)])
+def test_mirror_pad_is_numpys_reflect_even_beyond_one_image_length(n, before, after):
+    image = torch.randn(n, 3, 2, generator=torch.Generator().manual_seed(n))
+    padding = ((before, after), (0, 0), (1, 1))
+    np.testing.assert_array_equal(mirror_pad(image, padding).numpy(), np.pad(image.numpy(), padding, mode="reflect"))
+
+
+def test_mirror_padding_is_split_as_monai_pads_a_short_image():
+    assert mirror_padding((5, 40, 30), PATCH) == ((1, 2), (0, 0), (1, 1))
+    assert mirror_padding((8, 32, 33), PATCH) == ((0, 0), (0, 0), (0, 0))
+
+
+def test_a_short_image_is_padded_with_its_mirror_image_and_the_padding_cropped_off(tumor_bundle):
+    """Thinner than a patch in z: the engine runs on the mirrored image (MONAI's sliding window over numpy's
+    reflect-padded image, cropped back); with zero padding the network sees something else near the image's ends."""
+    net = tumor_bundle.cached_network("cpu")
+    image = torch.randn(5, 40, 33, generator=torch.Generator().manual_seed(6))
+    mirrored = SlidingWindowEngine(PATCH, pad_mode="mirror").probabilities(net, image)
+    reflected = torch.from_numpy(np.pad(image.numpy(), ((1, 2), (0, 0), (0, 0)), mode="reflect"))
+    assert mirrored.shape == (2, 5, 40, 33)
+    torch.testing.assert_close(mirrored, monai_softmax(net, reflected, windows=1)[:, 1:6], atol=1e-6, rtol=0)
+    zero = SlidingWindowEngine(PATCH).probabilities(net, image)
+    assert (mirrored - zero).abs().max() > 1e-3
+    # An image at least a patch along every axis is not padded either way.
+    large = torch.randn(9, 33, 40, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(SlidingWindowEngine(PATCH, pad_mode="mirror").probabilities(net, large),
+                               SlidingWindowEngine(PATCH).probabilities(net, large), atol=0, rtol=0)
 
 
 def test_engine_stitching_logits_equals_monai_on_the_logits(tumor_bundle):
@@ -110,10 +142,10 @@ def test_predictor_goes_through_the_engine_and_equals_monai(tumor_bundle, spy, t
     torch.testing.assert_close(probs, expected, atol=1e-6, rtol=0)
 
 
-def ct_volume(seed: int = 0) -> Volume:
+def ct_volume(seed: int = 0, slices: int = 12) -> Volume:
     """A small CT-like volume (HU), 3 mm slices, 1.2 mm in-plane: resampled onto the tiny plans' grid."""
     rng = np.random.default_rng(seed)
-    array = rng.normal(60.0, 40.0, size=(12, 40, 44)).astype(np.float32)
+    array = rng.normal(60.0, 40.0, size=(slices, 40, 44)).astype(np.float32)
     array[:, :4] = -1000.0  # some air, so the modality check sees a CT
     return Volume(array, Geometry(size=array.shape[::-1], spacing_mm=(1.2, 1.2, 3.0), origin_mm=(0.0, 0.0, 0.0)))
 
@@ -174,7 +206,17 @@ def test_largest_component_equals_scipy_on_the_whole_array():
 
 def test_a_ct_prediction_runs_tumour_and_liver_models_through_the_engine(tumor_bundle, liver_bundle, spy):
     predictor = Predictor(tumor_bundle, PredictorOptions(device="cpu", tta=False), liver_bundle=liver_bundle)
-    prediction = predictor.predict(ct_volume())
+    prediction = predictor.predict(ct_volume(slices=5))  # shorter than the tiny model's patch
     assert [network for _, network, _ in spy] == [predictor.network, liver_bundle.cached_network("cpu")]
     assert [engine.stitch for engine, _, _ in spy] == ["softmax", "logits"]
     assert prediction.summary["liver_source"].startswith("ct-liver-tiny")
+    # Both networks pad a short scan with its mirror image by default, and the summary says by how much.
+    assert [engine.pad_mode for engine, _, _ in spy] == ["mirror", "mirror"]
+    padding = mirror_padding(spy[0][2], tumor_bundle.plans.patch_size_zyx)
+    assert prediction.summary["short_scan_padding"] == {"mode": "mirror", "voxels_zyx": [a + b for a, b in padding]}
+    assert prediction.summary["short_scan_padding"]["voxels_zyx"][0] > 0
+    spy.clear()
+    zero = Predictor(tumor_bundle, PredictorOptions(device="cpu", tta=False, short_scan_padding="zero"),
+                     liver_bundle=liver_bundle).predict(ct_volume(slices=5))
+    assert [engine.pad_mode for engine, _, _ in spy] == ["zero", "zero"]
+    assert zero.summary["short_scan_padding"]["mode"] == "zero"

@@ -17,7 +17,8 @@ with their source and licence, and how to fetch them)::
 
 Per case: Dice with the true tumour (when given), the share of the true tumour found and the mL predicted outside it,
 predicted and true volume (mL), mL of the predicted tumour outside the liver, the review flag and its reasons,
-seconds. Options as ``hbseg segment`` (defaults: 8-flip TTA, CT crop, liver anchor on for CT); ``--no-liver-anchor``
+seconds; a scan the pipeline refuses (e.g. a CT whose values are not Hounsfield units) is listed under ``refused``
+with the reason, and the run goes on. Options as ``hbseg segment`` (defaults: 8-flip TTA, CT crop, liver anchor on for CT); ``--no-liver-anchor``
 shows what the anchor changes.
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from HepatoblastomaSegLib.errors import HepatoblastomaSegError
 from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions, guess_modality
 from HepatoblastomaSegLib.io import read_mask, read_volume
@@ -97,6 +99,7 @@ def run_case(predictors: dict, row: dict, folder: Path, options: PredictorOption
         "review_needed": s["review"]["needed"], "reasons": [r["code"] for r in s["review"]["reasons"]],
         "messages": [r["message"] for r in s["review"]["reasons"]],
         "measurements": s.get("review_measurements"), "warnings": s.get("warnings"),
+        "short_scan_padding": s.get("short_scan_padding"),
         "seconds": round(seconds, 1),
     }
     print(f"{result['case']} ({modality}{', ' + result['note'] if result['note'] else ''}): "
@@ -118,6 +121,7 @@ def main() -> int:
                                               "(default: as hbseg segment)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--liver-anchor", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--short-scan-padding", choices=("mirror", "zero"), default="mirror")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -131,13 +135,20 @@ def main() -> int:
         parser.error("a manifest is needed (or --rereview JSON)")
     torch.set_num_threads(args.threads)
     options = PredictorOptions(model=args.model, liver_model=args.liver_model, device=args.device, tta=args.tta,
-                               liver_anchor=args.liver_anchor)
+                               liver_anchor=args.liver_anchor, short_scan_padding=args.short_scan_padding)
     folder = args.manifest.resolve().parent
     predictors: dict = {}
-    cases = [run_case(predictors, row, folder, options) for row in read_rows(args.manifest)]
+    cases, refused = [], []
+    for row in read_rows(args.manifest):
+        try:
+            cases.append(run_case(predictors, row, folder, options))
+        except HepatoblastomaSegError as error:  # a bad scan is reported, and the run goes on
+            print(f"{row['case']}: refused: {error}", flush=True)
+            refused.append({"case": row["case"], "error": str(error)})
     badly_wrong = [c["case"] for c in cases if _badly_wrong(c)]
     return write_results({"tta": args.tta, "liver_anchor": args.liver_anchor, "liver_model": args.liver_model,
-                          "cases": cases,
+                          "short_scan_padding": args.short_scan_padding,
+                          "cases": cases, "refused": refused,
                           "badly_wrong": badly_wrong,
                           "badly_wrong_without_review": [c["case"] for c in cases
                                                          if c["case"] in badly_wrong and not c["review_needed"]]},

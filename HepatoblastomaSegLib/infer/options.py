@@ -70,6 +70,12 @@ class PredictorOptions:
               "entropy 0. Far fewer windows on a CT with air around the child; the window grid changes with it, "
               "and so can the mask slightly (the README gives the measured agreement). MRI is never cropped "
               "(default: on)", affects_result=True, action=argparse.BooleanOptionalAction)
+    short_scan_padding: str = _option(
+        "mirror", "what fills the network's window beyond an image smaller than it (a scan shorter from head to foot "
+                  "than the window): mirror = the image's edge slices mirrored, zero = nnU-Net's zeros (a slab of "
+                  "uniform tissue next to the scan's end; the README shows what it did to tumours there). Applies "
+                  "to the tumour network and the CT liver anchor's (default: %(default)s)", affects_result=True,
+        choices=("mirror", "zero"))
     #: Drop tumour components that do not touch the liver mask; None = on for CT, off for MRI.
     liver_anchor: bool | None = _option(
         None, "drop tumour components that neither overlap nor touch the liver mask (hepatoblastoma arises in the "
@@ -87,6 +93,10 @@ class PredictorOptions:
             raise ConfigError(f"--gpu-memory-gb must be positive, got {self.gpu_memory_gb}")
         if self.min_component_ml < 0:
             raise ConfigError(f"--min-component-ml must be at least 0, got {self.min_component_ml}")
+        modes = _choices("short_scan_padding")  # the engine's PAD_MODES (not imported here: it imports torch)
+        if self.short_scan_padding not in modes:
+            raise ConfigError(f"--short-scan-padding must be one of {', '.join(modes)}, got "
+                              f"{self.short_scan_padding!r}")
         return self
 
     @classmethod
@@ -110,6 +120,10 @@ class PredictorOptions:
             else:
                 args += [flag, str(value)]
         return args
+
+
+def _choices(name: str) -> tuple:
+    return next(f for f in dataclasses.fields(PredictorOptions) if f.name == name).metadata["argparse"]["choices"]
 
 
 def flag_of(name: str) -> str:

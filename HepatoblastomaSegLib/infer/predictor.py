@@ -16,8 +16,8 @@ Per case (:meth:`Predictor.predict`):
    by default, on the body box, its largest piece and the pieces beside it; MRI: the one its Nyul step used) and, on
    by default for CT, the liver-anchored tumour step: components that neither overlap nor touch the liver are
    dropped (:func:`~.postprocess.keep_components_touching`);
-5. the summary, with the review flag (:mod:`.review`: tumour outside the liver, high uncertainty, an image unlike the
-   training images, an implausible result).
+5. the summary, with the review flag (:mod:`.review`: tumour outside the liver or removed by the anchor, high
+   uncertainty, an image unlike the training images, an implausible result, a tumour running off the scan).
 
 Devices: ``auto`` picks CUDA when present. On CUDA the network runs under autocast (bf16 where supported, else fp16),
 cuDNN autotunes its kernels, and a window's flips go through the network together, up to a memory budget
@@ -48,8 +48,8 @@ from ..preprocess import preprocess_image, resample_to_original
 from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
 from ..preprocess.checks import check_modality, check_spacing, guess_modality  # noqa: F401 (re-exported)
 from ..progress import NullProgress, Progress
-from ..sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, autocast_dtype_for,
-                              count_windows)
+from ..sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, autocast_dtype_for, count_windows,
+                              mirror_padding)
 from .postprocess import keep_components_touching, keep_largest_component, remove_small_components
 from .result import Prediction
 from .review import measure_image, review, review_settings
@@ -154,6 +154,7 @@ class Predictor:
         self.keep_largest = options.keep_largest
         self.min_component_ml = options.min_component_ml
         self.crop_to_body = options.crop_to_body
+        self.pad_mode = options.short_scan_padding
         self.liver_anchor = bundle.modality == "ct" if options.liver_anchor is None else options.liver_anchor
         self._liver_anchor_asked = bool(options.liver_anchor)
         self.review_settings = review_settings(bundle.path)
@@ -279,6 +280,8 @@ class Predictor:
             "body_crop": None if box is None else box.to_dict(volume.array.shape),
             "sliding_windows": count_windows(tuple(prep.data.shape), list(self.bundle.plans.patch_size_zyx),
                                              self.overlap),
+            "short_scan_padding": {"mode": self.pad_mode, "voxels_zyx": [
+                sum(pair) for pair in mirror_padding(tuple(prep.data.shape), self.bundle.plans.patch_size_zyx)]},
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(self.device),
@@ -323,7 +326,7 @@ class Predictor:
 
         progress("liver", 0.0, f"liver mask ({self.liver_bundle.name})")
         liver = liver_mask_from_model(work, self.liver_bundle, device=self.device, checked=True,
-                                      min_piece_ml=LIVER_PIECE_MIN_ML).array
+                                      min_piece_ml=LIVER_PIECE_MIN_ML, pad_mode=self.pad_mode).array
         progress("liver", 1.0, "done")
         if box is not None:
             liver = paste(liver, box, volume.array.shape)
@@ -431,7 +434,7 @@ class Predictor:
             patches_per_network_call=forward_batch or self.max_forward_batch,
             flips=ALL_FLIPS if self.tta else NO_FLIPS, autocast_dtype=autocast_dtype_for(sw_device),
             sw_device=sw_device, stitch_device=stitch_device or sw_device,
-            pad_windows_to=batch if pad_windows else None)
+            pad_windows_to=batch if pad_windows else None, pad_mode=self.pad_mode)
 
 
 def _stage_seconds(t0: float, device: torch.device) -> float:
@@ -454,7 +457,7 @@ def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
 #: Options an imported model does not use: it runs its own framework's inference settings (nnU-Net's window
 #: placement and overlap, a MONAI bundle's configured inferer), with no body crop and no liver model of ours.
 NOT_FOR_IMPORTED_MODELS = ("liver_model", "overlap", "batch_size", "compile", "gpu_memory_gb", "crop_to_body",
-                           "liver_anchor")
+                           "liver_anchor", "short_scan_padding")
 
 
 def _refuse_options_that_do_not_apply(options: PredictorOptions, kind: str) -> None:

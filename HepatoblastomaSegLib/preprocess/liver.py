@@ -99,13 +99,16 @@ def body_mask(volume: Volume) -> np.ndarray:
 
 
 def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | torch.device = "cpu",
-                          overlap: float = 0.5, checked: bool = False, min_piece_ml: float | None = None) -> Volume:
+                          overlap: float = 0.5, checked: bool = False, min_piece_ml: float | None = None,
+                          pad_mode: str = "zero") -> Volume:
     """Segment the liver (incl. tumour) of ``volume`` with a liver bundle; uint8 0/1 on the volume's grid.
 
     ``checked``: spacing and modality were checked on the whole image already (a CT cropped to the body holds too
     little air for the modality check). ``min_piece_ml``: None keeps the largest connected component (one organ for
     Nyul's landmarks); a number keeps the largest and every piece beside it of at least that many mL
-    (:func:`pieces_beside_largest`)."""
+    (:func:`pieces_beside_largest`). ``pad_mode``: how an image smaller than the liver model's patch is padded
+    (:class:`~..sliding_window.SlidingWindowEngine`); zero, as in training, for the MRI Nyul mask, whose landmarks
+    the training images were standardised with."""
     from .pipeline import preprocess_image, resample_to_original
 
     if "liver" not in bundle.plans.labels:
@@ -116,7 +119,7 @@ def liver_mask_from_model(volume: Volume, bundle: ModelBundle, *, device: str | 
     net = bundle.cached_network(device)  # built once per loaded bundle, not once per case
     engine = SlidingWindowEngine(bundle.plans.patch_size_zyx, overlap=overlap,
                                  windows_per_call=LIVER_WINDOWS_PER_CALL, autocast_dtype=autocast_dtype_for(device),
-                                 stitch="logits")
+                                 stitch="logits", pad_mode=pad_mode)
     probs = engine.probabilities(net, prep.data)
     channel = bundle.plans.labels["liver"]
     if len(bundle.plans.labels) == 2:
