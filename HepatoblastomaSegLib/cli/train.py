@@ -103,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="share of patches whose image is rendered from the phantom's tissue label map with random "
                             "per-tissue intensities and textures (SynthSeg-style; needs the 'tissues' column that "
                             "'hbseg phantom' writes); default 0 = off")
+    group.add_argument("--regional-field-hu", type=float, default=0.0, metavar="SD",
+                       help="CT: add to every patch a smooth random field (control points every 30 mm) with an SD "
+                            "drawn from 0 to SD HU, as real organs are not evenly enhanced; default 0 = off")
     group.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false",
                        help="train the full-resolution output only")
     group.add_argument("--val-every", type=int, default=1, metavar="N", help="validate every N epochs (default 1)")
@@ -164,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
         preprocess_workers=args.preprocess_workers, use_ce=args.use_ce,
         schedule=args.schedule, learning_rate=args.lr, early_stop_epochs=args.early_stop,
         time_limit_min=args.time_limit_min,
-        augment=AugmentConfig(enabled=not args.no_augment, p_synthetic=args.domain_randomisation),
+        augment=AugmentConfig(enabled=not args.no_augment, p_synthetic=args.domain_randomisation,
+                              regional_field_hu=args.regional_field_hu),
         deep_supervision=args.deep_supervision,
         val_every=args.val_every, device=args.device, amp=args.amp, name=args.name, version=args.version,
         fp16_weights=args.fp16_weights, card_note=args.card_note, command=command)

@@ -4,7 +4,7 @@
 The paper lists rotation up to +-30 deg, scaling 0.7-1.4, elastic deformation, gamma, brightness and mirroring on
 all axes. We add nnU-Net v1's Gaussian noise, Gaussian blur, contrast and low-resolution simulation (all on by
 default; nnU-Net uses them and they are cheap on the device). Order and default probabilities follow nnU-Net v1's
-``get_moreDA_augmentation``: spatial -> noise -> blur -> brightness -> contrast -> low resolution -> gamma of the
+``get_moreDA_augmentation``: spatial -> (our regional field, off by default) -> noise -> blur -> brightness -> contrast -> low resolution -> gamma of the
 inverted image -> gamma -> mirroring.
 
 Spatial transform (one resampling per sample, skipped when a sample draws none of rotation / scaling / elastic):
@@ -50,6 +50,7 @@ class SampleParams:
     in_plane_only: bool = False
     centre_in_source: tuple[float, float, float] = (0.0, 0.0, 0.0)
     synthetic_seed: int | None = None                         # domain randomisation (see .synthetic)
+    regional_field: np.ndarray | None = None                  # float32 [gz, gy, gx] control points, image units
 
     @property
     def spatial(self) -> bool:
@@ -74,8 +75,10 @@ def _uniform_around_one(rng: np.random.Generator, low: float, high: float) -> fl
 
 
 def draw_params(rng: np.random.Generator, cfg: AugmentConfig, patch_size_zyx: Sequence[int],
-                spacing_mm_zyx: Sequence[float], *, in_plane_rotation_only: bool = False) -> SampleParams:
-    """All random choices for one sample (see module docstring); identity when ``cfg.enabled`` is False."""
+                spacing_mm_zyx: Sequence[float], *, in_plane_rotation_only: bool = False,
+                hu_per_unit: float | None = None) -> SampleParams:
+    """All random choices for one sample (see module docstring); identity when ``cfg.enabled`` is False.
+    ``hu_per_unit``: HU per unit of the normalised image (the CT plans' ``std_hu``), for the regional field."""
     params = SampleParams(in_plane_only=bool(in_plane_rotation_only))
     if not cfg.enabled:
         return params
@@ -119,7 +122,22 @@ def draw_params(rng: np.random.Generator, cfg: AugmentConfig, patch_size_zyx: Se
     if rng.random() < cfg.p_gamma:
         params.gamma = _uniform_around_one(rng, *cfg.gamma_range)
     params.mirror_zyx = tuple(bool(rng.random() < cfg.p_mirror) for _ in range(3))
+    if cfg.regional_field_hu > 0:  # drawn last and only when on: runs without it see the samples they always saw
+        if not hu_per_unit:
+            raise ValueError("the regional field needs hu_per_unit (CT plans' std_hu)")
+        grid = [max(2, int(math.ceil(p * s / cfg.regional_field_grid_mm)) + 1)
+                for p, s in zip(patch_size_zyx, spacing)]
+        sd_units = rng.uniform(0.0, cfg.regional_field_hu) / hu_per_unit
+        params.regional_field = (rng.standard_normal(grid) * sd_units).astype(np.float32)
     return params
+
+
+def regional_field(control_points: np.ndarray, shape_zyx: Sequence[int], device: torch.device | str
+                   ) -> torch.Tensor:
+    """The smooth field [1, z, y, x] through ``control_points`` (spread evenly over the patch, its corners on the
+    patch's corners), trilinear."""
+    points = torch.from_numpy(np.ascontiguousarray(control_points, dtype=np.float32)).to(device)[None, None]
+    return F.interpolate(points, size=tuple(int(v) for v in shape_zyx), mode="trilinear", align_corners=True)[0]
 
 
 def source_box(params: SampleParams, centre_zyx: np.ndarray, patch_size_zyx: Sequence[int]
@@ -249,6 +267,8 @@ def augment_sample(image: torch.Tensor, label: torch.Tensor, params: SampleParam
 
         image = synthesise(tissues, params.synthetic_seed)
     image, label = spatial_transform(image.float(), label, params, patch, num_classes, elastic)
+    if params.regional_field is not None:
+        image = image + regional_field(params.regional_field, image.shape[1:], image.device)
     image = intensity_transforms(image, params)
     dims = [1 + a for a, flip in enumerate(params.mirror_zyx) if flip]
     if dims:

@@ -115,7 +115,7 @@ class TrainPatches(torch.utils.data.Dataset):
     def __init__(self, cache: PreprocessedCache, entries: Sequence[CaseEntry], *, patch_size_zyx: Sequence[int],
                  num_classes: int, spacing_mm_zyx: Sequence[float], iters_per_epoch: int, layout: BatchLayout,
                  seed: int, foreground_fraction: float = 1 / 3, augment: AugmentConfig | None = None,
-                 in_plane_rotation_only: bool = False):
+                 in_plane_rotation_only: bool = False, hu_per_unit: float | None = None):
         self.cache = cache
         self.entries = list(entries)
         self.patch = tuple(int(v) for v in patch_size_zyx)
@@ -127,6 +127,7 @@ class TrainPatches(torch.utils.data.Dataset):
         self.foreground_fraction = float(foreground_fraction)
         self.augment = augment or AugmentConfig()
         self.in_plane_rotation_only = bool(in_plane_rotation_only)
+        self.hu_per_unit = hu_per_unit
         self.shapes: list[tuple[int, int, int]] = []
         self.locations: list[dict[int, np.ndarray]] = []
         for entry in self.entries:
@@ -195,7 +196,7 @@ class TrainPatches(torch.utils.data.Dataset):
         else:
             start = np.array([rng.integers(lo, hi + 1) for lo, hi in zip(lo_start, hi_start)])
         params = draw_params(rng, self.augment, self.patch, self.spacing,
-                             in_plane_rotation_only=self.in_plane_rotation_only)
+                             in_plane_rotation_only=self.in_plane_rotation_only, hu_per_unit=self.hu_per_unit)
         centre = start + (patch - 1) / 2.0
         lo, hi = source_box(params, centre, self.patch)
         image, label, tissues = self._arrays(index)

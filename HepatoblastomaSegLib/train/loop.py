@@ -188,7 +188,8 @@ class Trainer:
                                num_classes=self.num_classes, spacing_mm_zyx=self.plans.target_spacing_mm_xyz[::-1],
                                iters_per_epoch=cfg.iters_per_epoch, layout=self.layout, seed=cfg.seed,
                                foreground_fraction=cfg.foreground_fraction, augment=cfg.augment,
-                               in_plane_rotation_only=self.plans.topology.dummy_2d_augmentation)
+                               in_plane_rotation_only=self.plans.topology.dummy_2d_augmentation,
+                               hu_per_unit=None if self.plans.ct is None else self.plans.ct.std_hu)
         loader, sampler = make_loader(dataset, workers=cfg.workers, pin_memory=self.device.type == "cuda")
         total = cfg.total_epochs
         todo = max(total - self.start_epoch, 0) * cfg.iters_per_epoch
