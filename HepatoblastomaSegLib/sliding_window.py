@@ -9,8 +9,9 @@ The settings are nnU-Net's, not MONAI's defaults: overlap 0.5 and Gaussian impor
 (``sigma_scale`` 0.125). An image smaller than a patch along an axis (a CT shorter from head to foot than the window)
 must be padded, and what fills the padding matters: the network's output inside the image depends on everything in
 its window. nnU-Net pads with 0 (the foreground mean after normalisation: a slab of uniform soft tissue, nothing a
-scan holds); ``pad_mode="mirror"`` fills it with the image's own edge slices mirrored (:func:`mirror_pad`), so that
-a tumour that reaches a short scan's end is seen next to tissue like its own. The tumour models stitch the windows' **softmax** (nnU-Net
+scan holds); ``pad_mode="mirror"`` fills the padding along the slice axis with the image's own end slices mirrored
+(:func:`mirror_pad`, :func:`mirror_padding`), so that a tumour that reaches a short scan's end is seen next to tissue
+like its own. The tumour models stitch the windows' **softmax** (nnU-Net
 v1.7.1, the paper's version) and with TTA the mean softmax over the flips (:class:`SoftmaxPredictor`); the liver
 models stitch **logits** and take the softmax of the stitched map, as they always have (``stitch="logits"``; the two
 differ where overlapping windows disagree). Stitching is float32 whatever the autocast dtype; the stitching itself is
@@ -37,11 +38,19 @@ NO_FLIPS: tuple[tuple[int, ...], ...] = ((),)
 PAD_MODES = ("zero", "mirror")
 
 
-def mirror_padding(shape_zyx: Sequence[int], patch_size_zyx: Sequence[int]) -> tuple[tuple[int, int], ...]:
+def padding_to_patch(shape_zyx: Sequence[int], patch_size_zyx: Sequence[int]) -> tuple[tuple[int, int], ...]:
     """Voxels (before, after) to add per axis so that ``shape_zyx`` is at least ``patch_size_zyx``, split evenly
     (the odd voxel after), as MONAI pads an image smaller than its window."""
     return tuple(((p - n) // 2, (p - n) - (p - n) // 2) if n < p else (0, 0)
                  for n, p in zip(shape_zyx, patch_size_zyx))
+
+
+def mirror_padding(shape_zyx: Sequence[int], patch_size_zyx: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """The part of :func:`padding_to_patch` that ``pad_mode="mirror"`` fills with the mirror image: along the slice
+    axis (z) only. A body goes on beyond a scan's first and last slices much as it looks there; in-plane, an image
+    narrower than the window is one cut down to part of the body (a cardiac CT's field of view), and its mirror
+    image would show the network a second body, so in-plane padding stays zero."""
+    return (padding_to_patch(shape_zyx, patch_size_zyx)[0], (0, 0), (0, 0))
 
 
 def mirror_pad(image: torch.Tensor, padding: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -189,7 +198,8 @@ class SlidingWindowEngine:
         stitch: ``"softmax"``: stitch the windows' (flip-averaged) softmax (nnU-Net v1, the tumour models);
             ``"logits"``: stitch the logits and take the softmax of the stitched map (the liver models).
         pad_mode: how an image smaller than the patch is padded to it (:data:`PAD_MODES`): ``"zero"`` (nnU-Net's,
-            and what the training sees) or ``"mirror"`` (:func:`mirror_pad`). The padding is cropped off again.
+            and what the training sees) or ``"mirror"`` (along the slice axis, :func:`mirror_padding`; in-plane
+            zero). The padding is cropped off again.
     """
 
     patch_size_zyx: tuple[int, ...]

@@ -16,7 +16,7 @@ from HepatoblastomaSegLib.preprocess import preprocess_image, resample_to_origin
 from HepatoblastomaSegLib.preprocess.liver import largest_component, liver_mask_from_model
 from HepatoblastomaSegLib.progress import NullProgress
 from HepatoblastomaSegLib.sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, mirror_pad,
-                                                 mirror_padding)
+                                                 mirror_padding, padding_to_patch)
 from HepatoblastomaSegLib.train.validate import predict_labels
 
 from tiny_models import tiny_bundle, tiny_liver_bundle
@@ -98,19 +98,21 @@ def test_mirror_pad_is_numpys_reflect_even_beyond_one_image_length(n, before, af
     np.testing.assert_array_equal(mirror_pad(image, padding).numpy(), np.pad(image.numpy(), padding, mode="reflect"))
 
 
-def test_mirror_padding_is_split_as_monai_pads_a_short_image():
-    assert mirror_padding((5, 40, 30), PATCH) == ((1, 2), (0, 0), (1, 1))
-    assert mirror_padding((8, 32, 33), PATCH) == ((0, 0), (0, 0), (0, 0))
+def test_padding_is_split_as_monai_pads_a_short_image_and_mirrored_along_the_slices_only():
+    assert padding_to_patch((5, 40, 30), PATCH) == ((1, 2), (0, 0), (1, 1))
+    assert mirror_padding((5, 40, 30), PATCH) == ((1, 2), (0, 0), (0, 0))
+    assert padding_to_patch((8, 32, 33), PATCH) == mirror_padding((8, 32, 33), PATCH) == ((0, 0),) * 3
 
 
 def test_a_short_image_is_padded_with_its_mirror_image_and_the_padding_cropped_off(tumor_bundle):
-    """Thinner than a patch in z: the engine runs on the mirrored image (MONAI's sliding window over numpy's
-    reflect-padded image, cropped back); with zero padding the network sees something else near the image's ends."""
+    """Thinner than a patch in z and in x: the engine runs on the image mirrored along z (MONAI's sliding window,
+    which pads x with zeros, over numpy's reflect-padded image, cropped back); with zero padding the network sees
+    something else near the image's ends."""
     net = tumor_bundle.cached_network("cpu")
-    image = torch.randn(5, 40, 33, generator=torch.Generator().manual_seed(6))
+    image = torch.randn(5, 40, 30, generator=torch.Generator().manual_seed(6))
     mirrored = SlidingWindowEngine(PATCH, pad_mode="mirror").probabilities(net, image)
     reflected = torch.from_numpy(np.pad(image.numpy(), ((1, 2), (0, 0), (0, 0)), mode="reflect"))
-    assert mirrored.shape == (2, 5, 40, 33)
+    assert mirrored.shape == (2, 5, 40, 30)
     torch.testing.assert_close(mirrored, monai_softmax(net, reflected, windows=1)[:, 1:6], atol=1e-6, rtol=0)
     zero = SlidingWindowEngine(PATCH).probabilities(net, image)
     assert (mirrored - zero).abs().max() > 1e-3
@@ -212,7 +214,7 @@ def test_a_ct_prediction_runs_tumour_and_liver_models_through_the_engine(tumor_b
     assert prediction.summary["liver_source"].startswith("ct-liver-tiny")
     # Both networks pad a short scan with its mirror image by default, and the summary says by how much.
     assert [engine.pad_mode for engine, _, _ in spy] == ["mirror", "mirror"]
-    padding = mirror_padding(spy[0][2], tumor_bundle.plans.patch_size_zyx)
+    padding = padding_to_patch(spy[0][2], tumor_bundle.plans.patch_size_zyx)
     assert prediction.summary["short_scan_padding"] == {"mode": "mirror", "voxels_zyx": [a + b for a, b in padding]}
     assert prediction.summary["short_scan_padding"]["voxels_zyx"][0] > 0
     spy.clear()

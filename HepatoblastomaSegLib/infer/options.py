@@ -71,10 +71,10 @@ class PredictorOptions:
               "and so can the mask slightly (the README gives the measured agreement). MRI is never cropped "
               "(default: on)", affects_result=True, action=argparse.BooleanOptionalAction)
     short_scan_padding: str = _option(
-        "mirror", "what fills the network's window beyond an image smaller than it (a scan shorter from head to foot "
-                  "than the window): mirror = the image's edge slices mirrored, zero = nnU-Net's zeros (a slab of "
-                  "uniform tissue next to the scan's end; the README shows what it did to tumours there). Applies "
-                  "to the tumour network and the CT liver anchor's (default: %(default)s)", affects_result=True,
+        "mirror", "what fills the network's window beyond a scan with fewer slices than the window holds: mirror = "
+                  "the scan's end slices mirrored, zero = nnU-Net's zeros (a slab of uniform tissue next to the "
+                  "scan's end; the README shows what it did to tumours there). In-plane padding is zero either way. "
+                  "Applies to the tumour network and the CT liver anchor's (default: %(default)s)", affects_result=True,
         choices=("mirror", "zero"))
     #: Drop tumour components that do not touch the liver mask; None = on for CT, off for MRI.
     liver_anchor: bool | None = _option(

@@ -49,7 +49,7 @@ from ..preprocess.body_crop import CropBox, body_box, crop_volume, paste
 from ..preprocess.checks import check_modality, check_spacing, guess_modality  # noqa: F401 (re-exported)
 from ..progress import NullProgress, Progress
 from ..sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, autocast_dtype_for, count_windows,
-                              mirror_padding)
+                              padding_to_patch)
 from .postprocess import keep_components_touching, keep_largest_component, remove_small_components
 from .result import Prediction
 from .review import measure_image, review, review_settings
@@ -281,7 +281,7 @@ class Predictor:
             "sliding_windows": count_windows(tuple(prep.data.shape), list(self.bundle.plans.patch_size_zyx),
                                              self.overlap),
             "short_scan_padding": {"mode": self.pad_mode, "voxels_zyx": [
-                sum(pair) for pair in mirror_padding(tuple(prep.data.shape), self.bundle.plans.patch_size_zyx)]},
+                sum(pair) for pair in padding_to_patch(tuple(prep.data.shape), self.bundle.plans.patch_size_zyx)]},
             "library_version": __version__,
             "seconds": {k: round(v, 4) for k, v in seconds.items()},
             "peak_gpu_memory_gib": _peak_gpu_memory_gib(self.device),
