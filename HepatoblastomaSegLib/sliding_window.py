@@ -265,5 +265,6 @@ class SlidingWindowEngine:
         with torch.inference_mode(), cudnn_benchmark(sw_device.type == "cuda"):
             stitched = inferer(data[None, None], softmax)[0]
             if padding:
-                stitched = stitched[(slice(None), *(slice(b, n - a) for (b, a), n in zip(padding, data.shape)))]
+                crop = (slice(None), *(slice(b, n - a) for (b, a), n in zip(padding, data.shape)))
+                stitched = stitched[crop].contiguous()  # not a view that keeps the padded map alive
             return stitched if self.stitch == "softmax" else torch.softmax(stitched, dim=0)
