@@ -28,7 +28,7 @@ rows = []
 rows.append(("ircadb1_17 (real, contrast)",) + regional_sd("/tmp/realtumour/ircadb1_17_ct.nii.gz", "/tmp/realtumour/ircadb1_17_liver.nii.gz", "/tmp/realtumour/ircadb1_17_tumor.nii.gz"))
 rows.append(("ts 30 slices (real, unenhanced)",) + regional_sd("/tmp/realscans_data/reference_files_example_ct_sm.nii.gz", "/tmp/realscans_data/reference_files_example_seg.nii.gz", None, 5))
 rows.append(("ts PV semi-synthetic control",) + regional_sd("/tmp/li/sm/pv_no_lesion.nii.gz", "/tmp/realscans_data/reference_files_example_seg.nii.gz", None, 5))
-man = "/work/main/demo_models_work/ct-heldout-full-s1001-n8/manifest.csv"
+man = "demo_models_work/ct-heldout-full-s1001-n8/manifest.csv"  # from the repository root
 for r in list(csv.DictReader(open(man)))[:4]:
     b = os.path.dirname(man)
     rows.append((r["case"] + " (phantom)",) + regional_sd(os.path.join(b, r["image"]), os.path.join(b, r["liver"]), os.path.join(b, r["tumor"])))
