@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from HepatoblastomaSegLib.errors import ConfigError
 from HepatoblastomaSegLib.train.augment import SampleParams, augment_sample, draw_params
 from HepatoblastomaSegLib.train.config import AugmentConfig, TrainConfig
 
@@ -55,7 +56,7 @@ def test_the_field_is_the_trilinear_interpolation_of_its_control_points_and_labe
 def test_the_field_is_refused_for_mri_and_below_zero_and_described_for_the_card(tmp_path):
     base = dict(dataset_dir=tmp_path, output_dir=tmp_path / "out")
     for modality, hu, problem in (("mri", 5.0, "CT only"), ("ct", -1.0, "0 or more HU")):
-        with pytest.raises(Exception, match=problem):
+        with pytest.raises(ConfigError, match=problem):
             TrainConfig(modality=modality, augment=AugmentConfig(regional_field_hu=hu), **base).validated()
     assert any("regional field" in line and "up to 6 HU" in line
                for line in AugmentConfig(regional_field_hu=6.0).describe())
