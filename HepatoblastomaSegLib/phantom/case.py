@@ -220,6 +220,8 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
         acquisition = None
         if full:
             ct.apply_phase(look, vary.phase, rng_vary, adult=adult)
+            vary.liver_regional_sd_hu = ct.add_regional_enhancement(look, vary.phase,
+                                                                    _rng(seed, index, 11, modality_code), lo, hi)
             look.means[int(Tissue.TABLE)] = float(rng_vary.uniform(-500.0, 100.0))  # carbon fibre to dense foam
             if vary.circle_value is not None:
                 outside = _outside_circle(axes[0], axes[1])
