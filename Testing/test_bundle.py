@@ -183,7 +183,10 @@ def test_overwriting_a_bundle_replaces_it_completely(bundle_dir, plans):
                 width=0.25)
     bundle = load_bundle(bundle_dir)
     assert bundle.version == "1.2.4"
-    torch.testing.assert_close(_forward(bundle.build_network(), plans), _forward(other.eval(), plans))
+    # The loaded network runs the project's fast CPU kernels (cpu_kernels.py), the saved one PyTorch's own: the same
+    # weights agree to float32 rounding (differences of 1e-5 on some CPUs), not bit for bit; a wrong network would not.
+    torch.testing.assert_close(_forward(bundle.build_network(), plans), _forward(other.eval(), plans),
+                               rtol=1e-4, atol=1e-4)
     assert [p.name for p in bundle_dir.parent.iterdir()] == ["ct-tiny"]  # no staging folders left behind
 
 
