@@ -119,10 +119,9 @@ def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult
 
 #: Regional enhancement of the liver (full variety): SD (HU) of a smooth field over the liver per phase, drawn
 #: uniformly in this range, with a lattice of ``REGIONAL_SCALE_MM`` (about its correlation length). A real liver is
-#: not evenly enhanced (perfusion, portal-venous inflow, fat): smoothed over 10 mm, the attenuation of a real liver
-#: varies with an SD of about 4-5 HU in the cases we measured (contrast-enhanced and native); the texture alone
-#: gives the phantom liver about 1 HU at that scale. A model that has only seen even livers calls a region of real
-#: liver 10-15 HU darker than the rest tumour.
+#: not evenly enhanced (perfusion, portal-venous inflow, fat), and a model that has only seen even livers calls a
+#: slightly darker region of a real liver tumour; the range is chosen so that the phantom livers' regional variation
+#: spans what real livers show (measured: README, *Real scans*; ``benchmarks/liver_regional_variation.py``).
 REGIONAL_SD_HU = {"non_contrast": (2.0, 5.0), "arterial": (3.0, 8.0), "portal_venous": (2.0, 7.0),
                   "delayed": (2.0, 6.0)}
 REGIONAL_SCALE_MM = (20.0, 40.0)
