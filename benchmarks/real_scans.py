@@ -91,7 +91,8 @@ def run_case(predictors: dict, row: dict, folder: Path, options: PredictorOption
         round(float((mask & truth).sum() / truth.sum()), 3),
         "outside_truth_ml": None if truth is None else round(float((mask & ~truth).sum()) * voxel_ml, 1),
         "outside_true_liver_ml": None if liver is None else round(float((mask & ~liver).sum()) * voxel_ml, 1),
-        "outside_predicted_liver_ml": s.get("tumor_outside_liver_ml"),
+        "outside_predicted_liver_ml": None if s.get("tumor_outside_liver_ml") is None
+        else round(float(s["tumor_outside_liver_ml"]), 1),
         "predicted_liver_ml": s.get("liver_volume_ml"),
         "true_liver_ml": None if liver is None else round(float(liver.sum()) * voxel_ml, 1),
         "liver_anchor": s["postprocessing"].get("liver_anchor"),

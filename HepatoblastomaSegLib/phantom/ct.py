@@ -121,9 +121,10 @@ def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult
 #: uniformly in this range, with a lattice of ``REGIONAL_SCALE_MM`` (about its correlation length). A real liver is
 #: not evenly enhanced (perfusion, portal-venous inflow, fat), and a model that has only seen even livers calls a
 #: slightly darker region of a real liver tumour; the range is chosen so that the phantom livers' regional variation
-#: spans what real livers show (measured: README, *Real scans*; ``benchmarks/liver_regional_variation.py``).
-REGIONAL_SD_HU = {"non_contrast": (2.0, 5.0), "arterial": (3.0, 8.0), "portal_venous": (2.0, 7.0),
-                  "delayed": (2.0, 6.0)}
+#: is centred on what real livers show and reaches beyond it (measured: README, *Real scans*;
+#: ``benchmarks/liver_regional_variation.py``).
+REGIONAL_SD_HU = {"non_contrast": (3.0, 7.0), "arterial": (4.0, 11.0), "portal_venous": (3.0, 10.0),
+                  "delayed": (3.0, 8.0)}
 REGIONAL_SCALE_MM = (20.0, 40.0)
 
 

@@ -16,7 +16,7 @@ acquisition. Per case (probabilities in brackets):
 - CT field of view: the reconstruction circle filled with -1024, -2048 or -3024 (or no circle), table present
   (90 %, -500 to +100 HU), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm
   (a long scan takes a thicker slice where the thin one would exceed 80 million voxels);
-- CT liver enhancement: a smooth regional variation over the liver (SD 2-8 HU by phase, over 20-40 mm), as a
+- CT liver enhancement: a smooth regional variation over the liver (SD 3-11 HU by phase, over 20-40 mm), as a
   real liver has (:func:`.ct.add_regional_enhancement`);
 - CT reconstruction kernel: soft (smoother, more correlated noise), standard, sharp (edge enhancement, finer and
   stronger noise); beam-hardening streaks between dense bones (60 % of scans with a pelvis);
