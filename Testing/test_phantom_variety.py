@@ -14,7 +14,9 @@ from scipy import ndimage
 
 from HepatoblastomaSegLib.errors import ConfigError
 from HepatoblastomaSegLib.phantom import generate_case
+from HepatoblastomaSegLib.phantom import case as case_module
 from HepatoblastomaSegLib.phantom import ct as ct_module
+from HepatoblastomaSegLib.phantom import hilum as hilum_module
 from HepatoblastomaSegLib.phantom.tissues import Tissue
 
 CT_INDICES = (0, 4, 5, 7)
@@ -139,6 +141,50 @@ def test_liver_has_a_smooth_regional_enhancement_of_the_drawn_size(ct_full, monk
     assert np.corrcoef(diff[:, :, 1:][pairs], diff[:, :, :-1][pairs])[0, 1] > 0.8
 
 
+def test_liver_has_fissures_periportal_sheaths_and_bile_ducts(ct_full, monkeypatch):
+    """The full variety's liver landmarks: sheaths and ducts inside the liver mask, the sheath darker than the
+    liver and the ducts near water; the fissures cut from the liver mask and filled with the abdominal fat."""
+    case = ct_full[7]
+    labels, image, liver = case.tissues.array, case.image.array, case.liver.array.astype(bool)
+    sheath, ducts = labels == Tissue.PERIPORTAL, labels == Tissue.BILE_DUCT
+    assert sheath.sum() > 50 and ducts.sum() > 5
+    assert liver[sheath].mean() > 0.95 and liver[ducts].mean() > 0.95
+    liver_hu = _mean_hu(case, Tissue.LIVER, 2)
+    # Thin structures: every voxel shares partial volume with the liver or the vessel beside it.
+    assert image[sheath].mean() < liver_hu - 20
+    assert image[ducts].mean() < liver_hu - 30
+
+    def without_fissures(rng, an):
+        found = hilum_module.sample_hilum(rng, an)
+        found.fissures = []
+        return found
+
+    monkeypatch.setattr(case_module, "sample_hilum", without_fissures)
+    uncut = generate_case("ct", 3, 7, "small", variety="full")
+    cut = uncut.liver.array.astype(bool) & ~liver
+    assert cut.sum() > 20 and not (liver & ~uncut.liver.array.astype(bool)).any()
+    assert (labels[cut] == Tissue.VISCERAL_FAT).mean() > 0.5
+
+
+def test_portal_venous_tumours_come_closer_to_the_liver():
+    """Full variety: the portal-venous tumour is drawn 12-55 HU below the liver (the demo: 25-55); other phases
+    keep their own drop; the septa keep their offset from the tumour."""
+    drops = []
+    for seed in range(200):
+        look = ct_module.appearance(np.random.default_rng(seed), (-50, -50, -50), (50, 50, 50))
+        septum_above = look.means[Tissue.SEPTUM] - look.means[Tissue.TUMOUR]
+        ct_module.add_hilum_tissues(look, "portal_venous", np.random.default_rng(seed + 1000))
+        drops.append(look.means[Tissue.LIVER] - look.means[Tissue.TUMOUR])
+        assert look.means[Tissue.SEPTUM] - look.means[Tissue.TUMOUR] == pytest.approx(septum_above)
+        assert -68.0 <= look.means[Tissue.PERIPORTAL] <= 80.0   # 80 % fat at most
+    assert 12.0 <= min(drops) < 18.0 and 50.0 < max(drops) <= 55.0
+    look = ct_module.appearance(np.random.default_rng(0), (-50, -50, -50), (50, 50, 50))
+    ct_module.apply_phase(look, "delayed", np.random.default_rng(1), adult=False)
+    before = look.means[Tissue.TUMOUR]
+    ct_module.add_hilum_tissues(look, "delayed", np.random.default_rng(2))
+    assert look.means[Tissue.TUMOUR] == before
+
+
 def test_adult_bodies_are_bigger(ct_full):
     demo = generate_case("ct", 3, 0, "small")
     def body_area_cm2(case):
@@ -157,7 +203,8 @@ def test_reconstruction_circle_and_no_new_tissue_in_the_demo(ct_full):
     assert image.min() == -3024
     demo = generate_case("ct", 3, 0, "small")
     assert demo.info["variety"]["name"] == "demo"
-    assert not np.isin(demo.tissues.array, [Tissue.SPINAL_CORD, Tissue.ADRENAL, Tissue.ORAL_CONTRAST]).any()
+    assert not np.isin(demo.tissues.array, [Tissue.SPINAL_CORD, Tissue.ADRENAL, Tissue.ORAL_CONTRAST,
+                                            Tissue.PERIPORTAL, Tissue.BILE_DUCT]).any()
     assert demo.image.array.min() >= -1024
 
 

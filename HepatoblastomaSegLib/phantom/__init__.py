@@ -5,7 +5,8 @@
 organs), :mod:`.body` and :mod:`.organs` (their shapes), :mod:`.tumour`, :mod:`.render` (painting the shapes on a
 grid), :mod:`.ct` and :mod:`.mri` (intensities, noise), :mod:`.annotators`, :mod:`.case`, :mod:`.dataset`.
 :mod:`.variety` chooses between the demo phantom (the default) and the full variety (adults, pelvis and the other
-hard negatives of :mod:`.trunk`, contrast phases, acquisition variety).
+hard negatives of :mod:`.trunk`, the liver's fissures, sheaths and ducts of :mod:`.hilum`, contrast phases,
+acquisition variety).
 """
 
 from .annotators import RATERS

@@ -43,6 +43,7 @@ from .anatomy import Anatomy, Child, sample_anatomy, sample_child
 from .annotators import RATERS, Annotators
 from .body import early_structures, late_structures
 from .fields import F32, FAR_MM
+from .hilum import sample_hilum
 from .organs import SECTIONS, calibrate_liver, liver_section, organ_structures
 from .render import Displacement, ModelGrid, Renderer
 from .tissues import Tissue
@@ -193,6 +194,7 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
     vary = sample_variety(_rng(seed, index, 8, modality_code), modality, variety)
     trunk = adapt_anatomy(_rng(seed, index, 9, modality_code), an, vary)
     liver_normal_ml = calibrate_liver(an, child.normal_liver_ml)
+    hilum = sample_hilum(_rng(seed, index, 12), an) if full else None
     lesions = sample_lesions(_rng(seed, index, 3), an)
 
     lesion_lo = np.min([les.bounds()[0] for les in lesions], axis=0)
@@ -222,6 +224,7 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
             ct.apply_phase(look, vary.phase, rng_vary, adult=adult)
             vary.liver_regional_sd_hu = ct.add_regional_enhancement(look, vary.phase,
                                                                     _rng(seed, index, 11, modality_code), lo, hi)
+            ct.add_hilum_tissues(look, vary.phase, _rng(seed, index, 13, modality_code))
             look.means[int(Tissue.TABLE)] = float(rng_vary.uniform(-500.0, 100.0))  # carbon fibre to dense foam
             if vary.circle_value is not None:
                 outside = _outside_circle(axes[0], axes[1])
@@ -232,16 +235,17 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
         noise_sd = acquisition.noise_sd
         if full:
             mri.apply_sequence(look, vary.phase, rng_vary, adult=adult)
+            mri.add_hilum_tissues(look, vary.phase, _rng(seed, index, 13, modality_code))
             acquisition.vary(vary.bias_sd, vary.ghost, rng_vary, size_xyz[1])
 
     early = early_structures(an)
     if not vary.table:
         early = [st for st in early if st.name != "table"]
     if trunk is None:
-        structures = early + organ_structures(an, lesions) + late_structures(an)
+        structures = early + organ_structures(an, lesions, hilum) + late_structures(an)
     else:
-        structures = (early + before_organs(an, trunk) + organ_structures(an, lesions) + late_structures(an)
-                      + after_organs(an, trunk))
+        structures = (early + before_organs(an, trunk) + organ_structures(an, lesions, hilum)
+                      + late_structures(an) + after_organs(an, trunk))
     for i, lesion in enumerate(lesions):
         structures += lesion.structures(record=f"lesion{i}")
     displacement = Displacement([(les.centre, les.displace_radius_mm) for les in lesions], (0.0, an.vb_y),

@@ -8,7 +8,7 @@ Attenuation (mean, case-to-case SD, texture SD, texture scale mm), from paediatr
   hepatic veins 25-55 HU above the liver (150-200 HU), aorta 150-200, IVC 130-170;
 - kidneys: cortex 150-190, medulla 15-40 lower (late corticomedullary phase);
 - bone: cortical about 900, cancellous (children's red marrow) about 320, disc about 90;
-- tumour: viable tumour 25-55 HU below the liver and heterogeneous, necrotic or cystic areas 10-30 HU,
+- tumour: viable tumour 25-55 HU below the liver (full variety: 12-55) and heterogeneous, necrotic or cystic areas 10-30 HU,
   haemorrhage 55-80 HU, calcifications 350-900 HU, enhancing septa.
 
 Noise: white noise smoothed in-plane by a [1, 2, 1] / 4 kernel on both axes (a reconstruction kernel's
@@ -150,6 +150,30 @@ def add_regional_enhancement(look: Appearance, phase: str, rng: np.random.Genera
 
     look.special[liver] = liver_value
     return sd
+
+
+#: Full variety, portal venous phase: how far (HU) the viable tumour lies below the liver. The demo draws 25-55;
+#: real hepatoblastomas and the parts of them near calcification can come within 10-15 HU of the liver.
+PORTAL_VENOUS_TUMOUR_DROP_HU = (12.0, 55.0)
+
+
+def add_hilum_tissues(look: Appearance, phase: str, rng: np.random.Generator) -> None:
+    """Full variety: attenuation of the periportal sheath and the bile ducts (:mod:`.hilum`), and in the portal
+    venous phase a tumour drawn from :data:`PORTAL_VENOUS_TUMOUR_DROP_HU` below the liver.
+
+    The sheath is fat and fibrous tissue at a per-case mix (fat -100 HU, fibrous tissue 40 unenhanced, 60-80 after
+    contrast), so from about -65 HU (an adult's hilar fat) to near soft tissue (a child's thin sheath); bile 0-25 HU.
+    Drawn from its own generator, so every other draw of the case stays as it was.
+    """
+    m = look.means
+    fibrous = 40.0 if phase == "non_contrast" else float(rng.uniform(60.0, 80.0))
+    fat_share = float(rng.uniform(0.0, 0.8))
+    m[int(T.PERIPORTAL)] = fat_share * -100.0 + (1.0 - fat_share) * fibrous
+    m[int(T.BILE_DUCT)] = float(rng.uniform(0.0, 25.0))
+    if phase == "portal_venous":
+        septum_above = m[int(T.SEPTUM)] - m[int(T.TUMOUR)]
+        m[int(T.TUMOUR)] = m[int(T.LIVER)] - float(rng.uniform(*PORTAL_VENOUS_TUMOUR_DROP_HU))
+        m[int(T.SEPTUM)] = m[int(T.TUMOUR)] + septum_above
 
 
 def noise_sd_hu(rng: np.random.Generator, thickness_mm: float) -> float:

@@ -87,6 +87,14 @@ def apply_sequence(look: Appearance, sequence: str, rng: np.random.Generator, *,
     m[int(T.ORAL_CONTRAST)] = m[int(T.BOWEL_FLUID)]
 
 
+def add_hilum_tissues(look: Appearance, sequence: str, rng: np.random.Generator) -> None:
+    """Full variety: signal of the periportal sheath (fat and fibrous tissue: dark with fat suppression, bright
+    without) and of the bile ducts (fluid) of :mod:`.hilum`, from its own generator."""
+    sheath = rng.uniform(0.12, 0.35) if sequence == "t2_fs" else rng.uniform(0.4, 0.75)
+    look.means[int(T.PERIPORTAL)] = float(sheath)
+    look.means[int(T.BILE_DUCT)] = float(rng.uniform(0.85, 1.0))
+
+
 class Acquisition:
     """Bias field, noise level and scanner scale of one MRI case."""
 

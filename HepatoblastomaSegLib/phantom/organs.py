@@ -123,11 +123,12 @@ def _tube(tube):
     return lambda block: tube.on(block)
 
 
-def organ_structures(an: Anatomy, lesions: Sequence = ()) -> list[Structure]:
+def organ_structures(an: Anatomy, lesions: Sequence = (), hilum: Hilum | None = None) -> list[Structure]:
     """Kidneys, spleen, stomach, bowel, pancreas, vessels, liver and gallbladder, in painting order.
 
     The liver (recorded as "liver": the liver mask) is the normal liver, pushed aside by the ``lesions``, united
-    with each lesion grown by its rim of compressed liver (:meth:`~.tumour.Lesion.rim_field`).
+    with each lesion grown by its rim of compressed liver (:meth:`~.tumour.Lesion.rim_field`). ``hilum`` (full
+    variety): fissures cut from the liver, periportal sheaths, bile ducts and smaller branches (:mod:`.hilum`).
     """
     s: list[Structure] = []
     a = an.a
@@ -200,6 +201,8 @@ def organ_structures(an: Anatomy, lesions: Sequence = ()) -> list[Structure]:
 
     def liver(block: Block):
         f = liver_on(an, block)
+        if hilum is not None and hilum.fissures:
+            f = np.maximum(f, -hilum.fissure_field(block))
         for lesion in lesions:
             f = np.minimum(f, lesion.rim_field(block))
         return f
@@ -208,8 +211,12 @@ def organ_structures(an: Anatomy, lesions: Sequence = ()) -> list[Structure]:
     envelope_hi = np.max([lv_hi, *(lesion.bounds(pad_mm=lesion.rim_mm)[1] for lesion in lesions)], axis=0)
     s.append(Structure("liver", Tissue.LIVER, envelope_lo, envelope_hi, liver, record="liver"))
     # Intrahepatic vessels share the liver's box, so the normal liver's field is computed once for all of them.
-    for name, tissue, tubes in (("liver_portal", Tissue.PORTAL_VEIN, an.portal[2:]),
-                                ("liver_hepatic", Tissue.HEPATIC_VEIN, an.hepatic_veins)):
+    portal, hepatic, inner = an.portal[2:], an.hepatic_veins, []
+    if hilum is not None:
+        portal, hepatic = [*portal, *hilum.portal_branches], [*hepatic, *hilum.hepatic_branches]
+        inner = [("liver_periportal", Tissue.PERIPORTAL, hilum.sheaths)]
+    for name, tissue, tubes in (*inner, ("liver_portal", Tissue.PORTAL_VEIN, portal),
+                                ("liver_hepatic", Tissue.HEPATIC_VEIN, hepatic)):
         parts = [part for tube in tubes for part in tube.segments()]
         s.append(Structure(name, tissue, envelope_lo, envelope_hi,
                            lambda block, parts=parts: np.maximum(field_in_parts(block, parts), liver_on(an, block))))
@@ -217,5 +224,9 @@ def organ_structures(an: Anatomy, lesions: Sequence = ()) -> list[Structure]:
     def gallbladder(block: Block):
         return np.maximum(an.gallbladder(block.wx, block.wy, block.wz), cavity_on(an, block) + F32(1.0))
 
+    if hilum is not None and hilum.ducts:
+        parts = [part for tube in hilum.ducts for part in tube.segments()]
+        s.append(Structure("bile_ducts", Tissue.BILE_DUCT, envelope_lo, envelope_hi,
+                           lambda block: np.maximum(field_in_parts(block, parts), liver_on(an, block))))
     s.append(Structure("gallbladder", Tissue.GALLBLADDER, *an.gallbladder.bounds(), gallbladder))
     return s

@@ -48,6 +48,8 @@ class Tissue(enum.IntEnum):
     SPINAL_CORD = 35    #: full variety only (see :mod:`.variety`)
     ADRENAL = 36        #: full variety only
     ORAL_CONTRAST = 37  #: bowel filled with positive oral contrast (full variety only)
+    PERIPORTAL = 38     #: periportal sheath: fat and connective tissue around portal branches (full variety only)
+    BILE_DUCT = 39      #: intrahepatic bile ducts (full variety only)
 
 
 #: Labels that belong to the tumour (the ground-truth ``tumor`` mask is their union).

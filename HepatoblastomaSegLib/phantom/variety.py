@@ -18,6 +18,9 @@ acquisition. Per case (probabilities in brackets):
   (a long scan takes a thicker slice where the thin one would exceed 80 million voxels);
 - CT liver enhancement: a smooth regional variation over the liver (SD 3-11 HU by phase, over 20-40 mm), as a
   real liver has (:func:`.ct.add_regional_enhancement`);
+- the liver's inner landmarks (CT and MRI): the umbilical and ligamentum venosum fissures, hilar fat, periportal
+  sheaths, bile ducts and smaller vessel branches (:mod:`.hilum`); CT portal-venous tumours 12-55 HU below the
+  liver (the demo: 25-55), as some real tumours come close to the liver's attenuation;
 - CT reconstruction kernel: soft (smoother, more correlated noise), standard, sharp (edge enhancement, finer and
   stronger noise); beam-hardening streaks between dense bones (60 % of scans with a pelvis);
 - MRI: T2 with (60 %) or without fat suppression, stronger bias fields, slices up to 8 mm (mostly 6-8 mm),
