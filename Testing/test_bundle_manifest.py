@@ -115,8 +115,8 @@ def test_kind_comes_from_the_importer_section_and_unknown_keys_are_ignored(tmp_p
     manifest = read_manifest(folder)
     assert manifest.kind == "nnunet" and manifest.section("nnunet") == {"format": "nnunet-v2"}
     assert manifest.section("a_future_key") == {"x": 1} and manifest.section("absent") is None
-    assert models.read_entry(folder, "imported").label == "ct-demo 1.3.0 (CT, nnU-Net)"
-    assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == "ct-demo 1.3.0 (CT)"
+    assert models.read_entry(folder, "imported").label == "ct-demo 1.4.0 (CT, nnU-Net)"
+    assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == "ct-demo 1.4.0 (CT)"
     _edit_meta(folder, monai_bundle={"network": "UNet"})
     with pytest.raises(ModelError, match="two kinds of model"):
         read_manifest(folder)

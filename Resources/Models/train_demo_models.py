@@ -18,9 +18,9 @@ measures this for any CT model.
 model              training cohort         held-out (full size)   notes
 =================  ======================  =====================  ===================================================
 ct-demo            CT, seed 1000, 40 cases CT, seed 1001, 8        tumour; 1.1.0: 0.6 x 1.0.0 + 0.4 x 1.0.0 fine-tuned
-                   (1.1.0-1.3.0: + 32 demo                         on the mixed cohort (`train/blend.py`); 1.2.0:
-                   + 32 full variety)                              1.1.0 fine-tuned on it; 1.3.0: 1.2.0 fine-tuned
-                                                                   on it again (the commands in its card)
+                   (1.1.0-1.4.0: + 32 demo                         on the mixed cohort (`train/blend.py`); 1.2.0:
+                   + 32 full variety)                              1.1.0 fine-tuned on it; 1.3.0 and 1.4.0: the
+                                                                   last fine-tuned on it again (commands in the card)
 ct-liver-demo      CT, seed 1000, 32 demo  CT, seed 1001, 8        liver incl. tumour (for the liver-anchored tumour
                    + 32 full variety                               step and the review flag's outside_liver); 2.0.0:
                    (--variety mixed)                               --target-spacing-mm 3,3,5 --patch 48,64,80
