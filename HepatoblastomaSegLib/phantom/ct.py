@@ -153,7 +153,7 @@ def add_regional_enhancement(look: Appearance, phase: str, rng: np.random.Genera
 
 
 #: Full variety, portal venous phase: how far (HU) the viable tumour lies below the liver. The demo draws 25-55;
-#: real hepatoblastomas and the parts of them near calcification can come within 10-15 HU of the liver.
+#: some real liver tumours, or parts of them, come closer to the liver than that (README, *Real scans*).
 PORTAL_VENOUS_TUMOUR_DROP_HU = (12.0, 55.0)
 
 

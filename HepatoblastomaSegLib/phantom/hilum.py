@@ -39,7 +39,7 @@ class Fissure:
     near_mm: float
     top_z: float
 
-    def field(self, x, y, z) -> np.ndarray:
+    def __call__(self, x, y, z) -> np.ndarray:
         dx, dy = F32(self.direction[0]), F32(self.direction[1])
         px, py = x - F32(self.point[0]), y - F32(self.point[1])
         across = np.abs(px * -dy + py * dx)
@@ -57,7 +57,7 @@ class Shell:
     half_mm: float
     facing: tuple[float, float]
 
-    def field(self, x, y, z) -> np.ndarray:
+    def __call__(self, x, y, z) -> np.ndarray:
         d = self.caudate(x, y, z)
         layer = np.abs(d - F32(self.gap_mm + self.half_mm)) - F32(self.half_mm)
         cx, cy, _ = self.caudate.centre
@@ -67,7 +67,10 @@ class Shell:
 
 @dataclasses.dataclass
 class Hilum:
-    fissures: list                 #: :class:`Fissure`, :class:`Shell` and hilar fat (:class:`~.fields.Ellipsoid`)
+    """The landmarks of one liver, drawn by :func:`sample_hilum` and painted by :func:`.organs.organ_structures`."""
+
+    #: :class:`Fissure`, :class:`Shell` and hilar fat (:class:`~.fields.Ellipsoid`): signed-distance callables (mm)
+    fissures: list
     sheaths: list[Tube]            #: periportal sheath around each intrahepatic portal branch (vessel + sheath)
     portal_branches: list[Tube]
     hepatic_branches: list[Tube]
@@ -78,8 +81,7 @@ class Hilum:
         def compute():
             out = None
             for fissure in self.fissures:
-                f = fissure.field(block.wx, block.wy, block.wz) if not isinstance(fissure, Ellipsoid) else \
-                    fissure(block.wx, block.wy, block.wz)
+                f = fissure(block.wx, block.wy, block.wz)
                 out = f if out is None else np.minimum(out, f)
             return out
         return block.cached("liver_fissures", compute)
