@@ -14,5 +14,6 @@ for index in range(100, 108):
         del c
 for k, name in ((False, "without the landmarks"), (True, "with the landmarks")):
     r = rows[k]
-    print(f"{name}: {len(r)} full-size full-variety CT cases (seed 1000, 100-107), wall {st.mean(x[0] for x in r):.2f} s, "
-          f"CPU {st.mean(x[1] for x in r):.2f} s per case (mean), {st.mean(x[2] for x in r):.1f} megavoxels")
+    print(f"{name}: {len(r)} full-size full-variety CT cases (seed 1000, 100-107), "
+          f"wall {st.mean(x[0] for x in r):.2f} s, CPU {st.mean(x[1] for x in r):.2f} s per case (mean), "
+          f"{st.mean(x[2] for x in r):.1f} megavoxels")
