@@ -17,6 +17,7 @@ from HepatoblastomaSegLib.phantom import generate_case
 from HepatoblastomaSegLib.phantom import case as case_module
 from HepatoblastomaSegLib.phantom import ct as ct_module
 from HepatoblastomaSegLib.phantom import hilum as hilum_module
+from HepatoblastomaSegLib.phantom import tumour as tumour_module
 from HepatoblastomaSegLib.phantom.tissues import Tissue
 
 CT_INDICES = (0, 4, 5, 7)
@@ -183,6 +184,47 @@ def test_portal_venous_tumours_come_closer_to_the_liver():
     before = look.means[Tissue.TUMOUR]
     ct_module.add_hilum_tissues(look, "delayed", np.random.default_rng(2))
     assert look.means[Tissue.TUMOUR] == before
+
+
+def _case_with_shell(monkeypatch, probability: float):
+    """CT case 7 of series 3 with the calcified shell drawn with ``probability``, and the shell drawn."""
+    monkeypatch.setattr(tumour_module, "SHELL_PROBABILITY", probability)
+    drawn = []
+
+    def recording(rng, lesion):
+        tumour_module.add_calcified_shell(rng, lesion)
+        drawn.append(lesion.shell)
+
+    monkeypatch.setattr(case_module, "add_calcified_shell", recording)
+    return generate_case("ct", 3, 7, "small", variety="full"), drawn[0]
+
+
+def test_calcified_shell_lies_under_the_tumour_surface_around_the_necrosis(monkeypatch):
+    """Full variety: the shell's calcification sits at its drawn depth under the tumour's surface (measured with
+    scipy's distance transform on the tumour mask), is bright, and the necrosis stays inside it; the tumour mask
+    and the annotators do not change."""
+    with_shell, shell = _case_with_shell(monkeypatch, 1.0)
+    without, none = _case_with_shell(monkeypatch, 0.0)
+    assert shell is not None and none is None
+    assert 3.0 <= shell.depth_mm <= 15.0 and 0.5 <= shell.half_mm <= 1.5
+    for name in ("tumor", "liver", "R1", "R2", "R3"):
+        a = getattr(with_shell, name) if name in ("tumor", "liver") else with_shell.raters[name]
+        b = getattr(without, name) if name in ("tumor", "liver") else without.raters[name]
+        assert np.array_equal(a.array, b.array), name
+    labels, image = with_shell.tissues.array, with_shell.image.array.astype(float)
+    tumour = with_shell.tumor.array.astype(bool)
+    depth_mm = ndimage.distance_transform_edt(tumour, sampling=with_shell.spacing_mm[::-1])
+    ring = (labels == Tissue.CALCIFICATION) & (without.tissues.array != Tissue.CALCIFICATION)
+    assert ring.sum() > 30
+    voxel_mm = max(with_shell.spacing_mm)
+    near = np.abs(depth_mm[ring] - shell.depth_mm) <= shell.half_mm + voxel_mm
+    assert near.mean() > 0.9
+    assert image[ring].mean() > image[labels == Tissue.TUMOUR].mean() + 100
+    necrosis = labels == Tissue.NECROSIS
+    assert necrosis.sum() > 30
+    # The mask's distance transform is coarse on 4.5 mm slices: most, not all, of the necrosis measures deep enough.
+    assert (depth_mm[necrosis] >= shell.depth_mm - 2.0).mean() > 0.85
+    assert (depth_mm[without.tissues.array == Tissue.NECROSIS] >= shell.depth_mm - 2.0).mean() < 0.75
 
 
 def test_adult_bodies_are_bigger(ct_full):

@@ -48,7 +48,7 @@ from .organs import SECTIONS, calibrate_liver, liver_section, organ_structures
 from .render import Displacement, ModelGrid, Renderer
 from .tissues import Tissue
 from .trunk import after_organs, before_organs
-from .tumour import Lesion, coarse_sample, pretext_group, sample_lesions
+from .tumour import Lesion, add_calcified_shell, coarse_sample, pretext_group, sample_lesions
 from .variety import Variety, adapt_anatomy, check_variety, sample_child_full, sample_variety
 
 MODALITIES = ("ct", "mri")
@@ -196,6 +196,8 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
     liver_normal_ml = calibrate_liver(an, child.normal_liver_ml)
     hilum = sample_hilum(_rng(seed, index, 12), an) if full else None
     lesions = sample_lesions(_rng(seed, index, 3), an)
+    if full:
+        add_calcified_shell(_rng(seed, index, 14), lesions[0])
 
     lesion_lo = np.min([les.bounds()[0] for les in lesions], axis=0)
     lesion_hi = np.max([les.bounds()[1] for les in lesions], axis=0)
@@ -303,7 +305,7 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
         "expected_liver_ml": round(child.normal_liver_ml, 1), "normal_liver_ml": round(liver_normal_ml, 1),
         "n_lesions": len(lesions),
         "lesion_diameters_mm": [round(les.target_diameter_mm, 1) for les in lesions],
-        "calcified": bool(any(les.calcifications for les in lesions)),
+        "calcified": bool(any(les.calcifications or les.shell for les in lesions)),
         "exophytic": bool(lesions[0].bulge_direction is not None),
         "sections": {name: bool(v) for name, v in zip(SECTIONS, involved, strict=True)},
         "sections_involved": int(sum(involved)), "pretext": pretext_group(involved),

@@ -11,11 +11,17 @@
 - Inside: heterogeneous viable tumour; necrotic or cystic areas (5-40 % of the volume, mostly central);
   haemorrhage (60 % of cases, up to 12 %); fibrous septa (60 %); calcifications (50 %, clusters of 1-3.5 mm foci).
 - A second, smaller lesion (1.5-3.5 cm) in 20 % of the cases.
+- Full variety only (:func:`add_calcified_shell`): in 40 % of the cases the primary tumour also has a patchy shell
+  of calcification a few millimetres under its surface, around a necrotic centre, with viable tumour outside it.
+  Real calcified liver tumours look like this (coarse calcification along the border of the necrotic core), and a
+  model that has only seen scattered foci takes the bright ring for the tumour's edge and leaves the viable tumour
+  outside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from statistics import NormalDist
 
 import numpy as np
 
@@ -49,6 +55,7 @@ class Lesion:
     haemorrhage: tuple[SmoothNoise, float] | None = None
     septa: tuple[SmoothNoise, float] | None = None
     calcifications: list[tuple[np.ndarray, float]] = dataclasses.field(default_factory=list)
+    shell: CalcifiedShell | None = None
     target_diameter_mm: float = 0.0
 
     @property
@@ -105,7 +112,9 @@ class Lesion:
         noise, threshold, central = self.necrosis
         f = self.field(block)
         g = noise(*block.axes) - F32(central) * f / F32(self.radius_mm)
-        return np.maximum(f + F32(2.5), (F32(threshold) - g) * F32(0.3 * noise.spacing_mm[0]))
+        # Inside a calcified shell only (viable tumour stays outside it); elsewhere up to 2.5 mm from the edge.
+        inset = F32(2.5) if self.shell is None else F32(self.shell.depth_mm)
+        return np.maximum(f + inset, (F32(threshold) - g) * F32(0.3 * noise.spacing_mm[0]))
 
     def haemorrhage_field(self, block: Block) -> np.ndarray:
         noise, threshold = self.haemorrhage
@@ -127,12 +136,53 @@ class Lesion:
                                  warped=False))
         if self.necrosis is not None:
             out.append(Structure(f"{self.name}_necrosis", Tissue.NECROSIS, lo, hi, self.necrosis_field, warped=False))
+        if self.shell is not None:
+            out.append(Structure(f"{self.name}_shell", Tissue.CALCIFICATION, lo, hi,
+                                 lambda block: self.shell.field(self.field(block), block), warped=False))
         for i, (centre, radius) in enumerate(self.calcifications):
             out.append(Structure(f"{self.name}_calc{i}", Tissue.CALCIFICATION, centre - radius, centre + radius,
                                  lambda block, c=centre, r=radius: np.sqrt(
                                      (block.x - F32(c[0])) ** 2 + (block.y - F32(c[1])) ** 2 +
                                      (block.z - F32(c[2])) ** 2) - F32(r), warped=False))
         return out
+
+
+@dataclasses.dataclass
+class CalcifiedShell:
+    """Calcification in a layer ``depth_mm`` under the lesion's surface, ``half_mm`` thick on either side, kept
+    where the smooth noise ``patches`` exceeds ``threshold`` (so it covers part of the surface, in arcs)."""
+
+    depth_mm: float
+    half_mm: float
+    patches: SmoothNoise
+    threshold: float
+
+    def field(self, lesion_field: np.ndarray, block: Block) -> np.ndarray:
+        band = np.abs(lesion_field + F32(self.depth_mm)) - F32(self.half_mm)
+        patchy = (F32(self.threshold) - self.patches(*block.axes)) * F32(0.3 * self.patches.spacing_mm[0])
+        return np.maximum(band, patchy)
+
+
+#: Full variety: share of primary tumours with a calcified shell.
+SHELL_PROBABILITY = 0.4
+
+
+def add_calcified_shell(rng: np.random.Generator, lesion: Lesion) -> None:
+    """Full variety: give ``lesion`` a calcified shell (with :data:`SHELL_PROBABILITY`) 3-15 mm under its surface
+    (10-35 % of its radius), 1-3 mm thick, over 30-80 % of it; the necrosis then grows and stays inside the
+    shell, as in a calcified, necrotic tumour with viable tumour around it. Draws only from ``rng``."""
+    if rng.random() >= SHELL_PROBABILITY:
+        return
+    r = lesion.radius_mm
+    lo, hi = lesion.bounds()
+    depth = float(np.clip(rng.uniform(0.10, 0.35) * r, 3.0, 15.0))
+    patches = SmoothNoise(rng, lo, hi, max(0.3 * r, 6.0))
+    coverage = float(rng.uniform(0.3, 0.8))
+    lesion.shell = CalcifiedShell(depth, float(rng.uniform(0.5, 1.5)), patches,
+                                  NormalDist().inv_cdf(1.0 - coverage))  # the noise has unit variance
+    if lesion.necrosis is not None:
+        noise, threshold, central = lesion.necrosis
+        lesion.necrosis = (noise, threshold - float(rng.uniform(0.3, 1.0)), central)
 
 
 def _coarse_axes(lo, hi, step):

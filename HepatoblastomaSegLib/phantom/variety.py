@@ -21,6 +21,8 @@ acquisition. Per case (probabilities in brackets):
 - the liver's inner landmarks (CT and MRI): the umbilical and ligamentum venosum fissures, hilar fat, periportal
   sheaths, bile ducts and smaller vessel branches (:mod:`.hilum`); CT portal-venous tumours 12-55 HU below the
   liver (the demo: 25-55), as some real tumours come close to the liver's attenuation;
+- a calcified shell (40 %, CT and MRI): a patchy layer of calcification 3-15 mm under the primary tumour's surface
+  around its necrotic centre, viable tumour outside it (:func:`.tumour.add_calcified_shell`);
 - CT reconstruction kernel: soft (smoother, more correlated noise), standard, sharp (edge enhancement, finer and
   stronger noise); beam-hardening streaks between dense bones (60 % of scans with a pelvis);
 - MRI: T2 with (60 %) or without fat suppression, stronger bias fields, slices up to 8 mm (mostly 6-8 mm),
