@@ -4,7 +4,6 @@ the asked contrast, the rest of the scan untouched (native) or shifted organ by 
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -15,17 +14,14 @@ from scipy import ndimage
 from HepatoblastomaSegLib.io import read_volume, write_volume
 from HepatoblastomaSegLib.phantom import generate_case
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from helpers_benchmarks import import_benchmark
+
 SEED = 791  # a phantom series no training, demo, benchmark or other test uses
 
 
 @pytest.fixture(scope="module")
 def insertion():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("lesion_insertion")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return import_benchmark("lesion_insertion")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +100,7 @@ def test_the_script_writes_a_manifest_real_scans_reads_and_never_overwrites(inse
             "--case", "none:portal_venous:"]
     monkeypatch.setattr(sys, "argv", argv)
     assert insertion.main() == 0
-    real_scans = importlib.import_module("real_scans")
+    real_scans = import_benchmark("real_scans")
     rows = real_scans.read_rows(out / "manifest.csv")
     assert [r["case"] for r in rows] == ["one", "none"] and rows[1]["tumor"] == "none"
     assert "semi-synthetic" in rows[0]["note"]
