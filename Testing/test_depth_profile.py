@@ -34,9 +34,17 @@ def test_a_prediction_that_misses_the_outer_shell_is_found_only_in_the_deep_band
     assert 0.2 < found_middle < 0.8                              # the prediction's edge at 6 mm depth
 
 
-def test_an_unreadable_file_is_named_with_exit_2(tmp_path, capsys):
+def test_bad_files_are_named_with_exit_2(tmp_path, capsys):
+    """Unreadable, a truth on another grid, an empty truth: refused, the file named, nothing printed to stdout."""
     depth_profile = import_benchmark("depth_profile")
-    sitk.WriteImage(_ball(5.0), str(tmp_path / "truth.nii.gz"))
+    image = str(tmp_path / "ct.nii.gz")
+    sitk.WriteImage(_ball(5.0), image)
     (tmp_path / "broken.nii.gz").write_bytes(b"not an image")
-    assert depth_profile.main([str(tmp_path / "broken.nii.gz"), str(tmp_path / "truth.nii.gz")]) == 2
-    assert "broken.nii.gz" in capsys.readouterr().err
+    shifted = _ball(5.0)
+    shifted.SetOrigin((2.0, 0.0, 0.0))
+    sitk.WriteImage(shifted, str(tmp_path / "shifted.nii.gz"))
+    sitk.WriteImage(_ball(5.0) * 0, str(tmp_path / "empty.nii.gz"))
+    for name, says in (("broken", "cannot read"), ("shifted", "not on the image's grid"), ("empty", "no tumour")):
+        assert depth_profile.main([image, str(tmp_path / f"{name}.nii.gz")]) == 2
+        out = capsys.readouterr()
+        assert f"{name}.nii.gz" in out.err and says in out.err and out.out == ""

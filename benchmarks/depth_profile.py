@@ -10,7 +10,8 @@ stops at a calcified ring shows the ring's band found and the bands outside it m
 viable tumour shows the outer bands missed.
 
 Predictions are resampled onto the image's grid (nearest neighbour), so any segmentation written by ``hbseg
-segment`` can be passed as it is.
+segment`` can be passed as it is; the truth and liver masks must be on the image's grid, and an empty truth is
+refused (exit 2, the file named).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MIN_COMPONENT_ML = 5.0
 
 
 class UnreadableFile(Exception):
-    pass
+    """A file that cannot be read or cannot be measured against the image (named in the message)."""
 
 
 def _read(path: str) -> sitk.Image:
@@ -36,10 +37,19 @@ def _read(path: str) -> sitk.Image:
         raise UnreadableFile(f"cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
 
 
-def _read_on(path: str, reference: sitk.Image) -> np.ndarray:
+def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    return a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4) \
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) \
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
+
+
+def _read_on(path: str, reference: sitk.Image, *, resample: bool) -> np.ndarray:
+    """The mask at ``path`` on the image's grid: a prediction is resampled (nearest neighbour); a truth or liver
+    mask on another grid is refused (depths would be measured on a mask moved from where it was drawn)."""
     image = _read(path)
-    if image.GetSize() != reference.GetSize() or image.GetSpacing() != reference.GetSpacing() \
-            or image.GetOrigin() != reference.GetOrigin():
+    if not _same_grid(image, reference):
+        if not resample:
+            raise UnreadableFile(f"{path} is not on the image's grid (size, spacing, origin or direction differ)")
         image = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayFromImage(image) > 0
 
@@ -51,11 +61,13 @@ def profile(image_path: str, truth_path: str, predictions: list[str], bands_mm: 
     values = sitk.GetArrayFromImage(reference).astype(np.float32)
     spacing_zyx = reference.GetSpacing()[::-1]
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    truth = _read_on(truth_path, reference)
-    found = [_read_on(p, reference) for p in predictions]
+    truth = _read_on(truth_path, reference, resample=False)
+    if not truth.any():
+        raise UnreadableFile(f"{truth_path} holds no tumour")
+    found = [_read_on(p, reference, resample=True) for p in predictions]
     lines = []
     if liver_path:
-        liver = _read_on(liver_path, reference) & ~ndimage.binary_dilation(truth, iterations=3)
+        liver = _read_on(liver_path, reference, resample=False) & ~ndimage.binary_dilation(truth, iterations=3)
         lines.append(f"liver outside the tumour: median {np.median(values[liver]):.0f}")
     labels, n = ndimage.label(truth)
     for component in range(1, n + 1):
