@@ -1,5 +1,5 @@
 """The review flag fires on deliberately bad cases and stays quiet on a good phantom; the liver-anchored tumour step
-drops what does not touch the liver and keeps a tumour that bulges out of it."""
+drops what does not lie in the liver and keeps a tumour that bulges out of it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from HepatoblastomaSegLib.bundle import RESOURCES_MODELS_DIR, load_bundle
 from HepatoblastomaSegLib.cli import main
 from HepatoblastomaSegLib.evaluate.domain_shift import thick_slices, without_contrast, without_fat_suppression
 from HepatoblastomaSegLib.infer.cohort import CohortCase, run_cohort
-from HepatoblastomaSegLib.infer.postprocess import keep_components_touching
+from HepatoblastomaSegLib.infer.options import PredictorOptions
+from HepatoblastomaSegLib.infer.postprocess import keep_components_in_liver
 from HepatoblastomaSegLib.infer.result import Prediction
 from HepatoblastomaSegLib.infer.review import (ReviewSettings, body_mask, count_pieces, fill_holes_in_plane,
                                                flagged_table, measure_image, open_with_cross, review, review_settings,
@@ -148,22 +149,52 @@ def test_review_settings_live_in_bundle_json_and_keep_the_bundle_valid(tmp_path)
     assert back.reference == {"fat_hu": (-150.0, -50.0)} and back.max_mean_entropy_nats is None
 
 
-def test_liver_anchor_keeps_what_touches_the_liver_and_drops_the_rest():
+def test_liver_anchor_at_fraction_zero_keeps_what_touches_the_liver_and_drops_the_rest():
     liver = np.zeros((20, 40, 40), dtype=bool)
     liver[5:15, 5:20, 5:20] = True
     tumor = np.zeros_like(liver)
     tumor[8:12, 10:26, 10:14] = True  # bulges 6 voxels out of the liver: kept whole
     tumor[8:12, 30:35, 30:35] = True  # far away: dropped
     tumor[15, 20, 20] = True          # touches the liver's corner voxel (14, 19, 19) diagonally: kept
-    kept, dropped = keep_components_touching(tumor.astype(np.uint8), liver)
+    kept, dropped = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=0.0)
     assert dropped == 1
     labels, n = ndimage.label(tumor, structure=np.ones((3, 3, 3)))
     assert n == 3
     far = labels == labels[10, 32, 32]
     np.testing.assert_array_equal(kept.astype(bool), tumor & ~far)
     assert kept[10, 25, 12] == 1  # the bulging part outside the liver survives
-    empty, none_dropped = keep_components_touching(np.zeros_like(tumor, dtype=np.uint8), liver)
+    empty, none_dropped = keep_components_in_liver(np.zeros_like(tumor, dtype=np.uint8), liver)
     assert none_dropped == 0 and not empty.any()
+
+
+def test_liver_anchor_drops_an_organ_pressed_against_the_liver_and_keeps_a_bulging_tumour():
+    """A fraction above 0: a component counts as in the liver by the share of its voxels inside the liver mask."""
+    liver = np.zeros((20, 60, 60), dtype=bool)
+    liver[2:18, 5:30, 5:30] = True
+    tumor = np.zeros_like(liver)
+    tumor[6:14, 10:36, 8:14] = True   # 20 of its 26 rows inside the liver (77 %), 6 outside: kept whole
+    tumor[6:14, 30:45, 18:24] = True  # an organ against the liver's face (its row 30 touches row 29): dropped
+    tumor[6:14, 22:34, 26:36] = True  # straddles the liver's corner: 8 x 4 of its 12 x 10 voxels per slice inside
+    labels, n = ndimage.label(tumor, structure=np.ones((3, 3, 3)))
+    assert n == 3
+    bulge, organ, corner = (labels == labels[10, 12, 10]), (labels == labels[10, 40, 20]), \
+        (labels == labels[10, 30, 30])
+    shares = {name: (part & liver).sum() / part.sum() for name, part in
+              (("bulge", bulge), ("organ", organ), ("corner", corner))}
+    assert shares["organ"] == 0.0 and 0.2 < shares["corner"] < 0.3 and shares["bulge"] > 0.7
+    # The organ touches the liver, so fraction 0 keeps it.
+    touching, _ = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=0.0)
+    assert touching[organ].all()
+    for fraction, kept_parts in ((0.2, (bulge, corner)), (0.3, (bulge,)), (0.8, ())):
+        kept, dropped = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=fraction)
+        expected = np.any(kept_parts, axis=0) if kept_parts else np.zeros_like(tumor)
+        np.testing.assert_array_equal(kept.astype(bool), expected)
+        assert dropped == 3 - len(kept_parts)
+    default = PredictorOptions().liver_anchor_min_fraction_inside
+    kept, _ = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=default)
+    assert kept[bulge].all() and not kept[organ].any()
+    with pytest.raises(ValueError, match="min_fraction_inside"):
+        keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=1.5)
 
 
 def test_what_the_liver_anchor_removed_is_flagged_above_the_outside_liver_limit(ct_case, ct_settings):
@@ -352,8 +383,8 @@ def test_hbseg_segment_reports_the_liver_anchor_and_the_review(tmp_path, ct_case
     assert main(["segment", str(image), "--no-tta", "--device", "cpu", "--progress", "none", "--no-liver-anchor",
                  "-o", str(tmp_path / "off")]) == 0
     off = json.loads((tmp_path / "off" / "summary.json").read_text(encoding="utf-8"))
-    assert off["postprocessing"]["liver_anchor"] == {"on": False, "applied": False, "components_dropped": 0,
-                                                      "ml_dropped": 0.0}
+    assert off["postprocessing"]["liver_anchor"] == {"on": False, "min_fraction_inside": 0.2, "applied": False,
+                                                      "components_dropped": 0, "ml_dropped": 0.0}
     assert off["tumor_volume_ml"] >= summary["tumor_volume_ml"]
 
 
@@ -441,8 +472,14 @@ def test_the_anchor_labels_only_the_masks_box_and_keeps_what_the_whole_image_wou
         labels, n = ndimage.label(tumor, structure=structure)  # the whole-image reference
         touched = np.unique(labels[ndimage.binary_dilation(liver, structure=structure) & (labels > 0)])
         expected = np.isin(labels, touched[touched > 0])
-        kept, dropped = keep_components_touching(tumor.astype(np.uint8), liver)
+        kept, dropped = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=0.0)
         assert np.array_equal(kept.astype(bool), expected) and dropped == n - np.count_nonzero(touched)
+        # With a fraction: scipy's per-label sums over the whole image.
+        index = np.arange(1, n + 1)
+        share = ndimage.sum(liver, labels, index) / ndimage.sum(tumor, labels, index)
+        expected = np.isin(labels, index[share >= 0.2])
+        kept, dropped = keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=0.2)
+        assert np.array_equal(kept.astype(bool), expected) and dropped == n - np.count_nonzero(share >= 0.2)
 
 
 def test_the_in_plane_opening_and_hole_filling_are_scipys():

@@ -76,12 +76,18 @@ class PredictorOptions:
                   "scan's end; the README shows what it did to tumours there). In-plane padding is zero either way. "
                   "Applies to the tumour network and the CT liver anchor's (default: %(default)s)", affects_result=True,
         choices=("mirror", "zero"))
-    #: Drop tumour components that do not touch the liver mask; None = on for CT, off for MRI.
+    #: Drop tumour components that do not lie in the liver mask; None = on for CT, off for MRI.
     liver_anchor: bool | None = _option(
-        None, "drop tumour components that neither overlap nor touch the liver mask (hepatoblastoma arises in the "
-              "liver; a tumour bulging out of the liver touches it and is kept whole). The summary reports what "
-              "was dropped (default: on for CT, off for MRI)", affects_result=True,
+        None, "drop tumour components that do not lie in the liver mask (hepatoblastoma arises in the liver; a "
+              "tumour bulging out of the liver is kept whole). The summary reports what was dropped, and the run "
+              "writes it beside the result (default: on for CT, off for MRI)", affects_result=True,
         action=argparse.BooleanOptionalAction)
+    liver_anchor_min_fraction_inside: float = _option(
+        0.2, "with the liver anchor: keep a tumour component when at least this fraction of its volume lies inside "
+             "the liver mask, 0..1. A neighbouring organ pressed against the liver touches it but lies almost "
+             "wholly outside it; a tumour bulging out of the liver keeps most of itself inside a liver mask that "
+             "includes tumour. 0 keeps every component that overlaps or touches the liver (default: %(default)s)",
+        affects_result=True, type=float, metavar="FRACTION")
 
     def validate(self) -> PredictorOptions:
         """Refuse values no run can use (a :class:`~..errors.ConfigError` naming the flag); returns ``self``."""
@@ -91,6 +97,9 @@ class PredictorOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.gpu_memory_gb is not None and self.gpu_memory_gb <= 0:
             raise ConfigError(f"--gpu-memory-gb must be positive, got {self.gpu_memory_gb}")
+        if not 0.0 <= self.liver_anchor_min_fraction_inside <= 1.0:
+            raise ConfigError("--liver-anchor-min-fraction-inside must be in [0, 1], got "
+                              f"{self.liver_anchor_min_fraction_inside}")
         if self.min_component_ml < 0:
             raise ConfigError(f"--min-component-ml must be at least 0, got {self.min_component_ml}")
         modes = _choices("short_scan_padding")  # the engine's PAD_MODES (not imported here: it imports torch)

@@ -14,8 +14,9 @@ Per case (:meth:`Predictor.predict`):
    box: mask 0, entropy 0);
 4. optional clean-up (largest component / small components); the liver mask (CT: the liver bundle, ``ct-liver-demo``
    by default, on the body box, its largest piece and the pieces beside it; MRI: the one its Nyul step used) and, on
-   by default for CT, the liver-anchored tumour step: components that neither overlap nor touch the liver are
-   dropped (:func:`~.postprocess.keep_components_touching`);
+   by default for CT, the liver-anchored tumour step: components that do not lie in the liver (less than
+   ``--liver-anchor-min-fraction-inside`` of their volume inside it) are dropped
+   (:func:`~.postprocess.keep_components_in_liver`);
 5. the summary, with the review flag (:mod:`.review`: tumour outside the liver or removed by the anchor, high
    uncertainty, an image unlike the training images, an implausible result, a tumour running off the scan).
 
@@ -50,7 +51,7 @@ from ..preprocess.checks import check_modality, check_spacing, guess_modality  #
 from ..progress import NullProgress, Progress
 from ..sliding_window import (ALL_FLIPS, NO_FLIPS, SlidingWindowEngine, autocast_dtype_for, count_windows,
                               padding_to_patch)
-from .postprocess import keep_components_touching, keep_largest_component, remove_small_components
+from .postprocess import keep_components_in_liver, keep_largest_component, remove_small_components
 from .result import Prediction
 from .review import measure_image, review, review_settings
 from .summary import case_summary
@@ -157,6 +158,7 @@ class Predictor:
         self.pad_mode = options.short_scan_padding
         self.liver_anchor = bundle.modality == "ct" if options.liver_anchor is None else options.liver_anchor
         self._liver_anchor_asked = bool(options.liver_anchor)
+        self.liver_anchor_min_fraction_inside = options.liver_anchor_min_fraction_inside
         self.review_settings = review_settings(bundle.path)
         self.network = bundle.build_network(self.device)
         # torch.compile is lazy: nothing is compiled until the first window batch.
@@ -335,7 +337,8 @@ class Predictor:
     def _anchor_to_liver(self, mask: np.ndarray, liver: np.ndarray | None, voxel_ml: float, warnings: list[str]
                          ) -> tuple[np.ndarray, dict]:
         """The liver-anchored tumour step (when on and a liver mask exists) and its record for the summary."""
-        record = {"on": self.liver_anchor, "applied": False, "components_dropped": 0, "ml_dropped": 0.0}
+        record = {"on": self.liver_anchor, "min_fraction_inside": self.liver_anchor_min_fraction_inside,
+                  "applied": False, "components_dropped": 0, "ml_dropped": 0.0}
         if not self.liver_anchor:
             return mask, record
         if liver is None:
@@ -343,7 +346,8 @@ class Predictor:
                 warnings.append("--liver-anchor: no liver mask (no liver model), so tumour components outside the "
                                 "liver were not dropped")
             return mask, record
-        kept, dropped = keep_components_touching(mask, liver)
+        kept, dropped = keep_components_in_liver(mask, liver,
+                                                 min_fraction_inside=self.liver_anchor_min_fraction_inside)
         record.update(applied=True, components_dropped=dropped,
                       ml_dropped=round(float(np.count_nonzero(mask) - np.count_nonzero(kept)) * voxel_ml, 3))
         return kept, record
@@ -457,7 +461,7 @@ def _peak_gpu_memory_gib(device: torch.device) -> dict[str, float] | None:
 #: Options an imported model does not use: it runs its own framework's inference settings (nnU-Net's window
 #: placement and overlap, a MONAI bundle's configured inferer), with no body crop and no liver model of ours.
 NOT_FOR_IMPORTED_MODELS = ("liver_model", "overlap", "batch_size", "compile", "gpu_memory_gb", "crop_to_body",
-                           "liver_anchor", "short_scan_padding")
+                           "liver_anchor", "liver_anchor_min_fraction_inside", "short_scan_padding")
 
 
 def _refuse_options_that_do_not_apply(options: PredictorOptions, kind: str) -> None:

@@ -37,9 +37,9 @@ class Prediction:
             ``fraction_of_voxels``; null when it ran on the whole image), ``sliding_windows`` (windows per pass),
             ``warnings`` (list of str), ``input`` (path or name), ``liver_source`` / ``liver_volume_ml`` /
             ``tumor_outside_liver_ml`` (null without a liver mask), ``postprocessing.liver_anchor`` (``on``,
-            ``applied``, ``components_dropped``, ``ml_dropped``), ``review`` (``needed`` and ``reasons``, each a
-            ``code`` and a plain-words ``message``: :mod:`.review`) and ``review_measurements`` (what it was
-            judged on).
+            ``min_fraction_inside``, ``applied``, ``components_dropped``, ``ml_dropped``), ``review`` (``needed``
+            and ``reasons``, each a ``code`` and a plain-words ``message``: :mod:`.review`) and
+            ``review_measurements`` (what it was judged on).
         review_masks: masks a reviewer needs beside the result (uint8 0/1, same grid), by key of
             :data:`REVIEW_MASKS`: ``"liver"``, the liver mask the liver anchor and the review flag used;
             ``"anchor_removed"``, what the liver anchor removed from the tumour mask (absent when nothing).

@@ -15,9 +15,10 @@ gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.js
     that bulges out of it is still mostly inside the liver model's mask (it was trained on liver *including* tumour).
 ``anchor_removed``
     the liver anchor removed more than :attr:`ReviewSettings.max_outside_liver_ml` of the tumour model's mask because
-    it did not touch the liver mask. That is its job when the liver mask is right; but a phantom-trained liver model
-    can miss the part of a real liver that holds the tumour (``benchmarks/lesion_insertion.py`` made such cases), and
-    then the anchor removes the tumour itself, so a large removal is shown, never silent.
+    it did not lie in the liver mask (less than the anchor's fraction of it inside). That is its job when the liver
+    mask is right; but a phantom-trained liver model can miss the part of a real liver that holds the tumour
+    (``benchmarks/lesion_insertion.py`` made such cases), and then the anchor removes the tumour itself, so a large
+    removal is shown, never silent.
 ``high_uncertainty``
     mean softmax entropy inside the mask above the model's calibrated threshold
     (:attr:`ReviewSettings.max_mean_entropy_nats`, measured on held-out phantoms by
@@ -362,7 +363,7 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
     if removed is not None and removed > settings.max_outside_liver_ml:
         where = f" ({liver_source})" if liver_source else ""
         reasons.append(ReviewReason("anchor_removed", (
-            f"{removed:.0f} mL that the model called tumour was removed because it does not touch the liver "
+            f"{removed:.0f} mL that the model called tumour was removed because it does not lie in the liver "
             f"mask{where}; if that mask missed part of the liver, a tumour may have been removed with it: look at "
             "what was removed (saved beside the result as anchor_removed) or run without the liver anchor.")))
     threshold = settings.max_mean_entropy_nats
