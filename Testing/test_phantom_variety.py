@@ -227,6 +227,34 @@ def test_calcified_shell_lies_under_the_tumour_surface_around_the_necrosis(monke
     assert (depth_mm[without.tissues.array == Tissue.NECROSIS] >= shell.depth_mm - 2.0).mean() < 0.75
 
 
+def test_a_weakly_enhanced_scan_moves_only_the_enhancing_tissues_towards_their_unenhanced_levels(monkeypatch):
+    """Full variety, CT 4 (arterial phase): forced weak, every enhancing tissue lies between its unenhanced range and
+    its level in the same case as drawn, in proportion to the recorded strength; fat and bone keep theirs, and the
+    masks and tissue map do not change."""
+    def case(share):
+        monkeypatch.setattr(ct_module, "WEAK_CONTRAST_SHARE", share)
+        return generate_case("ct", 3, 4, "small", variety="full")
+
+    weak, full = case(1.0), case(0.0)
+    strength = weak.info["variety"]["contrast_strength"]
+    assert full.info["variety"]["contrast_strength"] == 1.0 and full.info["variety"]["phase"] == "arterial"
+    assert ct_module.WEAK_CONTRAST_STRENGTH[0] <= strength <= ct_module.WEAK_CONTRAST_STRENGTH[1]
+    assert np.array_equal(weak.tissues.array, full.tissues.array)
+    for name in ("tumor", "liver"):
+        assert np.array_equal(getattr(weak, name).array, getattr(full, name).array), name
+
+    def median_hu(c, tissue):
+        return float(np.median(c.image.array[c.tissues.array == tissue]))
+
+    # Unenhanced ranges (HU) as the non-contrast phase draws them; 3 HU for noise and partial volume.
+    for tissue, (lo, hi) in ((Tissue.LIVER, (50, 65)), (Tissue.HEART, (35, 50)), (Tissue.AORTA, (35, 50))):
+        drawn, weakened = median_hu(full, tissue), median_hu(weak, tissue)
+        assert lo + strength * (drawn - lo) - 3 <= weakened <= hi + strength * (drawn - hi) + 3, tissue.name
+    assert median_hu(full, Tissue.HEART) - median_hu(weak, Tissue.HEART) > 50  # arterial blood is far above 50 HU
+    for tissue in (Tissue.FAT, Tissue.BONE_CORTICAL):
+        assert abs(median_hu(weak, tissue) - median_hu(full, tissue)) <= 1.0, tissue.name
+
+
 def test_adult_bodies_are_bigger(ct_full):
     demo = generate_case("ct", 3, 0, "small")
     def body_area_cm2(case):

@@ -227,6 +227,7 @@ def generate_case(modality: str, seed: int, index: int = 0, size: str = "small",
             vary.liver_regional_sd_hu = ct.add_regional_enhancement(look, vary.phase,
                                                                     _rng(seed, index, 11, modality_code), lo, hi)
             ct.add_hilum_tissues(look, vary.phase, _rng(seed, index, 13, modality_code))
+            vary.contrast_strength = ct.weaken_contrast(look, vary.phase, _rng(seed, index, 15, modality_code))
             look.means[int(Tissue.TABLE)] = float(rng_vary.uniform(-500.0, 100.0))  # carbon fibre to dense foam
             if vary.circle_value is not None:
                 outside = _outside_circle(axes[0], axes[1])

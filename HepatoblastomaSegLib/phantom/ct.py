@@ -117,6 +117,44 @@ def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult
     m[int(T.ORAL_CONTRAST)] = float(u(150, 500))
 
 
+#: Full variety, contrast-enhanced phases: the share of scans with a weak contrast enhancement, and the range of its
+#: strength (1 = the phase as drawn, 0 = no contrast). A low weight-based dose, a slow injection, a poorly timed or
+#: extravasated bolus leave every enhancing tissue nearer its unenhanced level: a liver of 65-80 HU beside a heart and
+#: aorta of 90-130 HU, where the models otherwise only meet such a liver in non-contrast scans with darker blood.
+WEAK_CONTRAST_SHARE = 0.3
+WEAK_CONTRAST_STRENGTH = (0.25, 0.8)
+
+#: Tissues whose attenuation comes from the contrast agent in the blood (the rest: fat, air, bone, fluid, necrosis,
+#: haemorrhage, calcification, urine and oral contrast keep their levels).
+_ENHANCING = (T.LIVER, T.PORTAL_VEIN, T.HEPATIC_VEIN, T.AORTA, T.IVC, T.HEART, T.SPLEEN, T.KIDNEY_CORTEX,
+              T.KIDNEY_MEDULLA, T.PANCREAS, T.TUMOUR, T.SEPTUM, T.STOMACH_WALL, T.BOWEL_WALL)
+
+
+def weaken_contrast(look: Appearance, phase: str, rng: np.random.Generator) -> float:
+    """Full variety: in :data:`WEAK_CONTRAST_SHARE` of contrast-enhanced scans, move every enhancing tissue towards
+    its unenhanced level by a strength drawn from :data:`WEAK_CONTRAST_STRENGTH`; return the strength (1.0: as
+    drawn, nothing changed). ``rng`` is the case's own stream for this, so the other draws stay as they were.
+
+    Unenhanced levels as in :func:`apply_phase`'s non-contrast phase (liver 50-65, blood 35-50, ...); the tumour
+    keeps its place relative to the liver in proportion (its unenhanced level 5-20 HU below the unenhanced liver).
+    """
+    if phase == "non_contrast" or rng.random() >= WEAK_CONTRAST_SHARE:
+        return 1.0
+    strength = float(rng.uniform(*WEAK_CONTRAST_STRENGTH))
+    u = rng.uniform
+    liver, blood, kidney = u(50, 65), u(35, 50), u(28, 38)
+    unenhanced = {T.LIVER: liver, T.PORTAL_VEIN: blood, T.HEPATIC_VEIN: blood, T.AORTA: blood, T.IVC: blood,
+                  T.HEART: blood, T.SPLEEN: liver - u(5, 10), T.KIDNEY_CORTEX: kidney, T.KIDNEY_MEDULLA: kidney,
+                  T.PANCREAS: u(40, 50), T.TUMOUR: liver - u(5, 20), T.SEPTUM: liver, T.STOMACH_WALL: u(35, 45),
+                  T.BOWEL_WALL: u(35, 45)}
+    m = look.means
+    for tissue in _ENHANCING:
+        key = int(tissue)
+        if key in m:
+            m[key] = float(unenhanced[tissue] + strength * (m[key] - unenhanced[tissue]))
+    return strength
+
+
 #: Regional enhancement of the liver (full variety): SD (HU) of a smooth field over the liver per phase, drawn
 #: uniformly in this range, with a lattice of ``REGIONAL_SCALE_MM`` (about its correlation length). A real liver is
 #: not evenly enhanced (perfusion, portal-venous inflow, fat), and a model that has only seen even livers calls a

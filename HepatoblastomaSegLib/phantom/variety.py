@@ -12,7 +12,8 @@ acquisition. Per case (probabilities in brackets):
   (CT 65 %, MRI 40 %) with the pelvic bones, gluteal, iliac and psoas muscles, bladder, rectum and iliac vessels
   (:mod:`.trunk`); always the spinal cord and both adrenals; oral contrast in the bowel (CT 30 %);
 - CT phase: non-contrast (20 %), late arterial (20 %), portal venous (45 %), delayed (15 %); vessels, kidneys,
-  spleen, pancreas, tumour and urine follow the phase (:func:`.ct.apply_phase`);
+  spleen, pancreas, tumour and urine follow the phase (:func:`.ct.apply_phase`); 30 % of the enhanced scans weakly
+  enhanced (every enhancing tissue 20-75 % of the way back to its unenhanced level: :func:`.ct.weaken_contrast`);
 - CT field of view: the reconstruction circle filled with -1024, -2048 or -3024 (or no circle), table present
   (90 %, -500 to +100 HU), arms down beside the trunk (20 %), the body cut off at the sides (10 %), slices 0.625-7 mm
   (a long scan takes a thicker slice where the thin one would exceed 80 million voxels);
@@ -67,6 +68,7 @@ class Variety:
     ghost: float = 0.0                 #: MRI motion-ghost amplitude (share of the signal)
     bias_sd: float | None = None       #: MRI bias field SD (None: the demo range)
     liver_regional_sd_hu: float = 0.0  #: CT: SD of the liver's regional enhancement field (:mod:`.ct`)
+    contrast_strength: float = 1.0     #: CT: < 1, a weakly enhanced scan (:func:`.ct.weaken_contrast`)
 
     @property
     def full(self) -> bool:
