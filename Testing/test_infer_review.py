@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from HepatoblastomaSegLib.bundle import RESOURCES_MODELS_DIR, load_bundle
 from HepatoblastomaSegLib.cli import main
+from HepatoblastomaSegLib.errors import ConfigError
 from HepatoblastomaSegLib.evaluate.domain_shift import thick_slices, without_contrast, without_fat_suppression
 from HepatoblastomaSegLib.infer.cohort import CohortCase, run_cohort
 from HepatoblastomaSegLib.infer.options import PredictorOptions
@@ -195,6 +196,8 @@ def test_liver_anchor_drops_an_organ_pressed_against_the_liver_and_keeps_a_bulgi
     assert kept[bulge].all() and not kept[organ].any()
     with pytest.raises(ValueError, match="min_fraction_inside"):
         keep_components_in_liver(tumor.astype(np.uint8), liver, min_fraction_inside=1.5)
+    with pytest.raises(ConfigError, match="--liver-anchor-min-fraction-inside"):
+        PredictorOptions(liver_anchor_min_fraction_inside=-0.1).validate()
 
 
 def test_what_the_liver_anchor_removed_is_flagged_above_the_outside_liver_limit(ct_case, ct_settings):
