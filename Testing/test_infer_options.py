@@ -105,3 +105,5 @@ def test_options_an_imported_model_would_ignore_are_refused_by_name(tmp_path):
         _refuse_options_that_do_not_apply(PredictorOptions(crop_to_body=False), "MONAI bundle")
     with pytest.raises(ConfigError, match="^--short-scan-padding zero: not used by an imported nnU-Net model"):
         _refuse_options_that_do_not_apply(PredictorOptions(short_scan_padding="zero"), "nnU-Net")
+    with pytest.raises(ConfigError, match="^--liver-anchor-min-fraction-inside 0.5: not used by an imported nnU-Net"):
+        _refuse_options_that_do_not_apply(PredictorOptions(liver_anchor_min_fraction_inside=0.5), "nnU-Net")
