@@ -119,8 +119,9 @@ def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult
 
 #: Full variety, contrast-enhanced phases: the share of scans with a weak contrast enhancement, and the range of its
 #: strength (1 = the phase as drawn, 0 = no contrast). A low weight-based dose, a slow injection, a poorly timed or
-#: extravasated bolus leave every enhancing tissue nearer its unenhanced level: a liver of 65-80 HU beside a heart and
-#: aorta of 90-130 HU, where the models otherwise only meet such a liver in non-contrast scans with darker blood.
+#: extravasated bolus leave every enhancing tissue nearer its unenhanced level; a weak arterial scan, for instance,
+#: has a liver near its unenhanced 50-65 HU beside blood around 100 HU, where otherwise a liver that dark comes only
+#: with the darker blood of a non-contrast scan.
 WEAK_CONTRAST_SHARE = 0.3
 WEAK_CONTRAST_STRENGTH = (0.25, 0.8)
 
