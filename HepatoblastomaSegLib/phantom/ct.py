@@ -64,6 +64,20 @@ def appearance(rng: np.random.Generator, lo_mm: Sequence[float], hi_mm: Sequence
     return Appearance(rng, table, lo_mm, hi_mm, means=means, special={T.STOOL: stool})
 
 
+def unenhanced_means(rng: np.random.Generator) -> dict:
+    """Levels (HU) of the tissues contrast changes, without contrast: liver 50-65, blood 35-50 (aorta and heart up to
+    5 above), spleen 5-10 below the liver, kidneys 28-38, pancreas 40-50, tumour 5-20 below the liver, walls 35-45,
+    muscle 45-55. The non-contrast phase and :func:`weaken_contrast` both draw them here."""
+    u = rng.uniform
+    liver = u(50, 65)
+    blood = u(35, 50)
+    kidney = u(28, 38)
+    return {T.LIVER: liver, T.PORTAL_VEIN: blood, T.HEPATIC_VEIN: blood, T.AORTA: blood + u(0, 5), T.IVC: blood,
+            T.HEART: blood + u(0, 5), T.SPLEEN: liver - u(5, 10), T.KIDNEY_CORTEX: kidney,
+            T.KIDNEY_MEDULLA: kidney - u(0, 5), T.PANCREAS: u(40, 50), T.TUMOUR: liver - u(5, 20),
+            T.SEPTUM: liver - u(0, 10), T.STOMACH_WALL: u(35, 45), T.BOWEL_WALL: u(35, 45), T.MUSCLE: u(45, 55)}
+
+
 def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult: bool) -> None:
     """Full variety: move the drawn portal-venous attenuations to ``phase`` and add the tissues only the full
     variety has (cord, adrenals, oral contrast). Levels (HU) from adult and paediatric multiphase CT:
@@ -80,14 +94,7 @@ def apply_phase(look: Appearance, phase: str, rng: np.random.Generator, *, adult
     m, means = look.means, {}
     u = rng.uniform
     if phase == "non_contrast":
-        liver = u(50, 65)
-        blood = u(35, 50)
-        kidney = u(28, 38)
-        means = {T.LIVER: liver, T.PORTAL_VEIN: blood, T.HEPATIC_VEIN: blood, T.AORTA: blood + u(0, 5),
-                 T.IVC: blood, T.HEART: blood + u(0, 5), T.SPLEEN: liver - u(5, 10), T.KIDNEY_CORTEX: kidney,
-                 T.KIDNEY_MEDULLA: kidney - u(0, 5), T.PANCREAS: u(40, 50), T.TUMOUR: liver - u(5, 20),
-                 T.SEPTUM: liver - u(0, 10), T.STOMACH_WALL: u(35, 45), T.BOWEL_WALL: u(35, 45),
-                 T.MUSCLE: u(45, 55)}
+        means = unenhanced_means(rng)
     elif phase == "arterial":
         liver = u(65, 85)
         cortex = u(180, 260)
@@ -136,18 +143,13 @@ def weaken_contrast(look: Appearance, phase: str, rng: np.random.Generator) -> f
     its unenhanced level by a strength drawn from :data:`WEAK_CONTRAST_STRENGTH`; return the strength (1.0: as
     drawn, nothing changed). ``rng`` is the case's own stream for this, so the other draws stay as they were.
 
-    Unenhanced levels as in :func:`apply_phase`'s non-contrast phase (liver 50-65, blood 35-50, ...); the tumour
-    keeps its place relative to the liver in proportion (its unenhanced level 5-20 HU below the unenhanced liver).
+    Unenhanced levels from :func:`unenhanced_means`, as the non-contrast phase draws them; the tumour keeps its
+    place relative to the liver in proportion (its unenhanced level 5-20 HU below the unenhanced liver).
     """
     if phase == "non_contrast" or rng.random() >= WEAK_CONTRAST_SHARE:
         return 1.0
     strength = float(rng.uniform(*WEAK_CONTRAST_STRENGTH))
-    u = rng.uniform
-    liver, blood, kidney = u(50, 65), u(35, 50), u(28, 38)
-    unenhanced = {T.LIVER: liver, T.PORTAL_VEIN: blood, T.HEPATIC_VEIN: blood, T.AORTA: blood, T.IVC: blood,
-                  T.HEART: blood, T.SPLEEN: liver - u(5, 10), T.KIDNEY_CORTEX: kidney, T.KIDNEY_MEDULLA: kidney,
-                  T.PANCREAS: u(40, 50), T.TUMOUR: liver - u(5, 20), T.SEPTUM: liver, T.STOMACH_WALL: u(35, 45),
-                  T.BOWEL_WALL: u(35, 45)}
+    unenhanced = unenhanced_means(rng)
     m = look.means
     for tissue in _ENHANCING:
         key = int(tissue)
