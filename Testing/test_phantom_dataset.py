@@ -37,10 +37,11 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def ct_series(tmp_path_factory):
-    """Two small CT cases with DICOM, written twice with the same seed and once with another."""
+    """Two small CT cases with DICOM, written twice with the same seed (one case at a time, then two at a time in
+    worker processes) and once with another."""
     root = tmp_path_factory.mktemp("phantom")
     first = write_dataset(root / "a", "ct", 2, seed=3, size="small", dicom=True)
-    second = write_dataset(root / "b", "ct", 2, seed=3, size="small", dicom=True)
+    second = write_dataset(root / "b", "ct", 2, seed=3, size="small", dicom=True, workers=2)
     other = write_dataset(root / "c", "ct", 2, seed=4, size="small")
     return first, second, other
 
@@ -80,7 +81,7 @@ def test_files_match_the_manifest(ct_series):
         assert 1 <= int(row["pretext"]) <= 4
 
 
-def test_same_seed_gives_identical_bytes_different_seed_does_not(ct_series):
+def test_same_seed_gives_identical_bytes_in_one_or_two_processes_different_seed_does_not(ct_series):
     first, second, other = ct_series
     a, b = _digests(first.parent), _digests(second.parent)
     assert any(name.endswith(".dcm") for name in a)
@@ -156,6 +157,8 @@ def test_bad_requests_are_refused(tmp_path):
         write_dataset(tmp_path, "pet", 1, seed=0)
     with pytest.raises(ConfigError, match="at least 1"):
         write_dataset(tmp_path, "ct", 0, seed=0)
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        write_dataset(tmp_path, "ct", 1, seed=0, workers=0)
     not_a_folder = tmp_path / "file.txt"
     not_a_folder.write_text("x")
     with pytest.raises(InputError, match="not a folder"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session (15 minutes of GPU time in all, start-up included): the GPU figures issues #3, #4 and #5 ask
 # for, then the demo models trained on the GPU in the time that is left.
-#   Prepare here:   bash benchmarks/device_wheels.sh      (MONAI, SimpleITK, nibabel wheels into the ignored .whl/)
+#   Prepare here:   bash benchmarks/device_wheels.sh      (MONAI, SimpleITK, nibabel into the ignored .whl/)
 #   Run there:      device run, carry [".whl"], timeout_s 590, command: bash benchmarks/gpu_session.sh
 #   Dry run here:   DEVICE=cpu QUICK=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh   (proves the script)
 # A follow-up session can run a subset: STEPS (default "infer preprocess train models demo_infer"; also
@@ -34,13 +34,7 @@ step() { echo "=== [$(elapsed) s] $*" | tee -a "$LOG"; }
 # A step's time limit: its own, or what is left before the deadline if that is less.
 limit() { local left=$(( DEADLINE_S - $(elapsed) - 10 )); echo $(( left < $1 ? (left > 1 ? left : 1) : $1 )); }
 
-if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed" | tee -a "$LOG"; exit 1; }
-  export PYTHONPATH="/tmp/site:$PWD"
-else
-  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
-fi
+source benchmarks/device_site.sh >> "$LOG" 2>&1 || { echo "installing .whl failed" | tee -a "$LOG"; exit 1; }
 step "start on $(hostname); python $(python3 -c 'import sys; print(sys.version.split()[0])')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2>&1
 python3 -c "import torch, monai, SimpleITK, nibabel; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),

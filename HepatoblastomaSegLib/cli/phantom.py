@@ -84,6 +84,9 @@ def register(subparsers) -> None:
                         help="demo: the original phantom (default); full: hard negatives (pelvis, muscles, bowel), "
                              "contrast phases, adults, acquisition variety")
     parser.add_argument("--dicom", action="store_true", help="also write each image as a DICOM series")
+    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                        help="cases generated at a time, each in its own process (default 1); the files do not "
+                             "depend on it")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="progress display on stderr (bar), as JSON lines on stdout (json), or none")
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         progress = NullProgress()
     try:
         manifest = write_dataset(args.output, args.modality, args.cases, args.seed, args.size, args.dicom, progress,
-                                 first_index=args.first_index, variety=args.variety)
+                                 first_index=args.first_index, variety=args.variety,
+                                 workers=args.workers)
     finally:
         progress.close()
     if isinstance(progress, JsonLinesProgress):

@@ -124,9 +124,12 @@ def manifest_text(rows: list[dict[str, str]]) -> str:
 
 def write_dataset(out_dir: str | Path, modality: str, n_cases: int, seed: int, size: str = "small",
                   dicom: bool = False, progress: Progress | None = None, *, first_index: int = 0,
-                  variety: str = "demo") -> Path:
+                  variety: str = "demo", workers: int = 1) -> Path:
     """Generate cases ``first_index`` .. ``first_index + n_cases - 1`` of series ``seed`` into ``out_dir``;
-    returns the manifest's path. See the module docstring for the layout."""
+    returns the manifest's path. See the module docstring for the layout.
+
+    ``workers`` > 1 generates that many cases at a time in separate processes (a cohort on a many-core machine);
+    each case draws from its own generators, so the files are the same as with one worker."""
     if modality not in MODALITIES:
         raise ConfigError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
     if size not in SIZES:
@@ -136,6 +139,8 @@ def write_dataset(out_dir: str | Path, modality: str, n_cases: int, seed: int, s
         raise ConfigError(f"the number of cases must be at least 1 (got {n_cases})")
     if int(seed) < 0 or int(first_index) < 0:
         raise ConfigError(f"seed and first index must be non-negative (got seed {seed}, first index {first_index})")
+    if int(workers) < 1:
+        raise ConfigError(f"the number of workers must be at least 1 (got {workers})")
     progress = progress if progress is not None else NullProgress()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -147,18 +152,46 @@ def write_dataset(out_dir: str | Path, modality: str, n_cases: int, seed: int, s
     manifest = out_dir / MANIFEST
     with contextlib.suppress(FileNotFoundError):
         manifest.unlink()  # an old manifest would make a partial run look complete
-    rows = []
     n = int(n_cases)
-    for i in range(n):
-        index = int(first_index) + i
-        progress("phantom", i / n, f"case {i + 1}/{n}: generating")
-        case = generate_case(modality, int(seed), index, size, variety=variety)
-        progress("phantom", (i + 0.7) / n, f"case {i + 1}/{n}: writing {case.case_id}")
-        rows.append(write_case(case, out_dir, dicom=dicom))
-        del case
+    indices = [int(first_index) + i for i in range(n)]
+    if int(workers) > 1 and n > 1:
+        rows = _write_cases_in_processes(out_dir, modality, int(seed), indices, size, variety, dicom, progress,
+                                         min(int(workers), n))
+    else:
+        rows = []
+        for i, index in enumerate(indices):
+            progress("phantom", i / n, f"case {i + 1}/{n}: generating")
+            case = generate_case(modality, int(seed), index, size, variety=variety)
+            progress("phantom", (i + 0.7) / n, f"case {i + 1}/{n}: writing {case.case_id}")
+            rows.append(write_case(case, out_dir, dicom=dicom))
+            del case
     write_text_atomic(manifest, manifest_text(rows))
     progress("phantom", 1.0, f"{n} case(s) in {out_dir}")
     return manifest
+
+
+def _generate_and_write(out_dir: Path, modality: str, seed: int, index: int, size: str, variety: str,
+                        dicom: bool) -> dict[str, str]:
+    """One case, generated and written (a worker process's job); its manifest row."""
+    return write_case(generate_case(modality, seed, index, size, variety=variety), out_dir, dicom=dicom)
+
+
+def _write_cases_in_processes(out_dir: Path, modality: str, seed: int, indices: list[int], size: str, variety: str,
+                              dicom: bool, progress: Progress, workers: int) -> list[dict[str, str]]:
+    """The cases of ``indices`` in ``workers`` fresh processes; the rows in the order of ``indices``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n = len(indices)
+    rows: dict[int, dict[str, str]] = {}
+    # "spawn": fresh interpreters, whatever the caller has imported or started (torch, threads).
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_generate_and_write, out_dir, modality, seed, index, size, variety, dicom): index
+                   for index in indices}
+        for done, future in enumerate(as_completed(futures), start=1):
+            rows[futures[future]] = future.result()
+            progress("phantom", done / n, f"{done}/{n} cases written ({workers} processes)")
+    return [rows[index] for index in indices]
 
 
 def read_manifest(path: str | Path) -> list[dict[str, str]]:

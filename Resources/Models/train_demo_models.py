@@ -122,8 +122,6 @@ def mixed_cohort(modality: str, seed: int, cases: int, folder: Path, log: list[s
 
     The demo cases keep the model on the children and the portal-venous phase the held-out cohort has; the full
     variety adds what real scans bring (adults, other phases, pelvis and muscles, scanner variety)."""
-    import csv
-
     demo = phantoms(modality, seed, cases, folder / "demo", log, size=size)
     full_args = ["phantom", "--modality", modality, "--variety", "full", "--cases", str(cases), "--seed", str(seed),
                  "--first-index", str(MIXED_FULL_FIRST_INDEX), "--size", size, "-o", shown(folder / "full"),
@@ -132,20 +130,28 @@ def mixed_cohort(modality: str, seed: int, cases: int, folder: Path, log: list[s
         hbseg(*full_args, log=log)
     else:
         log.append("hbseg " + " ".join(shlex.quote(a) for a in full_args))
+    write_mixed_manifest(folder, (demo.name, "full"))
+    log.append(f"# {shown(folder / 'manifest.csv')}: the rows of demo/ and full/ in one manifest (paths prefixed)")
+    return folder
+
+
+def write_mixed_manifest(folder: Path, parts: tuple[str, ...] = ("demo", "full")) -> Path:
+    """``folder/manifest.csv``: the rows of the phantom series ``folder/<part>/`` in one training manifest, their
+    paths prefixed with ``<part>/``. Also run on its own (``gpu_train_ct.sh``) after the series were made there."""
+    import csv
+
     rows, fields = [], None
-    for part in (demo, folder / "full"):
-        with open(part / "manifest.csv", newline="", encoding="utf-8") as handle:
+    for part in parts:
+        with open(folder / part / "manifest.csv", newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             fields = reader.fieldnames
-            for row in reader:
-                rows.extend([{k: (f"{part.name}/{v}" if k in MANIFEST_PATH_COLUMNS and v else v)
-                              for k, v in row.items()}])
+            rows.extend({k: (f"{part}/{v}" if k in MANIFEST_PATH_COLUMNS and v else v) for k, v in row.items()}
+                        for row in reader)
     with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    log.append(f"# {shown(folder / 'manifest.csv')}: the rows of demo/ and full/ in one manifest (paths prefixed)")
-    return folder
+    return folder / "manifest.csv"
 
 
 def held_out_dice(bundle_dir: Path, cohort: Path, target: str, device: str, liver_dir: Path | None,

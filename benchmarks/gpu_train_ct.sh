@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One GPU session for ct-demo on the full variety (issue 17): the mixed training cohort (demo and full-variety CT
+# phantoms, with every variety the generator has now: liver landmarks, uneven enhancement, calcified shells, weak
+# contrast) made on the machine's cores, then two ct-demo runs side by side on the one GPU, with the same cohort,
+# plans, split and seed and a different start:
+#   continued  from the bundled ct-demo's weights (lr LR_CONTINUED, poly schedule)
+#   scratch    from random weights (lr LR_SCRATCH, poly schedule), with the bundled ct-demo's plans
+# Both come back as bundles for the evaluation on a CPU (benchmarks/real_scans.py, held-out phantoms).
+#   Prepare here:  bash benchmarks/device_wheels.sh
+#   Run there:     device run, carry [".whl"], timeout_s 590, command: bash benchmarks/gpu_train_ct.sh
+#   Dry run here:  SKIP_WHEELS=1 PY=.venv/bin/python DEVICE=cpu QUICK=1 OUT=/tmp/gpu_ct_dry bash benchmarks/gpu_train_ct.sh
+# What comes back ($OUT): session.log, cohort_manifest.csv, models.tar.gz (the bundles with their training logs,
+# learning curves, plans and split; no checkpoints, no caches).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+T0=$(date +%s)
+OUT="${OUT:-/tmp/hbseg_gpu_out}"; mkdir -p "$OUT"
+PY="${PY:-python3}"
+DEVICE="${DEVICE:-cuda}"
+DEADLINE_S="${DEADLINE_S:-555}"                   # all work ends by then (timeout_s leaves a little more)
+SEED="${SEED:-1000}"
+DEMO_CASES="${DEMO_CASES:-32}"; FULL_CASES="${FULL_CASES:-64}"; SIZE="${SIZE:-full}"
+EPOCHS="${EPOCHS:-16}"; ITERS="${ITERS:-250}"; VAL_EVERY="${VAL_EVERY:-2}"
+WORKERS="${WORKERS:-6}"                           # data loader workers per run: the two runs share the cores
+RUNS="${RUNS:-continued scratch}"
+LR_CONTINUED="${LR_CONTINUED:-0.003}"; LR_SCRATCH="${LR_SCRATCH:-0.01}"
+VERSION="${VERSION:-1.5.0}"
+WORK="${WORK:-demo_models_work_gpu}"
+if [ -n "${QUICK:-}" ]; then DEMO_CASES=2; FULL_CASES=3; SIZE=small; EPOCHS=2; ITERS=2; VAL_EVERY=1; WORKERS=1; fi
+LOG="$OUT/session.log"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+step() { echo "=== [$(elapsed) s] $*" | tee -a "$LOG"; }
+fail() { step "FAILED: $*"; exit 1; }
+
+source benchmarks/device_site.sh >> "$LOG" 2>&1 || fail "installing .whl"
+step "start on $(hostname), $(nproc) cores"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2>&1
+"$PY" -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+  'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())" >> "$LOG" 2>&1 || fail "imports"
+
+# 1. The cohort: demo cases 0.., full-variety cases 100.. of series SEED (the numbering of train_demo_models.py's
+#    mixed cohort), one process per core, then one manifest over both.
+COH="$WORK/ct-train-mixed-s$SEED-d$DEMO_CASES-f$FULL_CASES"
+CORES=$(nproc)
+step "cohort $COH: $DEMO_CASES demo + $FULL_CASES full-variety CT phantoms, size $SIZE, $CORES processes"
+OMP_NUM_THREADS=1 "$PY" -m HepatoblastomaSegLib.cli phantom --modality ct --cases "$DEMO_CASES" --seed "$SEED" \
+  --size "$SIZE" --workers "$CORES" -o "$COH/demo" --progress none > /tmp/phantom_demo.log 2>&1 || fail "demo phantoms"
+OMP_NUM_THREADS=1 "$PY" -m HepatoblastomaSegLib.cli phantom --modality ct --variety full --cases "$FULL_CASES" \
+  --seed "$SEED" --first-index 100 --size "$SIZE" --workers "$CORES" -o "$COH/full" --progress none \
+  > /tmp/phantom_full.log 2>&1 || fail "full-variety phantoms"
+"$PY" -c "import sys; from pathlib import Path; sys.path.insert(0, 'Resources/Models')
+from train_demo_models import write_mixed_manifest; write_mixed_manifest(Path('$COH'))" >> "$LOG" 2>&1 \
+  || fail "mixed manifest"
+cp "$COH/manifest.csv" "$OUT/cohort_manifest.csv"
+tail -2 /tmp/phantom_full.log >> "$LOG"
+
+# 2. The runs, side by side; each stops at the epoch past which another would end after the deadline and keeps the
+#    weights of its best validation so far. The first run to reach a case fills the shared cache (atomic files).
+LIMIT_MIN=$("$PY" -c "print(round(max($DEADLINE_S - $(elapsed) - 40, 60) / 60, 2))")
+step "training: $RUNS; $EPOCHS x $ITERS iterations at most, time limit $LIMIT_MIN min each"
+NOTE="Trained on synthetic phantoms, for demonstration and testing only, not for clinical use."
+for run in $RUNS; do
+  case "$run" in
+    continued) start=(--init-weights Resources/Models/ct-demo --lr "$LR_CONTINUED") ;;
+    scratch) start=(--plans Resources/Models/ct-demo/plans.json --width 0.25 --lr "$LR_SCRATCH") ;;
+    *) fail "unknown run $run" ;;
+  esac
+  "$PY" -m HepatoblastomaSegLib.cli train "$COH" --modality ct --target tumor -o "$WORK/ct-demo-$run" "${start[@]}" \
+    --epochs "$EPOCHS" --iters-per-epoch "$ITERS" --val-fraction 0.2 --val-every "$VAL_EVERY" --seed "$SEED" \
+    --schedule poly --name ct-demo --version "$VERSION" --fp16-weights --card-note "$NOTE" --device "$DEVICE" \
+    --workers "$WORKERS" --progress none --time-limit-min "$LIMIT_MIN" --cache-dir "$WORK/cache" \
+    > "/tmp/train_$run.log" 2>&1 &
+done
+wait
+
+# 3. Pack what the evaluation here needs.
+step "pack"
+packed=()
+for run in $RUNS; do
+  echo "--- $run" >> "$LOG"; tail -4 "/tmp/train_$run.log" >> "$LOG"
+  if [ -d "$WORK/ct-demo-$run/training" ]; then
+    cp "/tmp/train_$run.log" "$WORK/ct-demo-$run/training/train_stdout.log"
+    packed+=("$WORK/ct-demo-$run")
+  fi
+done
+[ ${#packed[@]} -gt 0 ] && tar czf "$OUT/models.tar.gz" --exclude='checkpoint-*' --exclude='best_model.safetensors' \
+  --exclude='train_set' --exclude='val_set' "${packed[@]}" >> "$LOG" 2>&1
+step "done"
+ls -l "$OUT" >> "$LOG"
