@@ -30,13 +30,15 @@ if [ -n "${QUICK:-}" ]; then DEMO_CASES=2; FULL_CASES=3; SIZE=small; EPOCHS=2; I
 LOG="$OUT/session.log"
 elapsed() { echo $(( $(date +%s) - T0 )); }
 step() { echo "=== [$(elapsed) s] $*" | tee -a "$LOG"; }
-fail() { step "FAILED: $*"; exit 1; }
+fail() { step "FAILED: $*"; tail -20 /tmp/phantom_*.log 2>/dev/null | tee -a "$LOG"; exit 1; }
 
 source benchmarks/device_site.sh >> "$LOG" 2>&1 || fail "installing .whl"
 step "start on $(hostname), $(nproc) cores"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2>&1
 "$PY" -c "import torch, monai, SimpleITK; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-  'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())" >> "$LOG" 2>&1 || fail "imports"
+  'monai', monai.__version__, 'SimpleITK', SimpleITK.Version_VersionString())
+import HepatoblastomaSegLib.cli, HepatoblastomaSegLib.phantom, HepatoblastomaSegLib.train.loop" >> "$LOG" 2>&1 \
+  || { tail -5 "$LOG"; fail "imports"; }
 
 # 1. The cohort: demo cases 0.., full-variety cases 100.. of series SEED (the numbering of train_demo_models.py's
 #    mixed cohort), one process per core, then one manifest over both.
