@@ -115,8 +115,9 @@ def test_kind_comes_from_the_importer_section_and_unknown_keys_are_ignored(tmp_p
     manifest = read_manifest(folder)
     assert manifest.kind == "nnunet" and manifest.section("nnunet") == {"format": "nnunet-v2"}
     assert manifest.section("a_future_key") == {"x": 1} and manifest.section("absent") is None
-    assert models.read_entry(folder, "imported").label == "ct-demo 1.4.0 (CT, nnU-Net)"
-    assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == "ct-demo 1.4.0 (CT)"
+    version = json.loads((RESOURCES_MODELS_DIR / "ct-demo" / "bundle.json").read_text())["version"]
+    assert models.read_entry(folder, "imported").label == f"ct-demo {version} (CT, nnU-Net)"
+    assert models.read_entry(RESOURCES_MODELS_DIR / "ct-demo", "bundled").label == f"ct-demo {version} (CT)"
     _edit_meta(folder, monai_bundle={"network": "UNet"})
     with pytest.raises(ModelError, match="two kinds of model"):
         read_manifest(folder)

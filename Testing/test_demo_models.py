@@ -13,7 +13,10 @@ import pytest
 from HepatoblastomaSegLib.bundle import RESOURCES_MODELS_DIR, load_bundle
 from HepatoblastomaSegLib.evaluate.metrics import dice
 from HepatoblastomaSegLib.infer.predictor import Predictor, PredictorOptions
-from HepatoblastomaSegLib.phantom import generate_case
+from HepatoblastomaSegLib.phantom import generate_case, write_dataset
+from HepatoblastomaSegLib.preprocess import read_manifest
+
+from helpers_benchmarks import import_train_demo_models
 
 DEMO_MODELS = {"ct-demo": "ct", "mri-demo": "mri", "mri-liver-demo": "mri", "ct-liver-demo": "ct"}
 UNSEEN_SEED = 777  # not a training (1000-1003), demo (2026) or benchmark (4242) series
@@ -94,15 +97,25 @@ def test_mri_demo_with_its_liver_model(tmp_path):
 def test_a_continued_demo_model_records_how_its_initial_weights_were_trained(tmp_path):
     """train_demo_models.py --init-from: the card's command list gains one line with the earlier run's epochs and
     wall time, read from the earlier bundle's card."""
-    import importlib.util
-
-    script = RESOURCES_MODELS_DIR / "train_demo_models.py"
-    spec = importlib.util.spec_from_file_location("train_demo_models", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_train_demo_models()
     line = module.earlier_training_line(RESOURCES_MODELS_DIR / "ct-demo")
     card = load_bundle("ct-demo").card
     epochs = next(x for x in card.splitlines() if x.startswith("- Epochs:"))[2:].rstrip(".")
     assert line.startswith("# the initial weights (") and epochs in line and "Wall time:" in line
     (tmp_path / "model_card.md").write_text("# a card without a training section\n", encoding="utf-8")
     assert module.earlier_training_line(tmp_path).endswith("no training facts in its card")
+
+
+def test_a_mixed_cohort_manifest_holds_both_series_with_paths_the_library_resolves(tmp_path):
+    """train_demo_models.py write_mixed_manifest (also run on its own by benchmarks/gpu_train_ct.sh): the rows of
+    demo/ and full/ in one manifest, their paths prefixed, read back by the training code's manifest reader."""
+    write_dataset(tmp_path / "demo", "ct", 1, seed=5, size="small")
+    write_dataset(tmp_path / "full", "ct", 1, seed=5, size="small", first_index=100, variety="full")
+    manifest = import_train_demo_models().write_mixed_manifest(tmp_path)
+    assert manifest == tmp_path / "manifest.csv"
+    entries = read_manifest(tmp_path)
+    assert [e.case for e in entries] == ["hb_ct_000", "hb_ct_100"]
+    for entry, part in zip(entries, ("demo", "full")):
+        assert entry.image == tmp_path / part / entry.case / "image.nii.gz" and entry.image.is_file()
+        assert entry.tumor == tmp_path / part / entry.case / "tumor.nii.gz"
+        assert entry.tissues == tmp_path / part / entry.case / "tissues.nii.gz"
