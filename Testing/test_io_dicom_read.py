@@ -301,3 +301,28 @@ def test_jpeg2000_ct_segments_like_its_uncompressed_copy(tmp_path):
     assert masks[1].geometry.mismatches(masks[0].geometry) == []
     summaries = [json.loads((tmp_path / f"out_{name}" / "summary.json").read_text()) for name in ("plain", "j2k")]
     assert summaries[0]["tumor_volume_ml"] == summaries[1]["tumor_volume_ml"] > 0
+
+
+def test_a_written_series_does_not_depend_on_what_the_process_read_before(tmp_path, plain_series):
+    """GDCM keeps state between calls: once a process has read a DICOM series it adds Spacing Between Slices to
+    what it writes. The writer sets that tag itself, so a fresh process (a `hbseg phantom --workers` process) and one
+    that has read DICOM write the same bytes."""
+    import subprocess
+    import sys
+
+    from HepatoblastomaSegLib.io import write_volume
+
+    source = tmp_path / "slab.nii.gz"
+    write_volume(plain_series[1], source)
+    volume = read_volume(source)
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-c", "import sys; from HepatoblastomaSegLib.io import read_volume, "
+                    "write_dicom_series; write_dicom_series(read_volume(sys.argv[1]), sys.argv[2], modality='CT', "
+                    "uid_seed='dicomread')", str(source), str(fresh)], check=True)
+    read_volume(plain_series[0])  # this process has read a series now
+    after = write_dicom_series(volume, tmp_path / "after", modality="CT", uid_seed="dicomread")
+    assert len(after) == N_SLICES
+    for path in after:
+        assert path.read_bytes() == (fresh / path.name).read_bytes(), path.name
+    header = pydicom.dcmread(after[0], stop_before_pixels=True)
+    assert float(header.SpacingBetweenSlices) == pytest.approx(volume.spacing_mm[2])

@@ -225,6 +225,9 @@ def write_dicom_series(volume: Volume, folder: str | Path, *, modality: str, pat
         "0020|0037": orientation,
         "0028|0030": f"{geometry.spacing_mm[1]:.10g}\\{geometry.spacing_mm[0]:.10g}",  # row spacing \ column spacing
         "0018|0050": f"{geometry.spacing_mm[2]:.10g}",
+        # Written by us, not left to GDCM: once a process has read any DICOM, GDCM adds this tag on its own, so the
+        # same volume would give other bytes in a fresh process than after a read.
+        "0018|0088": f"{geometry.spacing_mm[2]:.10g}",
         "0028|1052": str(_CT_INTERCEPT if modality == "CT" else 0),
         "0028|1053": "1",
         "0028|1054": "HU" if modality == "CT" else "US",
