@@ -45,7 +45,7 @@ EPILOG = textwrap.dedent("""\
 
     examples:
       hbseg phantom --modality ct --cases 3 --seed 7 -o phantoms/ct
-      hbseg phantom --modality ct --cases 200 --seed 1 --variety full -o phantoms/ct_full
+      hbseg phantom --modality ct --cases 200 --seed 1 --variety full --workers 8 -o phantoms/ct_full
       hbseg phantom --modality mri --cases 20 --seed 1 --size small -o phantoms/mri_small
       hbseg phantom --modality ct --cases 1 --seed 7 --dicom -o phantoms/ct_dicom""")
 
