@@ -152,6 +152,21 @@ def test_ct_stored_as_hu_plus_1024_is_not_guessed_mri_and_is_refused_with_the_re
         check_modality(mri.with_array(array), "mri")
 
 
+def test_t2_mri_whose_bright_tissues_peak_near_1024_is_not_taken_for_an_offset_ct(monkeypatch):
+    """A T2 MRI phantom (seed 1002, case 9) stored as uint16: dark background, its brightest tissues in a narrow peak
+    near 1024, like the body of a CT stored as HU+1024. It was refused as such a CT (training on a cohort holding it
+    stopped); what tells them apart is the range between air and body, which its dimmer tissues fill."""
+    from HepatoblastomaSegLib.phantom import generate_case
+    from HepatoblastomaSegLib.preprocess import checks
+
+    mri = generate_case("mri", 1002, 9, "small").image
+    assert mri.array.dtype == np.uint16
+    assert not checks.looks_like_offset_ct(mri) and checks.guess_modality(mri) == "mri"
+    checks.check_modality(mri, "mri")
+    monkeypatch.setattr(checks, "_OFFSET_CT_MAX_BETWEEN_PER_BODY", np.inf)  # without the rule between air and body
+    assert checks.looks_like_offset_ct(mri)
+
+
 @pytest.mark.parametrize("case, problem", [
     ("blank", "shows no body: only 0.00 % of its voxels are above -500 HU"),
     ("mask", "only 2 distinct value\\(s\\) \\(0, 1\\).*mask or label map"),
