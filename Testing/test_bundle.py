@@ -13,7 +13,7 @@ from HepatoblastomaSegLib.bundle import RESOURCES_MODELS_DIR, list_bundles, load
 from HepatoblastomaSegLib.errors import ConfigError, ModelError
 from HepatoblastomaSegLib.network import build_network
 
-from test_network import make_plans
+from helpers_synthetic import make_plans
 
 CARD = "# tiny test model\n\nTrained on nothing. Intended use: tests. Validation: none. Limits: all of them.\n"
 

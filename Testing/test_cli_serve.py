@@ -17,7 +17,7 @@ from HepatoblastomaSegLib.cli.serve import option_arguments, segment_parser
 from HepatoblastomaSegLib.errors import ConfigError
 from HepatoblastomaSegLib.io import write_volume
 
-from test_preprocess_synthetic import synthetic_case
+from helpers_synthetic import synthetic_case
 from tiny_models import tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]

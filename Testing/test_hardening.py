@@ -130,7 +130,7 @@ def test_voxel_limit_is_overridable(tmp_path, ct_like_volume, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ not a scan
 def _ct(**kwargs):
-    from test_preprocess_synthetic import synthetic_case
+    from helpers_synthetic import synthetic_case
 
     return synthetic_case("ct", **kwargs)[0]
 
@@ -144,7 +144,7 @@ def test_ct_stored_as_hu_plus_1024_is_not_guessed_mri_and_is_refused_with_the_re
     for modality in ("ct", "mri"):
         with pytest.raises(InputError, match="CT stored as HU\\+1024"):
             check_modality(offset, modality)
-    from test_preprocess_synthetic import synthetic_case
+    from helpers_synthetic import synthetic_case
 
     mri = synthetic_case("mri")[0]
     for array in (mri.array, (mri.array * 4).astype(np.uint16), (mri.array * 5 + 400).astype(np.uint16)):

@@ -25,7 +25,7 @@ from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_dicom_s
 from HepatoblastomaSegLib.progress import NullProgress, parse_json_line
 
 from conftest import oblique_direction
-from test_preprocess_synthetic import synthetic_case
+from helpers_synthetic import synthetic_case
 from tiny_models import tiny_bundle
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,15 +8,8 @@ from torch import nn
 
 from HepatoblastomaSegLib.errors import ModelError
 from HepatoblastomaSegLib.network import build_network, canonical_state_dict, count_parameters, load_weights
-from HepatoblastomaSegLib.preprocess import Plans, plan_topology
-from HepatoblastomaSegLib.preprocess.plans import CTIntensity, SpacingPlan
 
-
-def make_plans(spacing_zyx=(4.0, 1.5, 1.5), median_zyx=(8, 32, 32), labels=None) -> Plans:
-    topo = plan_topology(spacing_zyx, median_zyx, num_cases=10)
-    return Plans(modality="ct", labels=labels or {"background": 0, "tumor": 1},
-                 spacing=SpacingPlan(tuple(spacing_zyx[::-1])), topology=topo,
-                 ct=CTIntensity((0.0, 350.0), (0.5, 99.5), (20.0, 200.0), 100.0, 30.0))
+from helpers_synthetic import make_plans
 
 
 def test_forward_shape_and_topology_of_a_tiny_plan():

@@ -21,7 +21,7 @@ from HepatoblastomaSegLib.preprocess.n4 import n4_correct, shrink_factors
 from HepatoblastomaSegLib.preprocess.nyul import apply_landmarks, fit_landmarks, image_landmarks
 from HepatoblastomaSegLib.preprocess.plans import N4Settings
 
-from test_preprocess_synthetic import synthetic_case
+from helpers_synthetic import synthetic_case
 
 
 # ----------------------------------------------------------------------------------------------------- CT

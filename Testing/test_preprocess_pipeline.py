@@ -30,7 +30,7 @@ from HepatoblastomaSegLib.preprocess import (
 )
 
 from conftest import oblique_direction
-from test_preprocess_synthetic import synthetic_case, write_dataset
+from helpers_synthetic import synthetic_case, write_dataset
 
 
 @pytest.fixture(scope="module")

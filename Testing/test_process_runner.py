@@ -23,7 +23,7 @@ from HepatoblastomaSegLib.progress import JsonLinesProgress, parse_json_line  # 
 from HepatoblastomaSegRunner.process import (STAGE_WEIGHTS, ProcessRunner, ProgressUpdate, RunState,  # noqa: E402
                                              child_environment, format_duration, overall_fraction, python_command)
 
-from test_preprocess_synthetic import synthetic_case  # noqa: E402
+from helpers_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
 
 # A stand-in for PythonSlicer + hbseg: it starts a child (as the launcher starts the interpreter), writes both

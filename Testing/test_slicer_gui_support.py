@@ -31,7 +31,7 @@ from HepatoblastomaSegLib.preprocess import checks  # noqa: E402
 from HepatoblastomaSegRunner import dependencies, diagnostics, failures, models  # noqa: E402
 from HepatoblastomaSegRunner.process import ProcessRunner, RunState, child_environment  # noqa: E402
 
-from test_preprocess_synthetic import synthetic_case  # noqa: E402
+from helpers_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
 
 

@@ -28,7 +28,7 @@ from HepatoblastomaSegRunner.process import RunState  # noqa: E402
 from HepatoblastomaSegMRML.volumes import geometry_of_node, node_grid, segment_mask, volume_from_node  # noqa: E402
 
 from conftest import oblique_direction  # noqa: E402
-from test_preprocess_synthetic import synthetic_case  # noqa: E402
+from helpers_synthetic import synthetic_case  # noqa: E402
 from tiny_models import tiny_bundle  # noqa: E402
 
 pytestmark = pytest.mark.slicer

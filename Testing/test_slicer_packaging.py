@@ -172,7 +172,7 @@ def test_configure_and_install_gives_a_working_module_folder(tmp_path):
     source = _copy_repo(tmp_path / "src")
     # A bundled model, as a real one will be shipped, to check the model rules end to end.
     sys.path.insert(0, str(REPO / "Testing"))
-    from test_preprocess_synthetic import synthetic_case
+    from helpers_synthetic import synthetic_case
     from tiny_models import tiny_bundle
 
     from HepatoblastomaSegLib.io import write_volume

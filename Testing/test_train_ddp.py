@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from HepatoblastomaSegLib.bundle import load_bundle
 
-from test_preprocess_synthetic import write_dataset
+from helpers_synthetic import write_dataset
 
 
 def _sha256_of_tensors(tensors: dict[str, torch.Tensor]) -> str:

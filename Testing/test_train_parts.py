@@ -35,7 +35,7 @@ from HepatoblastomaSegLib.train.loss import SegmentationLoss, deep_supervision_w
 from HepatoblastomaSegLib.train.schedule import LearningRateSchedule
 from HepatoblastomaSegLib.train.validate import ValidationResult, dice_per_class, predict_labels
 
-from test_network import make_plans
+from helpers_synthetic import make_plans
 
 
 # ------------------------------------------------------------------------------------------------ loss

@@ -21,7 +21,7 @@ from HepatoblastomaSegLib.errors import InputError
 from HepatoblastomaSegLib.io import Geometry, Volume, read_volume, write_volume
 from HepatoblastomaSegLib.train.split import make_split
 
-from test_preprocess_synthetic import write_dataset
+from helpers_synthetic import write_dataset
 
 TINY = ["--iters-per-epoch", "3", "--width", "0.125", "--patch-size", "8,32,32", "--workers", "0",
         "--val-fraction", "0.25", "--progress", "none"]

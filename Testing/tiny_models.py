@@ -9,7 +9,7 @@ import torch
 from HepatoblastomaSegLib.bundle import save_bundle
 from HepatoblastomaSegLib.network import build_network
 
-from test_network import make_plans
+from helpers_synthetic import make_plans
 
 CARD = ("# tiny test model\n\nRandomly initialised, never trained. Intended use: software tests only. "
         "Validation: none. Limits: predicts noise.\n")
