@@ -8,8 +8,8 @@ written without its rescale intercept), and one with more than :data:`MRI_MAX_AI
 is refused by an MRI model (it looks like a CT).
 
 A CT stored as unsigned HU+1024 (its rescale intercept lost: air near 0, soft tissue in a narrow peak near 1024, and
-little between the two) is neither: :func:`looks_like_offset_ct` spots it, :func:`guess_modality` calls it a CT and :func:`check_modality`
-refuses it with that diagnosis, so it never reaches the MRI model.
+little between the two) is neither: :func:`looks_like_offset_ct` spots it, :func:`guess_modality` calls it a CT and
+:func:`check_modality` refuses it with that diagnosis, so it never reaches the MRI model.
 
 **Not a scan at all** (:func:`check_plausible_scan`, part of :func:`check_modality`): an image smaller than
 :data:`MIN_VOXELS_PER_AXIS` voxels or :data:`MIN_EXTENT_MM` along an axis, one with fewer than

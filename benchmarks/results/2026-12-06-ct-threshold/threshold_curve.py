@@ -15,7 +15,7 @@ for spec in sys.argv[2:]:
         f = root / tag / f"{r['case']}.npz"
         if not f.exists() or not r.get("tumor") or r["tumor"] == "none":
             continue
-        z = np.load(f, allow_pickle=True); p = z["p"]; liver = z["liver"]
+        z = np.load(f); p = z["p"]; liver = z["liver"]
         vol = read_volume(man.parent / r["image"])
         tt = np.asarray(read_mask(man.parent / r["tumor"], reference=vol).array) > 0
         ds = []
