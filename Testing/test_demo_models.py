@@ -107,7 +107,7 @@ def test_a_continued_demo_model_records_how_its_initial_weights_were_trained(tmp
 
 
 def test_a_mixed_cohort_manifest_holds_both_series_with_paths_the_library_resolves(tmp_path):
-    """train_demo_models.py write_mixed_manifest (also run on its own by benchmarks/gpu_train_ct.sh): the rows of
+    """train_demo_models.py write_mixed_manifest (also run on its own by benchmarks/gpu_train.sh): the rows of
     demo/ and full/ in one manifest, their paths prefixed, read back by the training code's manifest reader."""
     write_dataset(tmp_path / "demo", "ct", 1, seed=5, size="small")
     write_dataset(tmp_path / "full", "ct", 1, seed=5, size="small", first_index=100, variety="full")

@@ -137,7 +137,8 @@ def mixed_cohort(modality: str, seed: int, cases: int, folder: Path, log: list[s
 
 def write_mixed_manifest(folder: Path, parts: tuple[str, ...] = ("demo", "full")) -> Path:
     """``folder/manifest.csv``: the rows of the phantom series ``folder/<part>/`` in one training manifest, their
-    paths prefixed with ``<part>/``. Also run on its own (``gpu_train_ct.sh``) after the series were made there."""
+    paths prefixed with ``<part>/``. Also run on its own (``benchmarks/gpu_train.sh``) after the series were made
+    there."""
     import csv
 
     rows, fields = [], None
