@@ -44,12 +44,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG" 2
 import HepatoblastomaSegLib.cli, HepatoblastomaSegLib.phantom, HepatoblastomaSegLib.train.loop" >> "$LOG" 2>&1 \
   || { tail -5 "$LOG"; fail "imports"; }
 
-# 0. The runs: each names a bundled model; they must share a modality (one cohort).
+# 0. The runs, checked before anything is made: each names a bundled model and a start, no run twice (they would
+#    write into one folder), all of one modality (one cohort).
 bundle_field() { "$PY" -c "import json; b = json.load(open('Resources/Models/$1/bundle.json'))
 f = '$2'; print(b['network']['width'] if f == 'width' else b['labels'][1]['name'] if f == 'target' else b[f])"; }
 MODALITY=""
+seen=" "
 for run in $RUNS; do
-  model="${run%%:*}"
+  model="${run%%:*}"; how="${run#*:}"
+  case "$how" in continued|scratch|continued+dr|scratch+dr) ;;
+    *) fail "run $run: write MODEL:continued or MODEL:scratch, optionally with +dr" ;; esac
+  [[ "$seen" != *" $run "* ]] || fail "run $run is named twice"
+  seen="$seen$run "
   [ -f "Resources/Models/$model/bundle.json" ] || fail "run $run: no bundled model Resources/Models/$model"
   m=$(bundle_field "$model" modality) || fail "run $run: unreadable bundle.json"
   [ -z "$MODALITY" ] || [ "$MODALITY" = "$m" ] || fail "runs of one session must share a modality ($MODALITY, $m)"
@@ -90,7 +96,6 @@ for run in $RUNS; do
   case "$start_from" in
     continued) start=(--init-weights "Resources/Models/$model" --lr "$LR_CONTINUED") ;;
     scratch) start=(--plans "Resources/Models/$model/plans.json" --width "$width" --lr "$LR_SCRATCH") ;;
-    *) fail "run $run: the start must be continued or scratch" ;;
   esac
   extra=(); cache="$WORK/cache-$model"
   if [ "$how" != "$start_from" ]; then extra=(--domain-randomisation "$DR"); cache="$cache-dr"; fi
