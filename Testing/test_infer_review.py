@@ -213,6 +213,29 @@ def test_what_the_liver_anchor_removed_is_flagged_above_the_outside_liver_limit(
             assert message.startswith(f"{removed_ml:.0f} mL") and "(test liver)" in message
 
 
+def test_much_tumour_outside_the_liver_is_flagged_however_large_the_tumour(ct_settings):
+    """Below a quarter of a large mask, outside_liver still fires past the absolute limit (50 mL by default, a bundle
+    may set another); under it the share rule alone decides."""
+    from HepatoblastomaSegLib.infer.review import ImageFacts
+
+    def fires(outside_ml, tumor_ml, settings):
+        facts = ImageFacts(slice_thickness_mm=2.5, liver_volume_ml=2000.0, tumor_outside_liver_ml=outside_ml,
+                           tumor_pieces=1)
+        result = review(facts, tumor_volume_ml=tumor_ml, mean_entropy_nats=None, modality="ct", settings=settings)
+        return "outside_liver" in codes(result)
+
+    limit = ct_settings.max_outside_liver_ml_any_share
+    assert limit == 50.0 and ct_settings.max_outside_liver_fraction == 0.25
+    assert not fires(45.0, 800.0, ct_settings)          # 6 % of the mask, under 50 mL: boundary disagreement
+    assert fires(55.0, 800.0, ct_settings)              # 7 % of the mask, but over 50 mL
+    assert fires(30.0, 100.0, ct_settings)              # the share rule: 30 % and over 25 mL
+    assert not fires(20.0, 50.0, ct_settings)           # 40 %, but under 25 mL
+    wider = ReviewSettings.from_dict({**ct_settings.to_dict(), "max_outside_liver_ml_any_share": 100.0})
+    assert wider.max_outside_liver_ml_any_share == 100.0 and not fires(55.0, 800.0, wider)
+    older = {k: v for k, v in ct_settings.to_dict().items() if k != "max_outside_liver_ml_any_share"}
+    assert ReviewSettings.from_dict(older).max_outside_liver_ml_any_share == 50.0  # a bundle written before it
+
+
 def test_every_reason_at_once_is_listed_in_the_documented_order(ct_settings):
     from HepatoblastomaSegLib.infer.review import REVIEW_CODES, ImageFacts
 
@@ -381,7 +404,7 @@ def test_hbseg_segment_reports_the_liver_anchor_and_the_review(tmp_path, ct_case
     # The demo liver model (held-out liver Dice 0.84) misses part of some tumours: the flag follows its rule exactly.
     outside, tumor = summary["tumor_outside_liver_ml"], summary["tumor_volume_ml"]
     codes_found = {r["code"] for r in summary["review"]["reasons"]}
-    assert ("outside_liver" in codes_found) == (outside > 25.0 and outside > 0.25 * tumor)
+    assert ("outside_liver" in codes_found) == (outside > 25.0 and (outside > 0.25 * tumor or outside > 50.0))
     assert not codes_found & {"out_of_domain", "implausible"}  # a phantom like the training ones, a plausible mask
     assert main(["segment", str(image), "--no-tta", "--device", "cpu", "--progress", "none", "--no-liver-anchor",
                  "-o", str(tmp_path / "off")]) == 0

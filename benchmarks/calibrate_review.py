@@ -295,7 +295,8 @@ def write_card_section(bundle_dir: Path, settings, results: dict) -> None:
              f"{entropy.get('cases', '?')} cases, min/median/max {entropy.get('mean_entropy_nats_min_median_max')}, "
              f"{'8-flip TTA' if entropy.get('tta') else 'no TTA'}).",
              f"- outside_liver: more than {settings.max_outside_liver_ml:g} mL and more than "
-             f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask; anchor_removed: more "
+             f"{settings.max_outside_liver_fraction:.0%} of the tumour outside the liver mask, or more than "
+             f"{settings.max_outside_liver_ml_any_share:g} mL whatever the share; anchor_removed: more "
              f"than {settings.max_outside_liver_ml:g} mL removed by the liver anchor.",
              f"- implausible: a tumour larger than the liver, over {settings.max_tumor_ml:g} mL, or in more than "
              f"{settings.max_pieces} pieces of 1 mL or more.",

@@ -11,7 +11,9 @@ gluteal muscle "tumour" with no warning in the summary. Each case's ``summary.js
     tumour mask outside the liver mask (CT: ``ct-liver-demo`` or a given liver mask; MRI: the liver mask its Nyul
     step used), more than :attr:`ReviewSettings.max_outside_liver_ml` and more than
     :attr:`ReviewSettings.max_outside_liver_fraction` of the tumour (the demo liver models miss a rim of a large
-    tumour: 30 mL of a 316 mL phantom tumour segmented at Dice 0.96). Hepatoblastoma arises in the liver; a tumour
+    tumour: 30 mL of a 316 mL phantom tumour segmented at Dice 0.96), or more than
+    :attr:`ReviewSettings.max_outside_liver_ml_any_share` whatever the share (a large mask hides a large error in a
+    small share). Hepatoblastoma arises in the liver; a tumour
     that bulges out of it is still mostly inside the liver model's mask (it was trained on liver *including* tumour).
 ``anchor_removed``
     the liver anchor removed more than :attr:`ReviewSettings.max_outside_liver_ml` of the tumour model's mask because
@@ -64,6 +66,9 @@ REVIEW_KEY = "review"
 DEFAULT_MAX_OUTSIDE_LIVER_ML = 25.0
 #: ... and more than this share of the tumour mask (the failures it is for put 40-90 % of the mask outside).
 DEFAULT_MAX_OUTSIDE_LIVER_FRACTION = 0.25
+#: Tumour outside the liver mask (mL) flagged whatever its share of the mask: this much tumour outside the liver is an
+#: error to look at even next to a large tumour, and it is the limit the real-scan acceptance criteria set.
+DEFAULT_MAX_OUTSIDE_LIVER_ML_ANY_SHARE = 50.0
 #: No hepatoblastoma fits a child's abdomen beyond this (mL): a 16 cm ball is 2.1 L, and the largest reported are
 #: about that size.
 DEFAULT_MAX_TUMOR_ML = 2000.0
@@ -111,6 +116,7 @@ class ReviewSettings:
     max_mean_entropy_nats: float | None = None
     max_outside_liver_ml: float = DEFAULT_MAX_OUTSIDE_LIVER_ML
     max_outside_liver_fraction: float = DEFAULT_MAX_OUTSIDE_LIVER_FRACTION
+    max_outside_liver_ml_any_share: float = DEFAULT_MAX_OUTSIDE_LIVER_ML_ANY_SHARE
     max_tumor_ml: float = DEFAULT_MAX_TUMOR_ML
     max_pieces: int = DEFAULT_MAX_PIECES
     max_tumor_edge_area_mm2: float = DEFAULT_MAX_TUMOR_EDGE_AREA_MM2
@@ -131,6 +137,8 @@ class ReviewSettings:
                    max_outside_liver_ml=float(data.get("max_outside_liver_ml", DEFAULT_MAX_OUTSIDE_LIVER_ML)),
                    max_outside_liver_fraction=float(data.get("max_outside_liver_fraction",
                                                              DEFAULT_MAX_OUTSIDE_LIVER_FRACTION)),
+                   max_outside_liver_ml_any_share=float(data.get("max_outside_liver_ml_any_share",
+                                                                 DEFAULT_MAX_OUTSIDE_LIVER_ML_ANY_SHARE)),
                    max_tumor_ml=float(data.get("max_tumor_ml", DEFAULT_MAX_TUMOR_ML)),
                    max_pieces=int(data.get("max_pieces", DEFAULT_MAX_PIECES)),
                    max_tumor_edge_area_mm2=float(data.get("max_tumor_edge_area_mm2",
@@ -140,7 +148,9 @@ class ReviewSettings:
     def to_dict(self) -> dict[str, Any]:
         return {"max_mean_entropy_nats": self.max_mean_entropy_nats,
                 "max_outside_liver_ml": self.max_outside_liver_ml,
-                "max_outside_liver_fraction": self.max_outside_liver_fraction, "max_tumor_ml": self.max_tumor_ml,
+                "max_outside_liver_fraction": self.max_outside_liver_fraction,
+                "max_outside_liver_ml_any_share": self.max_outside_liver_ml_any_share,
+                "max_tumor_ml": self.max_tumor_ml,
                 "max_pieces": self.max_pieces, "max_tumor_edge_area_mm2": self.max_tumor_edge_area_mm2,
                 "reference": {k: [round(v[0], 3), round(v[1], 3)] for k, v in self.reference.items()},
                 "calibration": self.calibration}
@@ -354,7 +364,8 @@ def review(facts: ImageFacts, *, tumor_volume_ml: float, mean_entropy_nats: floa
     reasons: list[ReviewReason] = []
     outside = facts.tumor_outside_liver_ml
     share = outside / tumor_volume_ml if outside is not None and tumor_volume_ml > 0 else 0.0
-    if outside is not None and outside > settings.max_outside_liver_ml and share > settings.max_outside_liver_fraction:
+    if outside is not None and outside > settings.max_outside_liver_ml and (
+            share > settings.max_outside_liver_fraction or outside > settings.max_outside_liver_ml_any_share):
         where = f" ({liver_source})" if liver_source else ""
         reasons.append(ReviewReason("outside_liver", (
             f"{outside:.0f} mL of the {tumor_volume_ml:.0f} mL tumour mask ({share:.0%}) lies outside the liver "
